@@ -1,0 +1,76 @@
+"""The web process: `create_app()` builds the Flask app; `gunicorn app:app` serves it.
+
+`app` is built on first access rather than at import, so importing this module (tests,
+the worker) reads no config and opens no database.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sys
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+
+import admin
+import cli
+import db
+import health
+import intake
+from config import DEFAULTS, ConfigError, load_config
+
+
+def secret_key(config) -> str:
+    """admin.secret_key, else a key generated once into the data folder and kept there."""
+    if config["admin"]["secret_key"]:
+        return config["admin"]["secret_key"]
+    path: Path = config.data_dir / "secret_key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            # O_EXCL: when two web workers start at once, one writes and the other reads.
+            with path.open("x", encoding="ascii") as f:
+                path.chmod(0o600)
+                f.write(secrets.token_urlsafe(48))
+        except FileExistsError:
+            pass
+    return path.read_text(encoding="ascii").strip()
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    """Build the app. `test_config` may hold config sections (as in config.toml),
+    `config_path`, and plain Flask settings such as TESTING."""
+    test_config = dict(test_config or {})
+    overrides = {key: test_config.pop(key) for key in list(test_config) if key in DEFAULTS}
+    config = load_config(test_config.pop("config_path", None), overrides)
+
+    app = Flask(__name__)
+    app.config.update(
+        WAHOOK=config,
+        SECRET_KEY=secret_key(config),
+        MAX_CONTENT_LENGTH=intake.MAX_BODY_BYTES,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+    )
+    app.config.update(test_config)
+
+    db.init_app(app)
+    db.connection(config.database_path)  # create and migrate now, not on the first request
+    app.register_blueprint(intake.bp)
+    app.register_blueprint(health.bp)
+    admin.init_app(app)
+    cli.init_app(app)
+    return app
+
+
+def __getattr__(name: str) -> Flask:
+    # PEP 562: `gunicorn app:app` and `flask --app app` look up `app`; build it then.
+    if name == "app":
+        try:
+            built = create_app()
+        except ConfigError as exc:
+            sys.exit(f"wahook: configuration error: {exc}")
+        globals()["app"] = built
+        return built
+    raise AttributeError(name)

@@ -1,0 +1,153 @@
+"""Load and check wahook's TOML configuration.
+
+Every key is optional; `DEFAULTS` holds each one with its default. A value of the
+wrong type, an unknown section or key, or an impossible value raises `ConfigError`
+with one line that names the key, so a process stops before it does anything.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PATH = "config.toml"
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "meta": {"verify_token": "", "app_secret": ""},
+    "storage": {"database": "data/wahook.db", "retention_days": 30},
+    "redis": {"url": "embedded"},
+    "delivery": {
+        "timeout": 10,
+        "retry_schedule": [10, 10, 10],
+        "allow_http": False,
+        "allow_private_urls": False,
+        "workers": 1,
+    },
+    "admin": {"password": "", "secret_key": ""},
+}
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded for the person who wrote the file."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """The checked configuration. `sections` keeps the TOML shape; the rest is derived."""
+
+    sections: dict[str, dict[str, Any]]
+    path: Path | None  # the file it came from, None when only defaults and overrides
+    database_path: Path
+
+    def __getitem__(self, section: str) -> dict[str, Any]:
+        return self.sections[section]
+
+    @property
+    def data_dir(self) -> Path:
+        """The folder holding the database; the embedded Redis and generated keys live here too."""
+        return self.database_path.parent
+
+    @property
+    def redis_embedded(self) -> bool:
+        return self.sections["redis"]["url"] == "embedded"
+
+
+def _is_int(value: Any) -> bool:
+    # bool is an int subclass in Python, but `timeout = true` is a mistake, not 1.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return _is_int(value) or isinstance(value, float)
+
+
+def _check_value(key: str, value: Any, default: Any) -> None:
+    """Raise ConfigError when `value` cannot stand where `default` stands."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, not {value!r}")
+    elif isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, not {value!r}")
+    elif isinstance(default, list):
+        if not isinstance(value, list) or not all(_is_number(v) for v in value):
+            raise ConfigError(f"{key} must be a list of numbers of seconds, not {value!r}")
+        if any(v < 0 for v in value):
+            raise ConfigError(f"{key} must not contain negative delays")
+    elif _is_int(default):
+        # timeout accepts fractions of a second; the other numbers are counts.
+        ok = _is_number(value) if key == "delivery.timeout" else _is_int(value)
+        if not ok:
+            kind = "a number" if key == "delivery.timeout" else "a whole number"
+            raise ConfigError(f"{key} must be {kind}, not {value!r}")
+
+
+def _check_limits(sections: dict[str, dict[str, Any]]) -> None:
+    """The checks a type alone cannot make."""
+    delivery = sections["delivery"]
+    if delivery["timeout"] <= 0:
+        raise ConfigError(f"delivery.timeout must be more than 0 seconds, not {delivery['timeout']}")
+    if delivery["timeout"] > 300:
+        raise ConfigError("delivery.timeout must be at most 300 seconds")
+    if delivery["workers"] < 1:
+        raise ConfigError(f"delivery.workers must be at least 1, not {delivery['workers']}")
+    if len(delivery["retry_schedule"]) > 50:
+        raise ConfigError("delivery.retry_schedule may hold at most 50 delays")
+    if sections["storage"]["retention_days"] < 1:
+        raise ConfigError("storage.retention_days must be at least 1")
+    if not sections["storage"]["database"].strip():
+        raise ConfigError("storage.database must name a file")
+    url = sections["redis"]["url"]
+    if url != "embedded" and not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f'redis.url must be "embedded" or a redis://, rediss:// or unix:// URL, not {url!r}')
+
+
+def merge(data: dict[str, Any], into: dict[str, dict[str, Any]]) -> None:
+    """Check `data` (TOML-shaped) against DEFAULTS and copy it over `into`."""
+    if not isinstance(data, dict):
+        raise ConfigError("the configuration must be a table of sections")
+    for section, values in data.items():
+        if section not in DEFAULTS:
+            known = ", ".join(DEFAULTS)
+            raise ConfigError(f"unknown section [{section}] (known: {known})")
+        if not isinstance(values, dict):
+            raise ConfigError(f"[{section}] must be a section, not {values!r}")
+        for key, value in values.items():
+            if key not in DEFAULTS[section]:
+                raise ConfigError(f"unknown key {section}.{key}")
+            _check_value(f"{section}.{key}", value, DEFAULTS[section][key])
+            into[section][key] = value
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read the config file (`WAHOOK_CONFIG`, else ./config.toml), then apply `overrides`.
+
+    A missing file means every default. A relative database path is taken from the
+    config file's folder, so a service started from elsewhere finds the same data.
+    """
+    if path is None:
+        path = os.environ.get("WAHOOK_CONFIG") or DEFAULT_PATH
+    file = Path(path)
+    sections = copy.deepcopy(DEFAULTS)
+    found: Path | None = None
+    if file.exists():
+        try:
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{file} is not valid TOML: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read {file}: {exc.strerror}") from None
+        merge(data, sections)
+        found = file.resolve()
+    if overrides:
+        merge(overrides, sections)
+    _check_limits(sections)
+    base = found.parent if found else Path.cwd()
+    database = Path(sections["storage"]["database"]).expanduser()
+    if not database.is_absolute():
+        database = base / database
+    return Config(sections=sections, path=found, database_path=database)

@@ -1,0 +1,142 @@
+"""SQLite access: one reused connection per thread, explicit transactions, and migrations.
+
+`schema.sql` is version 1. Each later change is appended to `MIGRATIONS` with the next
+number and is applied in one transaction together with `PRAGMA user_version`, so a crash
+half way leaves the old version, never a mix. Every process migrates at start.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+from flask import Flask, current_app
+
+SCHEMA_PATH = Path(__file__).with_name("schema.sql")
+
+# (version, SQL). Append only; never edit a migration that has shipped.
+MIGRATIONS: list[tuple[int, str]] = []
+
+BUSY_TIMEOUT_MS = 5000
+
+_local = threading.local()
+_migrated: set[str] = set()
+_migrate_lock = threading.Lock()
+
+
+def connect(path: str | os.PathLike) -> sqlite3.Connection:
+    """Open a new connection with the pragmas every wahook connection uses.
+
+    isolation_level=None leaves transactions to `transaction()`, which takes the write
+    lock up front (BEGIN IMMEDIATE): a deferred transaction that upgrades later can fail
+    with "database is locked" without waiting for busy_timeout.
+    """
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode = WAL")
+    # NORMAL in WAL mode: a commit survives any crash of our processes; only an OS crash
+    # or power loss can take back the last moments. FULL costs an fsync per webhook.
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+def connection(path: str | os.PathLike) -> sqlite3.Connection:
+    """This thread's connection to `path`, opened and migrated on first use.
+
+    Reused across requests and jobs: opening a connection and setting its pragmas on
+    every request costs more than the request's own work. A forked child opens its own.
+    """
+    key = str(path)
+    cache = getattr(_local, "conns", None)
+    if cache is None or getattr(_local, "pid", None) != os.getpid():
+        cache = _local.conns = {}
+        _local.pid = os.getpid()
+    conn = cache.get(key)
+    if conn is None:
+        conn = cache[key] = connect(path)
+        with _migrate_lock:
+            if key not in _migrated:
+                migrate(conn)
+                _migrated.add(key)
+    return conn
+
+
+def close_all() -> None:
+    """Close this thread's connections (tests and shutdown)."""
+    for conn in getattr(_local, "conns", {}).values():
+        conn.close()
+    _local.conns = {}
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back if the block raises."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def statements(script: str) -> Iterator[str]:
+    """Split an SQL script into statements (executescript would commit our transaction)."""
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            if buffer.strip():
+                yield buffer
+            buffer = ""
+    if buffer.strip() and not buffer.strip().startswith("--"):
+        yield buffer
+
+
+def migrate(conn: sqlite3.Connection, migrations: list[tuple[int, str]] | None = None) -> int:
+    """Bring the database to the newest version; return that version. Safe to repeat."""
+    steps = [(1, SCHEMA_PATH.read_text(encoding="utf-8"))] + (MIGRATIONS if migrations is None else migrations)
+    for version, script in steps:
+        with transaction(conn):
+            # Read inside the write lock: another process may have migrated meanwhile.
+            if conn.execute("PRAGMA user_version").fetchone()[0] >= version:
+                continue
+            for statement in statements(script):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {int(version)}")
+    return conn.execute("PRAGMA user_version").fetchone()[0]
+
+
+def get_db() -> sqlite3.Connection:
+    """The current app's database connection for this thread."""
+    return connection(current_app.config["WAHOOK"].database_path)
+
+
+def _end_request(exc: BaseException | None) -> None:
+    # The connection stays open for the next request; a transaction must not.
+    conns = getattr(_local, "conns", {})
+    conn = conns.get(str(current_app.config["WAHOOK"].database_path))
+    if conn is not None and conn.in_transaction:
+        conn.execute("ROLLBACK")
+
+
+@click.command("init-db")
+def init_db_command() -> None:
+    """Create the database and apply every pending migration."""
+    path = current_app.config["WAHOOK"].database_path
+    version = migrate(connection(path))
+    click.echo(f"database {path} at schema version {version}")
+
+
+def init_app(app: Flask) -> None:
+    app.teardown_appcontext(_end_request)
+    app.cli.add_command(init_db_command)

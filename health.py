@@ -1,0 +1,51 @@
+"""GET /healthz: ping every dependency; 200 when all answer, 503 with the reasons otherwise."""
+
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, current_app, jsonify
+
+import jobs
+from db import get_db
+
+bp = Blueprint("health", __name__)
+
+# A worker writes its heartbeat every few seconds; this much silence means none is running.
+WORKER_SILENCE_LIMIT = 30
+
+
+def check_database() -> str:
+    try:
+        get_db().execute("SELECT 1 FROM webhooks LIMIT 1").fetchall()
+        return "ok"
+    except Exception as exc:  # any failure is the answer, not a crash
+        return f"error: {exc}"
+
+
+def check_redis() -> str:
+    try:
+        jobs.redis_connection(current_app.config["WAHOOK"]).ping()
+        return "ok"
+    except Exception as exc:
+        return f"error: {exc}"
+
+
+def check_worker() -> str:
+    try:
+        row = get_db().execute("SELECT max(seen_at) FROM workers").fetchone()
+    except Exception as exc:
+        return f"unknown: {exc}"
+    if row[0] is None:
+        return "error: no worker has started"
+    silent = time.time() - row[0]
+    if silent > WORKER_SILENCE_LIMIT:
+        return f"error: no worker heartbeat for {int(silent)} s"
+    return "ok"
+
+
+@bp.get("/healthz")
+def healthz():
+    report = {"database": check_database(), "redis": check_redis(), "worker": check_worker()}
+    report = {"ok": all(v == "ok" for v in report.values()), **report}
+    return jsonify(report), 200 if report["ok"] else 503

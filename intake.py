@@ -1,0 +1,202 @@
+"""Meta intake: the verification GET and the signed webhook POST.
+
+A POST gets its 200 only after the raw body, the events drawn from it and their
+deliveries are committed in one transaction; then a worker is woken. If the commit
+fails Meta gets a 503 and retries; if Redis is down Meta still gets its 200.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import re
+import secrets
+import sqlite3
+import time
+
+from flask import Blueprint, Response, current_app, request
+from werkzeug.exceptions import RequestEntityTooLarge
+
+import events as meta_events
+import jobs
+from db import get_db, transaction
+
+log = logging.getLogger("wahook.intake")
+
+bp = Blueprint("intake", __name__, url_prefix="/api/webhooks")
+
+MAX_BODY_BYTES = 4 * 1024 * 1024
+SIGNATURE_RE = re.compile(r"sha256=([0-9a-fA-F]{64})")
+
+
+def text(body: str, status: int) -> Response:
+    return Response(body, status=status, mimetype="text/plain")
+
+
+@bp.get("/whatsapp")
+def verify() -> Response:
+    """Meta's subscription check: echo hub.challenge when the verify token matches."""
+    mode = request.args.get("hub.mode")
+    token = request.args.get("hub.verify_token")
+    challenge = request.args.get("hub.challenge")
+    if mode is None or token is None or challenge is None:
+        return text("hub.mode, hub.verify_token and hub.challenge are required", 400)
+    expected = current_app.config["WAHOOK"]["meta"]["verify_token"]
+    # An empty configured token refuses everything, so a fresh install is not open.
+    same = hmac.compare_digest(token.encode("utf-8"), expected.encode("utf-8"))
+    if mode == "subscribe" and expected and same:
+        return text(challenge, 200)
+    return text("verification refused", 403)
+
+
+def signature_problem(raw: bytes, header: str | None, app_secret: str) -> str | None:
+    """Why the X-Hub-Signature-256 header does not prove Meta sent `raw`; None if it does."""
+    if not app_secret:
+        return "no app_secret configured"
+    if not header:
+        return "missing signature"
+    match = SIGNATURE_RE.fullmatch(header.strip())
+    if not match:
+        return "malformed signature"
+    expected = hmac.new(app_secret.encode("utf-8"), raw, hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(expected, match.group(1).lower()):
+        return "wrong signature"
+    return None
+
+
+def count_rejection(reason: str) -> None:
+    """Count a refused POST for the monitor; a failure to count must not change the 401."""
+    try:
+        conn = get_db()
+        with transaction(conn):
+            conn.execute(
+                "INSERT INTO rejections (minute, reason, count) VALUES (?, ?, 1)"
+                " ON CONFLICT (minute, reason) DO UPDATE SET count = count + 1",
+                (int(time.time() // 60), reason),
+            )
+    except sqlite3.Error as exc:
+        log.warning("could not count a rejected signature: %s", exc)
+
+
+@bp.post("/whatsapp")
+def receive() -> Response:
+    config = current_app.config["WAHOOK"]
+    try:
+        raw = request.get_data(cache=False)
+    except RequestEntityTooLarge:
+        return text("body larger than 4 MiB", 413)
+    problem = signature_problem(raw, request.headers.get("X-Hub-Signature-256"), config["meta"]["app_secret"])
+    if problem:
+        count_rejection(problem)
+        return text(f"signature refused: {problem}", 401)
+    try:
+        body = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return text("body is not UTF-8 JSON", 400)
+    if not isinstance(body, dict):
+        return text("body is not a JSON object", 400)
+
+    received_at = time.time()
+    try:
+        drawn = meta_events.parse(body, received_at)
+    except Exception:
+        # A parser bug must not cost Meta's retries or the body: keep it raw, with no events.
+        log.exception("could not draw events from a webhook; stored raw")
+        drawn = []
+    try:
+        new_deliveries = store(get_db(), raw, body, drawn, received_at)
+    except sqlite3.Error as exc:
+        log.error("could not store a webhook, answering 503 so Meta retries: %s", exc)
+        return text("storage unavailable, retry later", 503)
+    if new_deliveries:
+        jobs.wake(config)
+    return text("ok", 200)
+
+
+def selects(endpoint: sqlite3.Row, event_name: str) -> bool:
+    wanted = json.loads(endpoint["events"] or "[]")
+    return not wanted or event_name in wanted
+
+
+def store(conn: sqlite3.Connection, raw: bytes, body: dict, drawn: list, received_at: float) -> int:
+    """Write the webhook, its new events and their deliveries in one transaction.
+
+    Returns how many deliveries were created. A duplicate event (its dedupe key is
+    already stored) is skipped by the UNIQUE constraint, which holds even when two web
+    processes commit the same update at once.
+    """
+    fields = sorted(
+        {
+            c.get("field", "")
+            for e in body.get("entry") or []
+            if isinstance(e, dict)
+            for c in (e.get("changes") or [])
+            if isinstance(c, dict) and isinstance(c.get("field"), str)
+        }
+    )
+    webhook_public_id = "whk_" + secrets.token_hex(12)
+    now = time.time()
+    with transaction(conn):
+        webhook_id = conn.execute(
+            "INSERT INTO webhooks (webhook_id, received_at, object, fields, body) VALUES (?, ?, ?, ?, ?)",
+            (webhook_public_id, received_at, str(body.get("object", ""))[:100], ",".join(fields)[:500], raw),
+        ).lastrowid
+        endpoints = conn.execute("SELECT id, url, events, format FROM endpoints WHERE enabled = 1").fetchall()
+        rows = []
+        new_names = []
+        for event in drawn:
+            inserted = conn.execute(
+                "INSERT INTO events (event_id, webhook_id, name, dedupe_key, created_at, body)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
+                (
+                    event.body["event_id"],
+                    webhook_id,
+                    event.name,
+                    event.dedupe_key,
+                    received_at,
+                    json.dumps(event.body, ensure_ascii=False, separators=(",", ":")),
+                ),
+            ).fetchone()
+            if inserted is None:
+                continue
+            new_names.append(event.name)
+            for endpoint in endpoints:
+                if endpoint["format"] == "events" and selects(endpoint, event.name):
+                    rows.append(
+                        (
+                            endpoint["id"],
+                            endpoint["url"],
+                            inserted[0],
+                            webhook_id,
+                            event.name,
+                            event.body["event_id"],
+                            now,
+                            now,
+                            now,
+                        )
+                    )
+        for endpoint in endpoints:
+            if endpoint["format"] == "meta" and any(selects(endpoint, name) for name in new_names):
+                rows.append(
+                    (
+                        endpoint["id"],
+                        endpoint["url"],
+                        None,
+                        webhook_id,
+                        "whatsapp.meta",
+                        webhook_public_id,
+                        now,
+                        now,
+                        now,
+                    )
+                )
+        conn.executemany(
+            "INSERT INTO deliveries (endpoint_id, endpoint_url, event_id, webhook_id, event_name, message_id,"
+            " next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+        if new_names:
+            conn.execute("UPDATE webhooks SET event_count = ? WHERE id = ?", (len(new_names), webhook_id))
+    return len(rows)

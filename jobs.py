@@ -1,0 +1,78 @@
+"""RQ glue: the Redis connection, waking a worker after a commit, and the job it runs.
+
+Redis only carries a wake-up call. The job (`drain`) says "there are due deliveries";
+the worker reads which ones from SQLite. So a lost job, a flushed or restarted Redis,
+or a Redis that is down during intake delays a delivery until the worker's sweeper
+finds it, and never loses it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+
+import redis
+from rq import Queue
+
+import embedded_redis
+
+log = logging.getLogger("wahook.jobs")
+
+QUEUE_NAME = "wahook"
+# While this key exists a drain job is queued and not yet started, so further commits
+# need not queue another: one job serves any number of webhooks. The worker deletes it
+# before it reads SQLite, and the expiry covers a job lost with the key still set.
+WAKE_KEY = "wahook:wake"
+WAKE_KEY_TTL = 5
+# After Redis fails, intake skips it this long instead of paying a failed connect per request.
+REDIS_BACKOFF = 1.0
+
+_connections: dict[tuple[int, str], redis.Redis] = {}
+_down_until = 0.0
+_lock = threading.Lock()
+
+
+def redis_url(config) -> str:
+    if config.redis_embedded:
+        return embedded_redis.url_for(config.data_dir)
+    return config["redis"]["url"]
+
+
+def redis_connection(config) -> redis.Redis:
+    """A Redis client for this process (clients hold a pool, so one is enough)."""
+    key = (os.getpid(), redis_url(config))
+    conn = _connections.get(key)
+    if conn is None:
+        conn = redis.Redis.from_url(key[1], socket_connect_timeout=1, socket_timeout=5)
+        _connections[key] = conn
+    return conn
+
+
+def queue(config) -> Queue:
+    return Queue(QUEUE_NAME, connection=redis_connection(config))
+
+
+def wake(config) -> bool:
+    """Make sure a drain job is queued. Never raises: if Redis is down the sweeper catches up."""
+    global _down_until
+    if time.monotonic() < _down_until:
+        return False
+    try:
+        conn = redis_connection(config)
+        if conn.set(WAKE_KEY, b"1", nx=True, ex=WAKE_KEY_TTL):
+            queue(config).enqueue(drain, job_timeout=60, result_ttl=0, failure_ttl=3600)
+        return True
+    except (redis.RedisError, OSError) as exc:
+        with _lock:
+            _down_until = time.monotonic() + REDIS_BACKOFF
+        log.warning("redis unavailable, deliveries wait for the sweeper: %s", exc)
+        return False
+
+
+def drain() -> int:
+    """The job: hand every due delivery to this worker's dispatcher. Returns how many."""
+    import worker  # the job runs inside worker.py's process
+
+    return worker.on_drain_job()

@@ -1,0 +1,85 @@
+"""A real HTTP receiver on 127.0.0.1 for delivery tests: records every request and answers
+as told (status, delay, headers), so tests can make an endpoint slow, failing or gone."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float
+
+
+@dataclass
+class Behaviour:
+    status: int = 200
+    delay: float = 0.0
+    body: bytes = b"ok"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class Receiver:
+    """Start with `Receiver()`, read `.url`, `.requests`; change `.behaviour` at any time.
+    `.script` (a list of Behaviour) is consumed one per request before `.behaviour` applies."""
+
+    def __init__(self) -> None:
+        self.requests: list[Received] = []
+        self.behaviour = Behaviour()
+        self.script: list[Behaviour] = []
+        self.lock = threading.Lock()
+        self.arrived = threading.Condition(self.lock)
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+                with outer.lock:
+                    behaviour = outer.script.pop(0) if outer.script else outer.behaviour
+                if behaviour.delay:
+                    time.sleep(behaviour.delay)
+                with outer.arrived:
+                    outer.requests.append(Received(self.path, dict(self.headers.items()), body, time.time()))
+                    outer.arrived.notify_all()
+                self.send_response(behaviour.status)
+                for key, value in behaviour.headers.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(behaviour.body)))
+                self.end_headers()
+                self.wfile.write(behaviour.body)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[Received]:
+        """Block until `count` requests arrived (or fail the test), then return them all."""
+        deadline = time.monotonic() + timeout
+        with self.arrived:
+            while len(self.requests) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"receiver got {len(self.requests)} requests, expected {count}")
+                self.arrived.wait(left)
+            return list(self.requests)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
