@@ -1,7 +1,152 @@
-"""Command line: `flask --app app endpoint|deliveries|simulate ...`, each printing JSON."""
+"""Command line: `flask --app app endpoint|deliveries|simulate ...`.
 
-from flask import Flask
+Every command prints JSON on stdout, so it can be piped into jq or a script. A refused
+value prints {"error": ..., "field": ...} and exits 1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import sys
+from datetime import datetime
+from typing import Any, NoReturn
+
+import click
+import requests
+from flask import Flask, current_app
+from flask.cli import AppGroup
+
+import delivery
+import endpoints
+import jobs
+import samples
+from db import get_db
+
+
+def emit(value: Any) -> None:
+    click.echo(json.dumps(value, ensure_ascii=False, indent=2))
+
+
+def refuse(message: str, field: str | None = None) -> NoReturn:
+    emit({"error": message, **({"field": field} if field else {})})
+    sys.exit(1)
+
+
+def config():
+    return current_app.config["WAHOOK"]
+
+
+endpoint_cli = AppGroup("endpoint", help="Add, list, remove and test the endpoints events go to.")
+deliveries_cli = AppGroup("deliveries", help="Act on deliveries.")
+
+
+@endpoint_cli.command("add")
+@click.argument("url")
+@click.option("--secret", default=None, help="whsec_<base64>; generated when left out.")
+@click.option("--events", default="", help="Comma-separated event names; all events when left out.")
+@click.option("--format", "format_", type=click.Choice(endpoints.FORMATS), default="events", show_default=True)
+@click.option("--bearer-token", default="", help="Sent as Authorization: Bearer <token>.")
+def endpoint_add(url: str, secret: str | None, events: str, format_: str, bearer_token: str) -> None:
+    """Add an endpoint; prints it with its id and full secret (shown this once)."""
+    try:
+        row = endpoints.create(
+            get_db(), config(), url, secret=secret, events=events, format=format_, bearer_token=bearer_token
+        )
+    except endpoints.EndpointError as exc:
+        refuse(exc.message, exc.field)
+    emit(endpoints.as_dict(row, show_secret=True))
+
+
+@endpoint_cli.command("list")
+def endpoint_list() -> None:
+    """List endpoints, secrets masked."""
+    emit([endpoints.as_dict(row) for row in endpoints.list_all(get_db())])
+
+
+@endpoint_cli.command("remove")
+@click.argument("endpoint_id", type=int)
+def endpoint_remove(endpoint_id: int) -> None:
+    """Remove an endpoint; its waiting deliveries end as failed."""
+    if not endpoints.remove(get_db(), endpoint_id):
+        refuse(f"no endpoint {endpoint_id}")
+    emit({"removed": endpoint_id})
+
+
+@endpoint_cli.command("test")
+@click.argument("endpoint_id", type=int)
+def endpoint_test(endpoint_id: int) -> None:
+    """Send a signed webhook.test event now; prints the outcome (exit 1 when it failed)."""
+    try:
+        outcome = delivery.send_test(get_db(), config(), endpoint_id)
+    except KeyError:
+        refuse(f"no endpoint {endpoint_id}")
+    emit(outcome.summary())
+    if not outcome.ok:
+        sys.exit(1)
+
+
+def parse_since(value: str) -> float:
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        refuse(f"--since must be an ISO 8601 time such as 2026-11-20T08:00:00Z, not {value!r}", "since")
+    if moment.tzinfo is None:
+        refuse("--since needs a time zone, e.g. 2026-11-20T08:00:00Z", "since")
+    return moment.timestamp()
+
+
+@deliveries_cli.command("retry")
+@click.option("--failed", is_flag=True, help="Only failed deliveries.")
+@click.option("--since", default=None, help="Only deliveries created at or after this ISO 8601 time.")
+@click.option("--endpoint", "endpoint_id", type=int, default=None, help="Only deliveries to this endpoint.")
+def deliveries_retry(failed: bool, since: str | None, endpoint_id: int | None) -> None:
+    """Start a fresh retry cycle. With no option: every failed delivery. With --since or
+    --endpoint and without --failed: delivered ones too, to replay what a receiver lost."""
+    failed_only = failed or (since is None and endpoint_id is None)
+    count = delivery.redeliver(
+        get_db(),
+        failed_only=failed_only,
+        since=parse_since(since) if since else None,
+        endpoint_id=endpoint_id,
+    )
+    if count:
+        jobs.wake(config())
+    emit({"requeued": count})
+
+
+@click.command("simulate")
+@click.argument("kind", type=click.Choice(samples.KINDS))
+@click.option(
+    "--url",
+    default=None,
+    help="Intake URL; default http://WAHOOK_BIND/api/webhooks/whatsapp (WAHOOK_BIND defaults to 127.0.0.1:8000).",
+)
+def simulate(kind: str, url: str | None) -> None:
+    """Post a signed sample Meta webhook to the intake, to see events without Meta."""
+    secret = config()["meta"]["app_secret"]
+    if not secret:
+        refuse("meta.app_secret is empty, so the intake refuses every POST; set it in the config first")
+    url = url or f"http://{os.environ.get('WAHOOK_BIND', '127.0.0.1:8000')}/api/webhooks/whatsapp"
+    raw = json.dumps(samples.sample(kind)).encode()
+    signature = "sha256=" + hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
+    try:
+        response = requests.post(
+            url,
+            data=raw,
+            headers={"Content-Type": "application/json", "X-Hub-Signature-256": signature},
+            timeout=10,
+        )
+    except requests.RequestException as exc:
+        refuse(f"could not reach {url}: {exc} (is `make run` running?)")
+    emit({"kind": kind, "url": url, "status_code": response.status_code, "response": response.text[:200]})
+    if response.status_code != 200:
+        sys.exit(1)
 
 
 def init_app(app: Flask) -> None:
-    pass
+    app.cli.add_command(endpoint_cli)
+    app.cli.add_command(deliveries_cli)
+    app.cli.add_command(simulate)

@@ -93,7 +93,7 @@ def receive() -> Response:
         return text(f"signature refused: {problem}", 401)
     try:
         body = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         return text("body is not UTF-8 JSON", 400)
     if not isinstance(body, dict):
         return text("body is not a JSON object", 400)

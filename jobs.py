@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 
 import redis
 from rq import Queue
@@ -71,8 +72,17 @@ def wake(config) -> bool:
         return False
 
 
+_drain_handler: Callable[[], int] | None = None
+
+
+def set_drain_handler(handler: Callable[[], int] | None) -> None:
+    """Called by the worker: what `drain` jobs do in this process."""
+    global _drain_handler
+    _drain_handler = handler
+
+
 def drain() -> int:
     """The job: hand every due delivery to this worker's dispatcher. Returns how many."""
-    import worker  # the job runs inside worker.py's process
-
-    return worker.on_drain_job()
+    if _drain_handler is None:
+        raise RuntimeError("drain jobs run inside a wahook worker (python worker.py)")
+    return _drain_handler()

@@ -6,10 +6,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
+import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -107,3 +112,101 @@ def make_receiver():
     yield make
     for r in started:
         r.close()
+
+
+def toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return json.dumps(value)  # a JSON string is a valid TOML basic string
+
+
+def write_config(path: Path, sections: dict) -> Path:
+    """Write config sections as TOML, for processes started the way a user starts them."""
+    lines = []
+    for section, values in sections.items():
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {toml_value(value)}" for key, value in values.items()]
+        lines.append("")
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05, message: str = "condition"):
+    """Poll `predicate` until it returns something truthy; fail the test after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+
+
+class Processes:
+    """Real wahook processes (gunicorn, workers) started as a user would, stopped at test end."""
+
+    def __init__(self, tmp_path: Path, sections: dict) -> None:
+        self.tmp_path = tmp_path
+        self.config_path = write_config(tmp_path / "config.toml", sections)
+        self.env = {**os.environ, "WAHOOK_CONFIG": str(self.config_path), "PYTHONUNBUFFERED": "1"}
+        self.children: list[subprocess.Popen] = []
+
+    def start_web(self, workers: int = 2) -> str:
+        port = free_port()
+        log = open(self.tmp_path / f"gunicorn-{port}.log", "wb")  # noqa: SIM115 (closed with the process)
+        self.children.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "gunicorn", "app:app", "-w", str(workers), "-b", f"127.0.0.1:{port}"],
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
+        base = f"http://127.0.0.1:{port}"
+
+        def up() -> bool:
+            try:
+                return requests.get(base + "/api/webhooks/whatsapp", timeout=1).status_code == 400
+            except requests.RequestException:
+                return False
+
+        wait_until(up, timeout=20, message="gunicorn to answer")
+        return base
+
+    def start_worker(self) -> subprocess.Popen:
+        log = open(self.tmp_path / f"worker-{len(self.children)}.log", "wb")  # noqa: SIM115
+        process = subprocess.Popen(
+            [sys.executable, "worker.py"], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+        )
+        self.children.append(process)
+        return process
+
+    def stop_all(self) -> None:
+        for process in self.children:
+            if process.poll() is None:
+                process.terminate()
+        for process in self.children:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture
+def processes(tmp_path, redis_url):
+    """Start real gunicorn and worker processes on this test's config (see Processes)."""
+    started = Processes(tmp_path, instance_sections(tmp_path, redis_url))
+    yield started
+    started.stop_all()

@@ -31,6 +31,7 @@ class Receiver:
 
     def __init__(self) -> None:
         self.requests: list[Received] = []
+        self.started = 0  # requests whose handling began (some may still be sleeping)
         self.behaviour = Behaviour()
         self.script: list[Behaviour] = []
         self.lock = threading.Lock()
@@ -45,6 +46,7 @@ class Receiver:
                 body = self.rfile.read(length)
                 with outer.lock:
                     behaviour = outer.script.pop(0) if outer.script else outer.behaviour
+                    outer.started += 1
                 if behaviour.delay:
                     time.sleep(behaviour.delay)
                 with outer.arrived:

@@ -1,0 +1,360 @@
+"""Delivering one batch of deliveries: claim, sign, send, record, schedule the retry.
+
+A failed attempt is data, not an exception: its status code, error, duration and the
+start of the response are stored on an `attempts` row and on the delivery, and the
+delivery moves to `retrying` (next attempt after the next `retry_schedule` delay) or,
+after the last one, to `failed`, where it waits for a redelivery.
+
+A worker owns a delivery while its lease runs (claimed with a conditional UPDATE), so
+two workers never send it at once, and one that dies mid-send only delays it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import sqlite3
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import endpoints
+import safe_http
+from db import transaction
+
+USER_AGENT = "Wahook-Webhook/1.0"
+# Past the attempt's own timeout, time to write its result before another worker may take it.
+LEASE_MARGIN = 10
+MAX_RETRY_AFTER = 3600
+RESPONSE_KEEP = 1024
+ACTIVE = ("pending", "retrying")
+
+
+@dataclass
+class Outcome:
+    """What one attempt came to, as stored and as shown."""
+
+    ok: bool
+    status_code: int | None
+    duration_ms: int
+    error: str
+    response_body: str = ""
+    retry_after: float | None = None
+    permanent: bool = False
+
+    def summary(self) -> dict:
+        return {
+            "ok": self.ok,
+            "status_code": self.status_code,
+            "duration_ms": self.duration_ms,
+            "error": self.error or None,
+        }
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def signature_headers(secret: str, message_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+    """Both signatures of SPEC section 5 for one attempt."""
+    stamp = str(timestamp).encode("ascii")
+    plain = hmac.new(secret.encode("utf-8"), stamp + b"." + body, hashlib.sha256).hexdigest()
+    standard = hmac.new(
+        endpoints.secret_key_bytes(secret), message_id.encode("utf-8") + b"." + stamp + b"." + body, hashlib.sha256
+    ).digest()
+    return {
+        "X-Webhook-Timestamp": str(timestamp),
+        "X-Webhook-Signature": plain,
+        "webhook-id": message_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": "v1," + base64.b64encode(standard).decode("ascii"),
+    }
+
+
+def payload(conn: sqlite3.Connection, delivery: sqlite3.Row) -> bytes | None:
+    """The exact bytes to POST: the event's JSON, or the original Meta body for meta format."""
+    if delivery["event_id"] is not None:
+        row = conn.execute("SELECT body FROM events WHERE id = ?", (delivery["event_id"],)).fetchone()
+        return row[0].encode("utf-8") if row else None
+    row = conn.execute("SELECT body FROM webhooks WHERE id = ?", (delivery["webhook_id"],)).fetchone()
+    return bytes(row[0]) if row else None
+
+
+def build_headers(endpoint: sqlite3.Row, delivery: sqlite3.Row, body: bytes) -> dict[str, str]:
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": USER_AGENT,
+        "X-Webhook-Event": delivery["event_name"],
+        "X-Webhook-Id": delivery["message_id"],
+        **signature_headers(endpoint["secret"], delivery["message_id"], int(time.time()), body),
+    }
+    if endpoint["bearer_token"]:
+        headers["Authorization"] = f"Bearer {endpoint['bearer_token']}"
+    return headers
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Retry-After as seconds from now: delta-seconds or an HTTP date; None if unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        from email.utils import parsedate_to_datetime
+
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def send(
+    sender: safe_http.Sender, endpoint: sqlite3.Row, delivery: sqlite3.Row, body: bytes, timeout: float
+) -> Outcome:
+    """One HTTP attempt; every way it can go wrong comes back as an Outcome."""
+    started = time.monotonic()
+    try:
+        response = sender.post(endpoint["url"], body, build_headers(endpoint, delivery, body), timeout)
+    except safe_http.DeliveryError as exc:
+        return Outcome(False, None, int((time.monotonic() - started) * 1000), exc.message, permanent=exc.permanent)
+    code = response.status_code
+    text = response.body[:RESPONSE_KEEP].decode("utf-8", errors="replace")
+    if 200 <= code < 300:
+        return Outcome(True, code, response.duration_ms, "", text)
+    error = f"HTTP {code}"
+    if 300 <= code < 400:
+        location = next((v for k, v in response.headers.items() if k.lower() == "location"), "")
+        error += f": redirect to {location[:200] or '?'} not followed"
+    retry_after = None
+    if code in (429, 503):
+        retry_after = retry_after_seconds(
+            next((v for k, v in response.headers.items() if k.lower() == "retry-after"), None)
+        )
+    return Outcome(False, code, response.duration_ms, error, text, retry_after)
+
+
+def claim(conn: sqlite3.Connection, ids: list[int], owner: str, lease_seconds: float) -> list[sqlite3.Row]:
+    """Take the leases of those `ids` that are due and not leased by anyone; return them."""
+    if not ids:
+        return []
+    now = time.time()
+    marks = ",".join("?" for _ in ids)
+    with transaction(conn):
+        return conn.execute(
+            f"UPDATE deliveries SET lease_owner = ?, lease_until = ? WHERE id IN ({marks})"  # noqa: S608
+            " AND state IN ('pending', 'retrying') AND next_attempt_at <= ?"
+            " AND (lease_until IS NULL OR lease_until < ?) RETURNING *",
+            (owner, now + lease_seconds, *ids, now, now),
+        ).fetchall()
+
+
+def next_step(config, delivery: sqlite3.Row, outcome: Outcome, now: float) -> tuple[str, int, float]:
+    """(state, attempts in this cycle, next attempt time) after `outcome`."""
+    attempts = delivery["attempts"] + 1
+    if outcome.ok:
+        return "delivered", attempts, now
+    schedule = config["delivery"]["retry_schedule"]
+    if outcome.permanent or outcome.status_code == 410 or attempts > len(schedule):
+        return "failed", attempts, now
+    delay = float(schedule[attempts - 1])
+    if outcome.retry_after is not None:
+        # Retry-After may push the retry later, never sooner, and never past an hour.
+        delay = max(delay, min(outcome.retry_after, MAX_RETRY_AFTER))
+    return "retrying", attempts, now + delay
+
+
+def record(conn: sqlite3.Connection, config, owner: str, results: list[tuple[sqlite3.Row, Outcome]]) -> None:
+    """Store the attempts and move each delivery on, in one transaction for the batch."""
+    now = time.time()
+    gone: dict[int, str] = {}
+    with transaction(conn):
+        for delivery, outcome in results:
+            conn.execute(
+                "INSERT INTO attempts (delivery_id, endpoint_id, attempted_at, duration_ms, status_code, ok, error,"
+                " response_body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    delivery["id"],
+                    delivery["endpoint_id"],
+                    now - outcome.duration_ms / 1000,
+                    outcome.duration_ms,
+                    outcome.status_code,
+                    int(outcome.ok),
+                    outcome.error,
+                    outcome.response_body,
+                ),
+            )
+            state, attempts, next_at = next_step(config, delivery, outcome, now)
+            # Only while we still hold the lease: if it ran out, another worker owns the row now.
+            conn.execute(
+                "UPDATE deliveries SET state = ?, attempts = ?, next_attempt_at = ?, lease_owner = NULL,"
+                " lease_until = NULL, last_status_code = ?, last_error = ?, last_duration_ms = ?, updated_at = ?"
+                " WHERE id = ? AND lease_owner = ?",
+                (
+                    state,
+                    attempts,
+                    next_at,
+                    outcome.status_code,
+                    outcome.error,
+                    outcome.duration_ms,
+                    now,
+                    delivery["id"],
+                    owner,
+                ),
+            )
+            if outcome.status_code == 410 and delivery["endpoint_id"] is not None:
+                gone[delivery["endpoint_id"]] = f"receiver answered 410 Gone at {iso(now)}"
+        for endpoint_id, reason in gone.items():
+            conn.execute(
+                "UPDATE endpoints SET enabled = 0, disabled_reason = ?, updated_at = ? WHERE id = ?",
+                (reason, now, endpoint_id),
+            )
+            endpoints.fail_open_deliveries(conn, endpoint_id, f"endpoint disabled: {reason}")
+
+
+def fail_unsendable(conn: sqlite3.Connection, owner: str, deliveries: list[sqlite3.Row], reason: str) -> None:
+    """End deliveries that cannot be sent at all (endpoint deleted or disabled, payload pruned)."""
+    with transaction(conn):
+        conn.executemany(
+            "UPDATE deliveries SET state = 'failed', last_error = ?, lease_owner = NULL, lease_until = NULL,"
+            " updated_at = ? WHERE id = ? AND lease_owner = ?",
+            [(reason, time.time(), d["id"], owner) for d in deliveries],
+        )
+
+
+def extend_lease(conn: sqlite3.Connection, ids: list[int], owner: str, until: float) -> None:
+    with transaction(conn):
+        conn.execute(
+            f"UPDATE deliveries SET lease_until = ? WHERE id IN ({','.join('?' for _ in ids)})"  # noqa: S608
+            " AND lease_owner = ?",
+            (until, *ids, owner),
+        )
+
+
+def deliver_batch(
+    conn: sqlite3.Connection, config, sender: safe_http.Sender, endpoint_id: int | None, ids: list[int], owner: str
+) -> list[tuple[sqlite3.Row, Outcome]]:
+    """Claim, send and record deliveries of one endpoint, one after another on one connection.
+
+    The lease covers one attempt; before each further attempt of a slow batch it is
+    extended, so a worker killed mid-batch holds up the rest for one timeout at most.
+    """
+    timeout = float(config["delivery"]["timeout"])
+    lease = timeout + LEASE_MARGIN
+    claimed = claim(conn, ids, owner, lease)
+    if not claimed:
+        return []
+    lease_until = time.time() + lease
+    endpoint = endpoints.get(conn, endpoint_id) if endpoint_id is not None else None
+    if endpoint is None or not endpoint["enabled"]:
+        why = (
+            "endpoint deleted"
+            if endpoint is None
+            else f"endpoint disabled: {endpoint['disabled_reason'] or 'by the admin'}"
+        )
+        fail_unsendable(conn, owner, claimed, why)
+        return []
+    results = []
+    for position, delivery in enumerate(claimed):
+        if time.time() + timeout + 1 > lease_until:
+            lease_until = time.time() + lease
+            extend_lease(conn, [d["id"] for d in claimed[position:]], owner, lease_until)
+        body = payload(conn, delivery)
+        if body is None:
+            fail_unsendable(conn, owner, [delivery], "event no longer stored (pruned)")
+            continue
+        outcome = send(sender, endpoint, delivery, body, timeout)
+        results.append((delivery, outcome))
+        if outcome.status_code == 410:
+            break  # the endpoint is gone: record() fails the rest of the batch with it
+    record(conn, config, owner, results)
+    return results
+
+
+def due(conn: sqlite3.Connection, limit: int, exclude: set[int] | None = None) -> list[sqlite3.Row]:
+    """Deliveries whose time has come and that nobody holds, oldest first."""
+    now = time.time()
+    rows = conn.execute(
+        "SELECT id, endpoint_id FROM deliveries WHERE state IN ('pending', 'retrying') AND next_attempt_at <= ?"
+        " AND (lease_until IS NULL OR lease_until < ?) ORDER BY next_attempt_at LIMIT ?",
+        (now, now, limit),
+    ).fetchall()
+    return [r for r in rows if not exclude or r["id"] not in exclude]
+
+
+def redeliver(
+    conn: sqlite3.Connection,
+    *,
+    ids: list[int] | None = None,
+    failed_only: bool = True,
+    since: float | None = None,
+    endpoint_id: int | None = None,
+) -> int:
+    """Start a fresh retry cycle for finished deliveries; returns how many.
+
+    failed_only=False also replays delivered ones (a receiver that lost data). Deliveries
+    still pending or retrying are left alone: they are on their way already.
+    """
+    clauses = ["state IN ('failed')" if failed_only else "state IN ('failed', 'delivered')", "endpoint_id IS NOT NULL"]
+    params: list = []
+    if ids is not None:
+        clauses.append(f"id IN ({','.join('?' for _ in ids)})")
+        params += ids
+    if since is not None:
+        clauses.append("created_at >= ?")
+        params.append(since)
+    if endpoint_id is not None:
+        clauses.append("endpoint_id = ?")
+        params.append(endpoint_id)
+    now = time.time()
+    with transaction(conn):
+        return conn.execute(
+            "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?, lease_owner = NULL,"
+            f" lease_until = NULL, updated_at = ? WHERE {' AND '.join(clauses)}"  # noqa: S608 (clauses are ours)
+            " AND endpoint_id IN (SELECT id FROM endpoints WHERE enabled = 1)",
+            (now, now, *params),
+        ).rowcount
+
+
+def send_test(conn: sqlite3.Connection, config, endpoint_id: int) -> Outcome:
+    """Deliver a signed `webhook.test` event to one endpoint now, in this process.
+
+    It is stored like any delivery (so it shows on the monitor) but gets no retries:
+    the admin is watching and can press the button again.
+    """
+    endpoint = endpoints.get(conn, endpoint_id)
+    if endpoint is None:
+        raise KeyError(endpoint_id)
+    now = time.time()
+    event_id = "evt_test_" + secrets.token_hex(10)
+    body = {
+        "event": "webhook.test",
+        "event_id": event_id,
+        "timestamp": int(now),
+        "received_at": iso(now),
+        "message": "This is a test event from wahook. If you can read it, deliveries work.",
+    }
+    with transaction(conn):
+        event_row = conn.execute(
+            "INSERT INTO events (event_id, webhook_id, name, dedupe_key, created_at, body) VALUES (?, NULL, ?, NULL, ?, ?)",
+            (event_id, "webhook.test", now, json.dumps(body, separators=(",", ":"))),
+        ).lastrowid
+        delivery_id = conn.execute(
+            "INSERT INTO deliveries (endpoint_id, endpoint_url, event_id, event_name, message_id, next_attempt_at,"
+            " created_at, updated_at) VALUES (?, ?, ?, 'webhook.test', ?, ?, ?, ?)",
+            (endpoint_id, endpoint["url"], event_row, event_id, now, now, now),
+        ).lastrowid
+    owner = "test-" + secrets.token_hex(4)
+    delivery = config["delivery"]
+    sender = safe_http.Sender(allow_http=delivery["allow_http"], allow_private=delivery["allow_private_urls"])
+    try:
+        timeout = float(delivery["timeout"])
+        claimed = claim(conn, [delivery_id], owner, timeout + LEASE_MARGIN)
+        outcome = send(sender, endpoint, claimed[0], payload(conn, claimed[0]), timeout)
+        # A test has no retry cycle: pretend the schedule is empty so a failure is final.
+        record(conn, {"delivery": {**delivery, "retry_schedule": []}}, owner, [(claimed[0], outcome)])
+    finally:
+        sender.close()
+    return outcome

@@ -1,0 +1,214 @@
+"""Endpoints: where events go. Validation, secrets, and the table's reads and writes.
+
+Used by the CLI and the settings page alike, so both refuse the same things with the
+same words. URL safety rules live in safe_http; they are checked here when an endpoint
+is saved and again by the worker at every send.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import secrets
+import sqlite3
+import time
+from typing import Any
+
+import safe_http
+from db import transaction
+from events import EVENT_NAMES
+
+SECRET_PREFIX = "whsec_"
+# Standard Webhooks secrets are 24 to 64 random bytes; we generate 32.
+SECRET_MIN_BYTES, SECRET_MAX_BYTES = 24, 64
+FORMATS = ("events", "meta")
+MAX_URL_LENGTH = 2048
+EXTRA_EVENT_RE = re.compile(r"whatsapp\.[a-z0-9_]{1,64}")
+TOKEN_RE = re.compile(r"[\x21-\x7e]{1,512}")  # printable, no spaces or line breaks: it goes in a header
+
+
+class EndpointError(ValueError):
+    """A value the admin must change; `field` names the form field it belongs to."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+def generate_secret() -> str:
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode("ascii")
+
+
+def secret_key_bytes(secret: str) -> bytes:
+    """The HMAC key Standard Webhooks uses: the base64 part of whsec_<base64>, decoded."""
+    return base64.b64decode(secret[len(SECRET_PREFIX) :], validate=True)
+
+
+def check_secret(secret: str) -> str | None:
+    """None when `secret` has the whsec_<base64> form, else what is wrong with it."""
+    if not secret.startswith(SECRET_PREFIX):
+        return "secret must start with whsec_ (or leave it empty to generate one)"
+    try:
+        size = len(secret_key_bytes(secret))
+    except (binascii.Error, ValueError):
+        return "secret must be whsec_ followed by base64"
+    if not SECRET_MIN_BYTES <= size <= SECRET_MAX_BYTES:
+        return f"secret must encode {SECRET_MIN_BYTES} to {SECRET_MAX_BYTES} bytes, not {size}"
+    return None
+
+
+def mask(value: str) -> str:
+    """Enough of a secret to recognise it, not enough to use it."""
+    if not value:
+        return ""
+    if value.startswith(SECRET_PREFIX):
+        return value[: len(SECRET_PREFIX) + 4] + "…"
+    return value[:2] + "…"
+
+
+def clean_events(names: Any) -> list[str]:
+    """The event filter as a sorted list of known names; [] selects every event."""
+    if names is None or names == "":
+        return []
+    if isinstance(names, str):
+        names = names.split(",")
+    cleaned = sorted({str(n).strip() for n in names if str(n).strip()})
+    unknown = [n for n in cleaned if n not in EVENT_NAMES and not EXTRA_EVENT_RE.fullmatch(n)]
+    if unknown:
+        raise EndpointError(
+            "events", f"unknown event {unknown[0]!r}; known: {', '.join(EVENT_NAMES)}, whatsapp.<field>"
+        )
+    return cleaned
+
+
+def check_fields(config, values: dict[str, Any]) -> dict[str, Any]:
+    """Validate the editable fields present in `values`; returns them cleaned."""
+    cleaned: dict[str, Any] = {}
+    delivery = config["delivery"]
+    if "url" in values:
+        url = str(values["url"] or "").strip()
+        if not url:
+            raise EndpointError("url", "URL is required")
+        if len(url) > MAX_URL_LENGTH:
+            raise EndpointError("url", f"URL is longer than {MAX_URL_LENGTH} characters")
+        problem = safe_http.check_url(
+            url, allow_http=delivery["allow_http"], allow_private=delivery["allow_private_urls"]
+        )
+        if problem:
+            raise EndpointError("url", problem)
+        cleaned["url"] = url
+    if "events" in values:
+        cleaned["events"] = json.dumps(clean_events(values["events"]))
+    if "format" in values:
+        if values["format"] not in FORMATS:
+            raise EndpointError("format", f"format must be one of {', '.join(FORMATS)}")
+        cleaned["format"] = values["format"]
+    if "bearer_token" in values:
+        token = str(values["bearer_token"] or "").strip()
+        if token and not TOKEN_RE.fullmatch(token):
+            raise EndpointError("bearer_token", "bearer token must be printable characters without spaces")
+        cleaned["bearer_token"] = token
+    if values.get("secret"):
+        problem = check_secret(values["secret"])
+        if problem:
+            raise EndpointError("secret", problem)
+        cleaned["secret"] = values["secret"]
+    if "enabled" in values:
+        cleaned["enabled"] = 1 if values["enabled"] else 0
+        if cleaned["enabled"]:
+            cleaned["disabled_reason"] = ""
+    return cleaned
+
+
+def as_dict(row: sqlite3.Row, show_secret: bool = False) -> dict[str, Any]:
+    """An endpoint as the CLI prints it and the pages show it."""
+    return {
+        "id": row["id"],
+        "url": row["url"],
+        "secret": row["secret"] if show_secret else mask(row["secret"]),
+        "events": json.loads(row["events"]),
+        "format": row["format"],
+        "bearer_token": row["bearer_token"] if show_secret else mask(row["bearer_token"]),
+        "enabled": bool(row["enabled"]),
+        "disabled_reason": row["disabled_reason"],
+        "created_at": row["created_at"],
+    }
+
+
+def get(conn: sqlite3.Connection, endpoint_id: int) -> sqlite3.Row | None:
+    return conn.execute("SELECT * FROM endpoints WHERE id = ?", (endpoint_id,)).fetchone()
+
+
+def list_all(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+    return conn.execute("SELECT * FROM endpoints ORDER BY id").fetchall()
+
+
+def create(conn: sqlite3.Connection, config, url: str, **fields: Any) -> sqlite3.Row:
+    """Add an endpoint; a secret is generated unless one is given. Raises EndpointError."""
+    values = check_fields(config, {"url": url, **fields})
+    values.setdefault("secret", generate_secret())
+    values.setdefault("events", "[]")
+    now = time.time()
+    values.update(created_at=now, updated_at=now)
+    columns = ", ".join(values)
+    with transaction(conn):
+        endpoint_id = conn.execute(
+            f"INSERT INTO endpoints ({columns}) VALUES ({', '.join('?' for _ in values)})",  # noqa: S608 (names are ours)
+            tuple(values.values()),
+        ).lastrowid
+    return get(conn, endpoint_id)
+
+
+def update(conn: sqlite3.Connection, config, endpoint_id: int, **fields: Any) -> sqlite3.Row:
+    """Change some fields of an endpoint. Raises EndpointError, or KeyError if it is gone."""
+    values = check_fields(config, fields)
+    values["updated_at"] = time.time()
+    assignments = ", ".join(f"{name} = ?" for name in values)
+    with transaction(conn):
+        changed = conn.execute(
+            f"UPDATE endpoints SET {assignments} WHERE id = ?",  # noqa: S608 (names are ours)
+            (*values.values(), endpoint_id),
+        ).rowcount
+    if not changed:
+        raise KeyError(endpoint_id)
+    return get(conn, endpoint_id)
+
+
+def rotate_secret(conn: sqlite3.Connection, endpoint_id: int) -> str:
+    """Give the endpoint a new generated secret and return it (shown once, in full)."""
+    secret = generate_secret()
+    with transaction(conn):
+        if not conn.execute(
+            "UPDATE endpoints SET secret = ?, updated_at = ? WHERE id = ?", (secret, time.time(), endpoint_id)
+        ).rowcount:
+            raise KeyError(endpoint_id)
+    return secret
+
+
+def fail_open_deliveries(conn: sqlite3.Connection, endpoint_id: int, reason: str) -> int:
+    """End the endpoint's pending and retrying deliveries as failed (call inside a transaction)."""
+    return conn.execute(
+        "UPDATE deliveries SET state = 'failed', last_error = ?, lease_owner = NULL, lease_until = NULL,"
+        " updated_at = ? WHERE endpoint_id = ? AND state IN ('pending', 'retrying')",
+        (reason, time.time(), endpoint_id),
+    ).rowcount
+
+
+def disable(conn: sqlite3.Connection, endpoint_id: int, reason: str) -> None:
+    """Stop sending to an endpoint (a 410 from it, or the admin), failing what was waiting."""
+    with transaction(conn):
+        conn.execute(
+            "UPDATE endpoints SET enabled = 0, disabled_reason = ?, updated_at = ? WHERE id = ?",
+            (reason, time.time(), endpoint_id),
+        )
+        fail_open_deliveries(conn, endpoint_id, f"endpoint disabled: {reason}")
+
+
+def remove(conn: sqlite3.Connection, endpoint_id: int) -> bool:
+    """Delete an endpoint. Its waiting deliveries end as failed; the history stays."""
+    with transaction(conn):
+        fail_open_deliveries(conn, endpoint_id, "endpoint deleted")
+        return conn.execute("DELETE FROM endpoints WHERE id = ?", (endpoint_id,)).rowcount > 0

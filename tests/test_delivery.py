@@ -1,0 +1,454 @@
+"""Delivery end to end: real Redis, a real RQ SimpleWorker running drain jobs, the worker's
+dispatcher and sweeper, and real HTTP receivers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import signal
+import threading
+import time
+
+import pytest
+from conftest import wait_until
+from receiver import Behaviour
+from rq import SimpleWorker
+from standardwebhooks.webhooks import Webhook
+from test_intake import text_message
+
+import delivery
+import endpoints
+import jobs
+import worker
+from db import get_db
+
+
+@pytest.fixture
+def add_endpoint(app):
+    def add(url: str, **fields):
+        with app.app_context():
+            return endpoints.create(get_db(), app.config["WAHOOK"], url, **fields)
+
+    return add
+
+
+@pytest.fixture
+def running_worker(app):
+    """The worker's dispatcher and sweeper running in this process, as worker.py runs them."""
+    dispatcher = worker.Dispatcher(app.config["WAHOOK"])
+    jobs.set_drain_handler(dispatcher.on_drain_job)
+    sweeper = threading.Thread(target=worker.sweep, args=(dispatcher,), daemon=True)
+    sweeper.start()
+    yield dispatcher
+    dispatcher.stop(grace=0.5)
+    jobs.set_drain_handler(None)
+
+
+def run_rq_burst(app) -> None:
+    """Run queued drain jobs the way RQ's own tests do: a SimpleWorker in burst mode."""
+    connection = jobs.redis_connection(app.config["WAHOOK"])
+    SimpleWorker([jobs.QUEUE_NAME], connection=connection).work(burst=True)
+
+
+def delivery_row(conn, delivery_id: int = 1):
+    return conn.execute("SELECT * FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()
+
+
+def attempts_of(conn, delivery_id: int = 1):
+    return conn.execute("SELECT * FROM attempts WHERE delivery_id = ? ORDER BY id", (delivery_id,)).fetchall()
+
+
+# --- what arrives ---------------------------------------------------------------------------------
+
+
+def test_event_arrives_signed_with_every_header(app, post_webhook, receiver, add_endpoint, conn):
+    endpoint = add_endpoint(receiver.url, bearer_token="tok-123")
+    dispatcher = worker.Dispatcher(app.config["WAHOOK"])
+    jobs.set_drain_handler(dispatcher.on_drain_job)
+    try:
+        assert post_webhook(text_message("wamid.SIGNED")).status_code == 200
+        run_rq_burst(app)  # the drain job queued by the intake
+        (got,) = receiver.wait_for(1)
+    finally:
+        dispatcher.stop(grace=1)
+        jobs.set_drain_handler(None)
+    body = json.loads(got.body)
+    assert body["event"] == "message.received" and body["message_id"] == "wamid.SIGNED"
+    headers = {k.lower(): v for k, v in got.headers.items()}
+    assert headers["content-type"] == "application/json"
+    assert headers["user-agent"] == "Wahook-Webhook/1.0"
+    assert headers["x-webhook-event"] == "message.received"
+    assert headers["x-webhook-id"] == body["event_id"] == headers["webhook-id"]
+    assert headers["authorization"] == "Bearer tok-123"
+    stamp = headers["x-webhook-timestamp"]
+    assert abs(int(stamp) - time.time()) < 10
+    expected = hmac.new(endpoint["secret"].encode(), stamp.encode() + b"." + got.body, hashlib.sha256).hexdigest()
+    assert hmac.compare_digest(headers["x-webhook-signature"], expected)
+    # A library nobody here wrote accepts the Standard Webhooks signature.
+    assert Webhook(endpoint["secret"]).verify(got.body, headers)["event_id"] == body["event_id"]
+    assert delivery_row(conn)["state"] == "delivered"
+
+
+def test_standard_signature_fails_for_another_secret(app, post_webhook, receiver, add_endpoint, running_worker):
+    add_endpoint(receiver.url)
+    post_webhook(text_message())
+    (got,) = receiver.wait_for(1)
+    from standardwebhooks.webhooks import WebhookVerificationError
+
+    with pytest.raises(WebhookVerificationError):
+        Webhook(endpoints.generate_secret()).verify(got.body, {k.lower(): v for k, v in got.headers.items()})
+
+
+def test_meta_format_sends_the_original_body_byte_for_byte(post_webhook, receiver, add_endpoint, running_worker, conn):
+    add_endpoint(receiver.url, format="meta")
+    raw = b'{"object": "whatsapp_business_account",\n "entry": ' + json.dumps(text_message()["entry"]).encode() + b"}"
+    assert post_webhook(raw).status_code == 200
+    (got,) = receiver.wait_for(1)
+    assert got.body == raw
+    assert got.headers["X-Webhook-Event"] == "whatsapp.meta"
+    assert got.headers["X-Webhook-Id"] == conn.execute("SELECT webhook_id FROM webhooks").fetchone()[0]
+
+
+def test_no_bearer_header_without_a_token(post_webhook, receiver, add_endpoint, running_worker):
+    add_endpoint(receiver.url)
+    post_webhook(text_message())
+    (got,) = receiver.wait_for(1)
+    assert "Authorization" not in got.headers
+
+
+def test_event_filter_selects_what_an_endpoint_gets(post_webhook, make_receiver, add_endpoint, running_worker, conn):
+    everything, statuses_only = make_receiver(), make_receiver()
+    add_endpoint(everything.url)
+    add_endpoint(statuses_only.url, events="message.status_updated")
+    post_webhook(text_message("wamid.ONE"))
+    everything.wait_for(1)
+    time.sleep(0.3)
+    assert statuses_only.requests == []
+    assert conn.execute("SELECT count(*) FROM deliveries").fetchone()[0] == 1
+
+
+def test_huge_event_is_delivered_whole(post_webhook, receiver, add_endpoint, running_worker, conn):
+    add_endpoint(receiver.url)
+    text = "é" * (1_500_000)  # 3 MB of UTF-8, Meta's limit
+    assert post_webhook(text_message("wamid.HUGE", text=text)).status_code == 200
+    (got,) = receiver.wait_for(1, timeout=20)
+    assert json.loads(got.body)["text"] == text
+    assert got.body == conn.execute("SELECT body FROM events").fetchone()[0].encode()
+
+
+# --- failures and retries ---------------------------------------------------------------------------------
+
+
+def test_failures_retry_on_schedule_then_succeed(post_webhook, receiver, add_endpoint, running_worker, conn):
+    receiver.script = [Behaviour(status=500), Behaviour(status=503, body=b"busy")]
+    add_endpoint(receiver.url)
+    post_webhook(text_message())
+    got = receiver.wait_for(3, timeout=15)
+    gaps = [b.at - a.at for a, b in zip(got, got[1:], strict=False)]
+    assert all(gap >= 1.0 for gap in gaps), gaps  # retry_schedule = [1, 1]: never sooner
+    assert len({r.headers["X-Webhook-Id"] for r in got}) == 1
+    wait_until(lambda: delivery_row(conn)["state"] == "delivered", message="delivered")
+    rows = attempts_of(conn)
+    assert [r["status_code"] for r in rows] == [500, 503, 200]
+    assert rows[1]["response_body"] == "busy" and rows[1]["error"] == "HTTP 503"
+
+
+def test_exhausted_retries_end_failed_and_redelivery_starts_a_new_cycle(
+    post_webhook, receiver, add_endpoint, running_worker, conn, runner
+):
+    receiver.behaviour = Behaviour(status=500, body=b"x" * 5000)
+    add_endpoint(receiver.url)
+    post_webhook(text_message())
+    receiver.wait_for(3, timeout=15)
+    wait_until(lambda: delivery_row(conn)["state"] == "failed", message="failed")
+    time.sleep(1.5)
+    assert len(receiver.requests) == 3  # 1 attempt + 2 retries, then it stops
+    assert len(attempts_of(conn)[0]["response_body"]) == 1024
+    receiver.behaviour = Behaviour(status=200)
+    result = runner.invoke(args=["deliveries", "retry", "--failed"])
+    assert json.loads(result.output) == {"requeued": 1}
+    receiver.wait_for(4)
+    wait_until(lambda: delivery_row(conn)["state"] == "delivered", message="redelivered")
+
+
+def test_redirect_is_a_failure_and_not_followed(post_webhook, make_receiver, add_endpoint, running_worker, conn):
+    target, redirecting = make_receiver(), make_receiver()
+    redirecting.behaviour = Behaviour(status=302, headers={"Location": target.url})
+    add_endpoint(redirecting.url)
+    post_webhook(text_message())
+    redirecting.wait_for(1)
+    wait_until(lambda: attempts_of(conn), message="an attempt")
+    assert attempts_of(conn)[0]["status_code"] == 302
+    assert "not followed" in attempts_of(conn)[0]["error"]
+    assert delivery_row(conn)["state"] == "retrying"
+    time.sleep(0.3)
+    assert target.requests == []
+
+
+def test_410_disables_the_endpoint(post_webhook, receiver, add_endpoint, running_worker, conn):
+    receiver.behaviour = Behaviour(status=410)
+    endpoint = add_endpoint(receiver.url)
+    post_webhook(text_message("wamid.1"))
+    receiver.wait_for(1)
+    wait_until(lambda: delivery_row(conn)["state"] == "failed", message="failed")
+    row = conn.execute("SELECT enabled, disabled_reason FROM endpoints WHERE id = ?", (endpoint["id"],)).fetchone()
+    assert row["enabled"] == 0 and "410" in row["disabled_reason"]
+    post_webhook(text_message("wamid.2"))
+    time.sleep(1.5)
+    assert len(receiver.requests) == 1  # no more attempts to a gone endpoint
+
+
+def test_retry_after_pushes_the_retry_later_never_sooner(post_webhook, receiver, add_endpoint, running_worker, conn):
+    receiver.script = [Behaviour(status=429, headers={"Retry-After": "3"})]
+    add_endpoint(receiver.url)
+    post_webhook(text_message())
+    first, second = receiver.wait_for(2, timeout=10)
+    assert second.at - first.at >= 3.0
+
+
+def test_retry_after_is_capped_at_an_hour(post_webhook, receiver, add_endpoint, running_worker, conn):
+    receiver.behaviour = Behaviour(status=503, headers={"Retry-After": "999999"})
+    add_endpoint(receiver.url)
+    post_webhook(text_message())
+    receiver.wait_for(1)
+    wait_until(lambda: delivery_row(conn)["state"] == "retrying", message="retrying")
+    wait = delivery_row(conn)["next_attempt_at"] - time.time()
+    assert 3500 < wait <= 3600
+
+
+def test_timeout_is_a_failed_attempt(app, post_webhook, receiver, add_endpoint, running_worker, conn):
+    receiver.script = [Behaviour(delay=3)]  # timeout is 2 s in tests
+    add_endpoint(receiver.url)
+    post_webhook(text_message())
+    wait_until(lambda: attempts_of(conn), timeout=10, message="an attempt")
+    first = attempts_of(conn)[0]
+    assert first["status_code"] is None and "timed out" in first["error"]
+    wait_until(lambda: delivery_row(conn)["state"] == "delivered", timeout=10, message="delivered on retry")
+
+
+def test_receiver_down_is_retried(post_webhook, add_endpoint, running_worker, conn):
+    add_endpoint("http://127.0.0.1:9/hook")  # the discard port: nothing listens
+    post_webhook(text_message())
+    wait_until(lambda: delivery_row(conn)["state"] == "failed", timeout=10, message="failed")
+    rows = attempts_of(conn)
+    assert len(rows) == 3 and all("refused" in r["error"] for r in rows)
+
+
+def test_deleted_endpoint_fails_its_waiting_deliveries(app, post_webhook, receiver, add_endpoint, conn, runner):
+    endpoint = add_endpoint(receiver.url)
+    post_webhook(text_message())
+    result = runner.invoke(args=["endpoint", "remove", str(endpoint["id"])])
+    assert json.loads(result.output) == {"removed": endpoint["id"]}
+    row = delivery_row(conn)
+    assert row["state"] == "failed" and row["last_error"] == "endpoint deleted"
+    dispatcher = worker.Dispatcher(app.config["WAHOOK"])
+    assert dispatcher.pump() == 0
+    assert receiver.requests == []
+
+
+def test_private_address_is_refused_at_send_time(tmp_path, app, post_webhook, receiver, add_endpoint, conn):
+    add_endpoint(receiver.url)  # saved while private addresses were allowed
+    strict = app.config["WAHOOK"].sections | {
+        "delivery": {**app.config["WAHOOK"]["delivery"], "allow_private_urls": False}
+    }
+    from config import load_config
+
+    config = load_config(tmp_path / "none.toml", strict)
+    dispatcher = worker.Dispatcher(config)
+    post_webhook(text_message())
+    dispatcher.pump()
+    wait_until(lambda: attempts_of(conn), message="an attempt")
+    dispatcher.stop(grace=1)
+    assert "127.0.0.1" in attempts_of(conn)[0]["error"]
+    assert delivery_row(conn)["state"] == "failed"  # refused by policy: retrying cannot help
+    assert receiver.requests == []
+
+
+# --- isolation and at-least-once ------------------------------------------------------------------------
+
+
+def test_a_hanging_endpoint_does_not_hold_back_another(app, post_webhook, make_receiver, add_endpoint, conn):
+    hanging, healthy = make_receiver(), make_receiver()
+    hanging.behaviour = Behaviour(delay=10)
+    add_endpoint(hanging.url)
+    add_endpoint(healthy.url)
+    slow_config = app.config["WAHOOK"].sections | {"delivery": {**app.config["WAHOOK"]["delivery"], "timeout": 15}}
+    from config import load_config
+
+    dispatcher = worker.Dispatcher(load_config(app.config["WAHOOK"].path, slow_config))
+    jobs.set_drain_handler(dispatcher.on_drain_job)
+    sweeper = threading.Thread(target=worker.sweep, args=(dispatcher,), daemon=True)
+    sweeper.start()
+    try:
+        for n in range(5):
+            posted = time.time()
+            assert post_webhook(text_message(f"wamid.ISO{n}")).status_code == 200
+            run_rq_burst(app)
+            arrived = healthy.wait_for(n + 1, timeout=5)[-1]
+            assert arrived.at - posted < 1.0, f"event {n} took {arrived.at - posted:.2f} s"
+        assert hanging.started >= 1 and len(hanging.requests) == 0
+    finally:
+        dispatcher.stop(grace=0.2)
+        jobs.set_drain_handler(None)
+
+
+def test_two_dispatchers_never_send_the_same_delivery(app, post_webhook, receiver, add_endpoint, conn):
+    add_endpoint(receiver.url)
+    for n in range(200):
+        post_webhook(text_message(f"wamid.TWO{n}"))
+    first, second = worker.Dispatcher(app.config["WAHOOK"]), worker.Dispatcher(app.config["WAHOOK"])
+    for _ in range(20):
+        first.pump()
+        second.pump()
+        time.sleep(0.02)
+    receiver.wait_for(200, timeout=20)
+    assert first.wait_idle() and second.wait_idle()
+    first.stop(grace=0.5)
+    second.stop(grace=0.5)
+    ids = [r.headers["X-Webhook-Id"] for r in receiver.requests]
+    assert len(ids) == len(set(ids)) == 200
+
+
+def test_flushed_redis_loses_nothing(app, post_webhook, receiver, add_endpoint, running_worker, conn):
+    jobs.set_drain_handler(None)  # no RQ job will ever run: only the sweeper can deliver
+    add_endpoint(receiver.url)
+    for n in range(5):
+        post_webhook(text_message(f"wamid.FLUSH{n}"))
+    jobs.redis_connection(app.config["WAHOOK"]).flushall()
+    receiver.wait_for(5, timeout=10)
+    wait_until(
+        lambda: conn.execute("SELECT count(*) FROM deliveries WHERE state = 'delivered'").fetchone()[0] == 5,
+        message="all delivered",
+    )
+
+
+def test_redis_stopped_during_intake_then_back(tmp_path, receiver, conn):
+    import embedded_redis
+    from app import create_app
+    from conftest import instance_sections, sign
+
+    data = tmp_path / "own-redis"
+    url = embedded_redis.ensure_running(data)
+    app = create_app({"config_path": str(tmp_path / "none.toml"), **instance_sections(tmp_path, url)})
+    with app.app_context():
+        endpoints.create(get_db(), app.config["WAHOOK"], receiver.url)
+    embedded_redis.stop(data)
+    client = app.test_client()
+    for n in range(3):
+        raw = json.dumps(text_message(f"wamid.DOWN{n}")).encode()
+        assert (
+            client.post("/api/webhooks/whatsapp", data=raw, headers={"X-Hub-Signature-256": sign(raw)}).status_code
+            == 200
+        )
+    embedded_redis.ensure_running(data)
+    dispatcher = worker.Dispatcher(app.config["WAHOOK"])
+    sweeper = threading.Thread(target=worker.sweep, args=(dispatcher,), daemon=True)
+    sweeper.start()
+    try:
+        receiver.wait_for(3, timeout=10)
+    finally:
+        dispatcher.stop(grace=0.5)
+        embedded_redis.stop(data)
+
+
+def test_worker_killed_mid_attempt_loses_nothing(processes, post_webhook, receiver, add_endpoint, conn):
+    receiver.script = [Behaviour(delay=1.5)]
+    add_endpoint(receiver.url)
+    first = processes.start_worker()
+    assert post_webhook(text_message("wamid.KILL")).status_code == 200
+    wait_until(lambda: receiver.started >= 1, timeout=15, message="the first attempt to begin")
+    os.kill(first.pid, signal.SIGKILL)  # mid-attempt: the receiver is still sleeping
+    first.wait()
+    assert delivery_row(conn)["lease_owner"] is not None  # the dead worker's lease stands
+    processes.start_worker()
+    # After the lease (timeout 2 s + margin) runs out, another worker sends it again.
+    got = receiver.wait_for(2, timeout=delivery.LEASE_MARGIN + 15)
+    assert got[-1].headers["X-Webhook-Id"] == json.loads(got[-1].body)["event_id"]
+    wait_until(lambda: delivery_row(conn)["state"] == "delivered", timeout=10, message="delivered")
+
+
+# --- the CLI ---------------------------------------------------------------------------------------------
+
+
+def cli_json(runner, *args):
+    result = runner.invoke(args=list(args))
+    return result.exit_code, json.loads(result.output)
+
+
+def test_cli_endpoint_add_list_test_remove(runner, receiver):
+    code, added = cli_json(
+        runner,
+        "endpoint",
+        "add",
+        receiver.url,
+        "--events",
+        "message.received,template.status_changed",
+        "--bearer-token",
+        "abc",
+    )
+    assert code == 0 and added["id"] == 1 and added["secret"].startswith("whsec_")
+    assert len(endpoints.secret_key_bytes(added["secret"])) == 32
+    assert added["events"] == ["message.received", "template.status_changed"]
+    code, listed = cli_json(runner, "endpoint", "list")
+    assert listed[0]["url"] == receiver.url and added["secret"] not in json.dumps(listed)
+    code, outcome = cli_json(runner, "endpoint", "test", "1")
+    assert code == 0 and outcome["ok"] is True and outcome["status_code"] == 200 and outcome["error"] is None
+    (got,) = receiver.wait_for(1)
+    assert json.loads(got.body)["event"] == "webhook.test"
+    Webhook(added["secret"]).verify(got.body, {k.lower(): v for k, v in got.headers.items()})
+    assert cli_json(runner, "endpoint", "remove", "1") == (0, {"removed": 1})
+    assert cli_json(runner, "endpoint", "list") == (0, [])
+
+
+def test_cli_endpoint_test_reports_a_failure(runner, receiver):
+    receiver.behaviour = Behaviour(status=500)
+    cli_json(runner, "endpoint", "add", receiver.url)
+    code, outcome = cli_json(runner, "endpoint", "test", "1")
+    assert code == 1 and outcome == {
+        "ok": False,
+        "status_code": 500,
+        "duration_ms": outcome["duration_ms"],
+        "error": "HTTP 500",
+    }
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (["--secret", "plain"], "secret"),
+        (["--secret", "whsec_!!!"], "secret"),
+        (["--secret", "whsec_c2hvcnQ="], "secret"),
+        (["--events", "message.recieved"], "events"),
+        (["--bearer-token", "a b"], "bearer_token"),
+    ],
+)
+def test_cli_endpoint_add_refuses_bad_values(runner, receiver, args, field):
+    code, answer = cli_json(runner, "endpoint", "add", receiver.url, *args)
+    assert code == 1 and answer["field"] == field and answer["error"]
+    assert cli_json(runner, "endpoint", "list") == (0, [])
+
+
+def test_cli_refuses_unknown_ids_and_bad_times(runner):
+    assert cli_json(runner, "endpoint", "remove", "42") == (1, {"error": "no endpoint 42"})
+    assert cli_json(runner, "endpoint", "test", "42") == (1, {"error": "no endpoint 42"})
+    code, answer = cli_json(runner, "deliveries", "retry", "--since", "yesterday")
+    assert code == 1 and answer["field"] == "since"
+
+
+def test_cli_given_secret_is_used(runner, receiver):
+    secret = endpoints.generate_secret()
+    code, added = cli_json(runner, "endpoint", "add", receiver.url, "--secret", secret)
+    assert code == 0 and added["secret"] == secret
+
+
+def test_cli_replay_since_resends_delivered_events(post_webhook, receiver, add_endpoint, running_worker, runner, conn):
+    add_endpoint(receiver.url)
+    post_webhook(text_message())
+    receiver.wait_for(1)
+    wait_until(lambda: delivery_row(conn)["state"] == "delivered", message="delivered")
+    code, answer = cli_json(runner, "deliveries", "retry", "--since", "2000-01-01T00:00:00Z")
+    assert answer == {"requeued": 1}
+    first, again = receiver.wait_for(2)
+    assert first.headers["X-Webhook-Id"] == again.headers["X-Webhook-Id"]

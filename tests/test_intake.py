@@ -1,0 +1,306 @@
+"""The Meta intake over HTTP: verification, signatures, every line of the bad-input table,
+durability before the 200, duplicates, and concurrent duplicates against real gunicorn."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+import requests
+from conftest import APP_SECRET, VERIFY_TOKEN, sign
+
+import db
+from app import create_app
+
+URL = "/api/webhooks/whatsapp"
+
+
+def text_message(wamid: str = "wamid.HBgLMTU1NTAxMjM0NTY3FQIAEhgUM0VCMEE", text: str = "Hello") -> dict:
+    """A text message webhook as Meta documents it."""
+    return {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {
+                "id": "102290129340398",
+                "changes": [
+                    {
+                        "field": "messages",
+                        "value": {
+                            "messaging_product": "whatsapp",
+                            "metadata": {"display_phone_number": "15550783881", "phone_number_id": "106540352242922"},
+                            "contacts": [{"profile": {"name": "Sheena Nelson"}, "wa_id": "16505551234"}],
+                            "messages": [
+                                {
+                                    "from": "16505551234",
+                                    "id": wamid,
+                                    "timestamp": "1749416383",
+                                    "type": "text",
+                                    "text": {"body": text},
+                                }
+                            ],
+                        },
+                    }
+                ],
+            }
+        ],
+    }
+
+
+def counts(conn) -> tuple[int, int, int]:
+    return tuple(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("webhooks", "events", "deliveries"))
+
+
+def rejected(conn) -> int:
+    return conn.execute("SELECT coalesce(sum(count), 0) FROM rejections").fetchone()[0]
+
+
+# --- verification GET ---------------------------------------------------------------
+
+
+def test_verification_echoes_challenge(client):
+    response = client.get(
+        URL, query_string={"hub.mode": "subscribe", "hub.verify_token": VERIFY_TOKEN, "hub.challenge": "1158201444"}
+    )
+    assert response.status_code == 200
+    assert response.mimetype == "text/plain"
+    assert response.get_data() == b"1158201444"
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"hub.mode": "subscribe", "hub.verify_token": "wrong", "hub.challenge": "c"},
+        {"hub.mode": "unsubscribe", "hub.verify_token": VERIFY_TOKEN, "hub.challenge": "c"},
+        {"hub.mode": "subscribe", "hub.verify_token": "", "hub.challenge": "c"},
+    ],
+)
+def test_verification_refused(client, params):
+    response = client.get(URL, query_string=params)
+    assert response.status_code == 403
+    assert b"c" != response.get_data()
+
+
+@pytest.mark.parametrize("missing", ["hub.mode", "hub.verify_token", "hub.challenge"])
+def test_verification_missing_parameter(client, missing):
+    params = {"hub.mode": "subscribe", "hub.verify_token": VERIFY_TOKEN, "hub.challenge": "c"}
+    del params[missing]
+    assert client.get(URL, query_string=params).status_code == 400
+
+
+def test_empty_verify_token_refuses_everything(tmp_path, redis_url):
+    app = create_app(
+        {
+            "config_path": str(tmp_path / "none.toml"),
+            "storage": {"database": str(tmp_path / "w.db")},
+            "redis": {"url": redis_url},
+        }
+    )
+    response = app.test_client().get(
+        URL, query_string={"hub.mode": "subscribe", "hub.verify_token": "", "hub.challenge": "c"}
+    )
+    assert response.status_code == 403
+
+
+# --- signatures -----------------------------------------------------------------------
+
+
+def test_signed_post_is_stored_with_its_event(post_webhook, conn):
+    response = post_webhook(text_message())
+    assert response.status_code == 200
+    webhooks, events, _ = counts(conn)
+    assert (webhooks, events) == (1, 1)
+    body = json.loads(conn.execute("SELECT body FROM events").fetchone()[0])
+    assert body["event"] == "message.received"
+    assert body["from"] == "16505551234"
+
+
+@pytest.mark.parametrize(
+    "header",
+    [None, "", "sha256=", "sha1=abc", "sha256=zz" + "0" * 62, "sha256=" + "0" * 64, sign(b"other body")],
+    ids=["missing", "empty", "bare", "sha1", "not-hex", "wrong", "other-body"],
+)
+def test_bad_signature_is_refused_and_counted(client, conn, header):
+    raw = json.dumps(text_message()).encode()
+    headers = {"Content-Type": "application/json"}
+    if header is not None:
+        headers["X-Hub-Signature-256"] = header
+    response = client.post(URL, data=raw, headers=headers)
+    assert response.status_code == 401
+    assert counts(conn) == (0, 0, 0)
+    assert rejected(conn) == 1
+
+
+def test_body_changed_after_signing_is_refused(client, conn):
+    raw = json.dumps(text_message(text="pay 10")).encode()
+    signature = sign(raw)
+    tampered = raw.replace(b"pay 10", b"pay 99")
+    response = client.post(URL, data=tampered, headers={"X-Hub-Signature-256": signature})
+    assert response.status_code == 401
+    assert counts(conn) == (0, 0, 0)
+
+
+def test_signature_from_another_secret_is_refused(post_webhook, conn):
+    assert post_webhook(text_message(), secret="not-the-app-secret").status_code == 401
+    assert counts(conn) == (0, 0, 0)
+
+
+def test_empty_app_secret_refuses_every_post(tmp_path, redis_url):
+    app = create_app(
+        {
+            "config_path": str(tmp_path / "none.toml"),
+            "storage": {"database": str(tmp_path / "w.db")},
+            "redis": {"url": redis_url},
+        }
+    )
+    raw = json.dumps(text_message()).encode()
+    # Even a body "signed" with the empty key must not pass.
+    response = app.test_client().post(URL, data=raw, headers={"X-Hub-Signature-256": sign(raw, "")})
+    assert response.status_code == 401
+
+
+# --- malformed and oversized bodies -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"not json", b"\xff\xfe{}", b"[1, 2]", b'"text"', b"null", b"", b"[" * 100000 + b"]" * 100000],
+    ids=["not-json", "not-utf8", "array", "string", "null", "empty", "deeply-nested"],
+)
+def test_signed_body_that_is_not_a_json_object_is_400(post_webhook, conn, raw):
+    response = post_webhook(raw)
+    assert response.status_code == 400
+    assert counts(conn) == (0, 0, 0)
+
+
+def test_body_over_4_mib_is_413(post_webhook, conn):
+    body = text_message()
+    body["padding"] = "x" * (4 * 1024 * 1024)
+    response = post_webhook(body)
+    assert response.status_code == 413
+    assert counts(conn) == (0, 0, 0)
+
+
+def test_body_just_under_4_mib_is_accepted(post_webhook, conn):
+    body = text_message()
+    raw = json.dumps(body).encode()
+    body["padding"] = "x" * (4 * 1024 * 1024 - len(raw) - 20)
+    assert post_webhook(body).status_code == 200
+    assert counts(conn)[0] == 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"object": "whatsapp_business_account"},
+        {"object": "whatsapp_business_account", "entry": "nope"},
+        {"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": {"field": "messages"}}]},
+        {
+            "object": "whatsapp_business_account",
+            "entry": [{"changes": [{"field": "messages", "value": {"messages": [{"type": "text"}]}}]}],
+        },
+        {"object": "whatsapp_business_account", "entry": [None, 3, "x", {"changes": [None, {"value": 5}]}]},
+    ],
+    ids=["no-entry", "entry-not-list", "changes-not-list", "message-without-id", "junk-entries"],
+)
+def test_odd_inner_parts_are_stored_and_acknowledged(post_webhook, conn, body):
+    assert post_webhook(body).status_code == 200
+    stored = conn.execute("SELECT body FROM webhooks").fetchone()[0]
+    assert json.loads(stored) == body
+
+
+def test_other_object_is_stored_without_events(post_webhook, conn):
+    assert post_webhook({"object": "page", "entry": [{"id": "1", "messaging": []}]}).status_code == 200
+    assert counts(conn) == (1, 0, 0)
+
+
+def test_raw_body_is_stored_byte_for_byte(post_webhook, conn):
+    raw = b'{"object":"whatsapp_business_account",  "entry":[] , "x":"\\u00e9"}'
+    assert post_webhook(raw).status_code == 200
+    assert bytes(conn.execute("SELECT body FROM webhooks").fetchone()[0]) == raw
+
+
+# --- duplicates -----------------------------------------------------------------------
+
+
+def test_duplicate_webhook_makes_no_new_event(post_webhook, conn):
+    assert post_webhook(text_message()).status_code == 200
+    assert post_webhook(text_message()).status_code == 200
+    webhooks, events, _ = counts(conn)
+    assert (webhooks, events) == (2, 1)
+
+
+def test_every_message_of_a_batch_becomes_an_event(post_webhook, conn):
+    body = text_message("wamid.A")
+    second_entry = json.loads(json.dumps(body["entry"][0]))
+    second_entry["changes"][0]["value"]["messages"][0]["id"] = "wamid.B"
+    body["entry"].append(second_entry)
+    extra = dict(body["entry"][0]["changes"][0]["value"]["messages"][0], id="wamid.C")
+    body["entry"][0]["changes"][0]["value"]["messages"].append(extra)
+    assert post_webhook(body).status_code == 200
+    ids = {json.loads(r[0])["message_id"] for r in conn.execute("SELECT body FROM events")}
+    assert ids == {"wamid.A", "wamid.B", "wamid.C"}
+
+
+# --- storage and Redis failures ---------------------------------------------------------------
+
+
+def test_database_that_cannot_commit_gets_503_and_stores_nothing(app, post_webhook, conn):
+    blocker = db.connect(app.config["WAHOOK"].database_path)
+    blocker.execute("BEGIN IMMEDIATE")  # holds the write lock, as a stuck process would
+    conn.execute("PRAGMA busy_timeout = 200")  # wait 0.2 s instead of 5 for the lock
+    try:
+        response = post_webhook(text_message())
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        conn.execute(f"PRAGMA busy_timeout = {db.BUSY_TIMEOUT_MS}")
+    assert response.status_code == 503
+    assert b"Traceback" not in response.get_data()
+    assert counts(conn) == (0, 0, 0)
+    # Meta retries; the retry is stored.
+    assert post_webhook(text_message()).status_code == 200
+    assert counts(conn)[:2] == (1, 1)
+
+
+def test_redis_down_still_answers_200_and_keeps_the_delivery(tmp_path, runner, conn):
+    from conftest import instance_sections
+
+    sections = instance_sections(tmp_path, "unix:///nonexistent/redis.sock")
+    app = create_app({"config_path": str(tmp_path / "none.toml"), **sections})
+    with app.app_context():
+        import endpoints
+
+        endpoints.create(db.get_db(), app.config["WAHOOK"], "http://127.0.0.1:9/hook")
+    raw = json.dumps(text_message()).encode()
+    response = app.test_client().post(URL, data=raw, headers={"X-Hub-Signature-256": sign(raw, APP_SECRET)})
+    assert response.status_code == 200
+    state = conn.execute("SELECT state FROM deliveries").fetchall()
+    assert [r[0] for r in state] == ["pending"]
+
+
+# --- real gunicorn -----------------------------------------------------------------------
+
+
+def test_concurrent_duplicates_against_gunicorn_make_one_event(processes, conn):
+    base = processes.start_web(workers=2)
+    raw = json.dumps(text_message("wamid.RACE")).encode()
+    headers = {"Content-Type": "application/json", "X-Hub-Signature-256": sign(raw)}
+    statuses: list[int] = []
+    barrier = threading.Barrier(8)
+
+    def post() -> None:
+        session = requests.Session()
+        barrier.wait()
+        for _ in range(5):
+            statuses.append(session.post(base + URL, data=raw, headers=headers, timeout=10).status_code)
+
+    threads = [threading.Thread(target=post) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert statuses == [200] * 40
+    webhooks, events, _ = counts(conn)
+    assert webhooks == 40
+    assert events == 1
