@@ -1,0 +1,252 @@
+"""Admin login, sessions, CSRF tokens, the login rate limit and security headers.
+
+One admin, one password (`admin.password`). A session is Flask's signed cookie, holding a
+mark derived from the password, so changing the password (or `admin.secret_key`) ends
+every session at once. Cookies are HttpOnly, SameSite=Lax, and Secure whenever the
+request came over https.
+
+Proxies: there is deliberately no ProxyFix. gunicorn already takes X-Forwarded-Proto from
+a proxy on the same machine (its `forwarded_allow_ips` default, 127.0.0.1 and ::1), which
+is what makes `request.is_secure` true behind a local nginx, Caddy or tunnel. For the same
+reason the login rate limit reads the client's address from X-Forwarded-For only when the
+connection itself comes from loopback; from anywhere else the header could be forged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import secrets
+import time
+from datetime import timedelta
+from urllib.parse import urlsplit
+
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    abort,
+    current_app,
+    flash,
+    has_request_context,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from flask.sessions import SecureCookieSessionInterface
+
+from db import get_db, transaction
+
+bp = Blueprint("auth", __name__)
+
+LOGIN_WINDOW = 60  # seconds in which LOGIN_MAX_FAILURES failures start a block
+LOGIN_MAX_FAILURES = 5
+LOGIN_BLOCK = 60  # seconds a block lasts, counted from the failure that started it
+# All addresses together: caps guessing even when X-Forwarded-For is forged behind a proxy.
+GLOBAL_MAX_FAILURES = 30
+SESSION_LIFETIME = timedelta(hours=12)  # sliding: every request renews it
+
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "object-src 'none'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+)
+# Reachable without a session: Meta, health checks, the login page and its stylesheet.
+PUBLIC_BLUEPRINTS = frozenset({"intake", "health"})
+PUBLIC_ENDPOINTS = frozenset({"auth.login", "static"})
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+class SessionInterface(SecureCookieSessionInterface):
+    """Flask's signed cookie session, marked Secure whenever the request came over https."""
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        if app.config["SESSION_COOKIE_SECURE"]:
+            return True
+        return has_request_context() and request.is_secure
+
+
+def admin_password() -> str:
+    return current_app.config["WAHOOK"]["admin"]["password"]
+
+
+def session_mark(password: str) -> str:
+    """What a logged-in session holds: tied to the password without revealing it."""
+    key = current_app.config["SECRET_KEY"].encode("utf-8")
+    return hmac.new(key, b"wahook-admin:" + password.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def logged_in() -> bool:
+    password = admin_password()
+    mark = session.get("auth")
+    return bool(password) and isinstance(mark, str) and hmac.compare_digest(mark, session_mark(password))
+
+
+def password_matches(given: str, expected: str) -> bool:
+    """Constant time, whatever the lengths: both sides are hashed to 32 bytes first."""
+    digest = hashlib.sha256
+    return hmac.compare_digest(digest(given.encode("utf-8")).digest(), digest(expected.encode("utf-8")).digest())
+
+
+def csrf_token() -> str:
+    """This session's CSRF token, made on first use; every POST form carries it."""
+    token = session.get("csrf")
+    if not isinstance(token, str) or len(token) < 32:
+        token = session["csrf"] = secrets.token_urlsafe(32)
+    return token
+
+
+def client_address() -> str:
+    """The address the rate limit counts: the peer, or the proxy's last X-Forwarded-For hop."""
+    peer = request.remote_addr or "unknown"
+    forwarded = request.headers.get("X-Forwarded-For", "")
+    try:
+        loopback = ipaddress.ip_address(peer).is_loopback
+    except ValueError:
+        loopback = False
+    if loopback and forwarded:
+        hop = forwarded.split(",")[-1].strip()
+        try:
+            return str(ipaddress.ip_address(hop))
+        except ValueError:
+            pass
+    return peer
+
+
+def blocked_until(conn, address: str, now: float) -> float | None:
+    """When the block on `address` ends, or None if it may try now."""
+    times = [
+        row[0]
+        for row in conn.execute(
+            "SELECT at FROM login_failures WHERE remote_addr = ? AND at > ? ORDER BY at",
+            (address, now - LOGIN_WINDOW - LOGIN_BLOCK),
+        )
+    ]
+    until = None
+    for last in range(LOGIN_MAX_FAILURES - 1, len(times)):
+        first = times[last - LOGIN_MAX_FAILURES + 1]
+        if times[last] - first <= LOGIN_WINDOW and times[last] + LOGIN_BLOCK > now:
+            until = max(until or 0.0, times[last] + LOGIN_BLOCK)
+    # Rows are inserted in time order, so the newest few by id tell the global rate cheaply.
+    latest = conn.execute(
+        "SELECT min(at), count(*) FROM (SELECT at FROM login_failures ORDER BY id DESC LIMIT ?)",
+        (GLOBAL_MAX_FAILURES,),
+    ).fetchone()
+    if latest[1] >= GLOBAL_MAX_FAILURES and latest[0] > now - LOGIN_WINDOW:
+        until = max(until or 0.0, latest[0] + LOGIN_WINDOW)
+    return until
+
+
+def safe_next(target: str | None) -> str:
+    """A local path to go to after login; anything else (another host, //x, \\x) goes to the monitor."""
+    if target and target.startswith("/") and not target.startswith(("//", "/\\")):
+        parts = urlsplit(target)
+        if not parts.scheme and not parts.netloc:
+            return target
+    return url_for("monitor.index")
+
+
+def login_page(message: str = "", status: int = 200, **extra) -> tuple[str, int]:
+    return (
+        render_template(
+            "login.html",
+            message=message,
+            no_password=not admin_password(),
+            next=request.values.get("next", ""),
+            **extra,
+        ),
+        status,
+    )
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login():
+    if request.method == "GET":
+        if logged_in():
+            return redirect(safe_next(request.args.get("next")))
+        return login_page()
+    password = admin_password()
+    if not password:
+        return login_page("Login is impossible until an admin password is set.", 403)
+    address = client_address()
+    now = time.time()
+    conn = get_db()
+    # One transaction for check and count, so two web workers cannot both let a 6th try through.
+    with transaction(conn):
+        until = blocked_until(conn, address, now)
+        if until is not None:
+            ok = None
+        else:
+            ok = password_matches(request.form.get("password", ""), password)
+            if ok:
+                conn.execute("DELETE FROM login_failures WHERE remote_addr = ?", (address,))
+            else:
+                conn.execute("INSERT INTO login_failures (remote_addr, at) VALUES (?, ?)", (address, now))
+    if ok is None:
+        wait = max(1, int(until - now + 0.999))
+        body, status = login_page(f"Too many failed logins. Wait {wait} seconds, then try again.", 429)
+        return Response(body, status, headers={"Retry-After": str(wait)})
+    if not ok:
+        return login_page("Wrong password.", 401)
+    # A fresh session: nothing from before the login (a planted CSRF token, say) survives.
+    session.clear()
+    session.permanent = True
+    session["auth"] = session_mark(password)
+    csrf_token()
+    return redirect(safe_next(request.form.get("next")), 303)
+
+
+@bp.post("/logout")
+def logout():
+    session.clear()
+    flash("You are logged out.", "info")
+    return redirect(url_for("auth.login"), 303)
+
+
+def require_login():
+    """Send every request for an admin page to the login page when there is no session."""
+    if request.blueprint in PUBLIC_BLUEPRINTS or request.endpoint in PUBLIC_ENDPOINTS:
+        return None
+    if logged_in():
+        return None
+    if request.method == "GET":
+        query = request.query_string.decode("latin-1")
+        return redirect(url_for("auth.login", next=request.path + ("?" + query if query else "")))
+    return redirect(url_for("auth.login"), 303)
+
+
+def check_csrf() -> None:
+    """Refuse (403) any state-changing request without this session's token; Meta's POST is exempt."""
+    if request.method not in UNSAFE_METHODS or request.blueprint in PUBLIC_BLUEPRINTS:
+        return
+    expected = session.get("csrf")
+    given = request.form.get("csrf_token", "")
+    if not isinstance(expected, str) or not expected or not hmac.compare_digest(given.encode(), expected.encode()):
+        abort(403, "csrf")
+
+
+def security_headers(response: Response) -> Response:
+    headers = response.headers
+    headers.setdefault("Content-Security-Policy", CSP)
+    headers.setdefault("X-Frame-Options", "DENY")
+    headers.setdefault("Referrer-Policy", "same-origin")
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    if has_request_context() and request.blueprint not in PUBLIC_BLUEPRINTS and request.endpoint != "static":
+        # Pages show secrets once and customers' messages: keep them out of every cache.
+        headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+def init_app(app: Flask) -> None:
+    app.session_interface = SessionInterface()
+    app.config["PERMANENT_SESSION_LIFETIME"] = SESSION_LIFETIME
+    app.config["SESSION_COOKIE_NAME"] = "wahook_session"
+    app.config["SESSION_COOKIE_HTTPONLY"] = True
+    app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
+    app.register_blueprint(bp)
+    app.before_request(require_login)
+    app.before_request(check_csrf)
+    app.after_request(security_headers)
+    app.jinja_env.globals.update(csrf_token=csrf_token, logged_in=logged_in)

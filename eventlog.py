@@ -1,0 +1,186 @@
+"""The event log: stored Meta webhooks newest first, the events drawn from each and where
+each delivery stands; a detail page shows the raw body and every event as formatted JSON.
+
+Everything here is what customers and Meta sent, so it only ever reaches the page
+through Jinja's escaping: JSON is pretty-printed into a string, never into markup.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+from typing import Any
+
+from flask import Blueprint, Response, abort, render_template, request
+
+from db import get_db
+
+bp = Blueprint("eventlog", __name__)
+
+PAGE_SIZE = 20
+SHOWN_BYTES = 256 * 1024  # a formatted body longer than this is cut on the page (the download is whole)
+SUMMARY_CHARS = 160
+# The few fields a list line needs, read by SQLite so a 3 MB message is not loaded for it.
+SUMMARY_PATHS = (
+    "from",
+    "contact_name",
+    "type",
+    "content",
+    "status",
+    "recipient",
+    "to",
+    "template_name",
+    "language",
+    "quality",
+    "category",
+    "field",
+)
+
+
+def pretty(text: str | bytes) -> tuple[str, bool]:
+    """JSON indented for reading, and whether it was cut; text that is not JSON is shown as it is."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
+    with contextlib.suppress(ValueError, RecursionError):
+        text = json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+    return (text[:SHOWN_BYTES], True) if len(text) > SHOWN_BYTES else (text, False)
+
+
+def summary(name: str, fields: dict[str, Any]) -> str:
+    """One line about an event, from the customer's words where there are any."""
+
+    def get(key: str) -> str:
+        value = fields.get(key)
+        return "" if value is None else str(value)
+
+    if name in ("message.received", "message.echo"):
+        who = get("contact_name") or get("from") if name == "message.received" else "to " + get("to")
+        text = f"{who}: [{get('type')}] {get('content')}".strip()
+    elif name == "message.status_updated":
+        text = f"{get('status')} → {get('recipient')}"
+    elif name.startswith("template."):
+        change = get("status") or get("quality") or get("category")
+        text = f"{get('template_name')} ({get('language')}): {change}"
+    elif name.startswith("account."):
+        text = get("type")
+    else:
+        text = get("field")
+    return text if len(text) <= SUMMARY_CHARS else text[: SUMMARY_CHARS - 1] + "…"
+
+
+def events_of(conn: sqlite3.Connection, webhook_ids: list[int], full: bool = False) -> dict[int, list[dict]]:
+    """The events of these webhooks, each with its deliveries, grouped by webhook row id."""
+    if not webhook_ids:
+        return {}
+    marks = ",".join("?" for _ in webhook_ids)
+    paths = ", ".join(f"'$.{p}'" for p in SUMMARY_PATHS)
+    rows = conn.execute(
+        f"SELECT id, event_id, webhook_id, name, created_at, {'body' if full else 'NULL AS body'},"  # noqa: S608
+        f" CASE WHEN json_valid(body) THEN json_extract(body, {paths}) END AS fields"
+        f" FROM events WHERE webhook_id IN ({marks}) ORDER BY id",
+        webhook_ids,
+    ).fetchall()
+    deliveries = deliveries_of(conn, webhook_ids)
+    grouped: dict[int, list[dict]] = {}
+    for row in rows:
+        values = json.loads(row["fields"]) if row["fields"] else [None] * len(SUMMARY_PATHS)
+        fields = dict(zip(SUMMARY_PATHS, values, strict=False))
+        grouped.setdefault(row["webhook_id"], []).append(
+            {
+                "id": row["id"],
+                "event_id": row["event_id"],
+                "name": row["name"],
+                "created_at": row["created_at"],
+                "summary": summary(row["name"], fields),
+                "body": pretty(row["body"]) if full else None,
+                "deliveries": deliveries.get(("event", row["id"]), []),
+            }
+        )
+    return grouped
+
+
+def deliveries_of(conn: sqlite3.Connection, webhook_ids: list[int]) -> dict[tuple[str, int], list[sqlite3.Row]]:
+    """Deliveries keyed by ("event", event row id), or ("webhook", webhook row id) for the meta format."""
+    marks = ",".join("?" for _ in webhook_ids)
+    result: dict[tuple[str, int], list[sqlite3.Row]] = {}
+    for row in conn.execute(
+        "SELECT d.*, e.enabled AS endpoint_enabled FROM deliveries d LEFT JOIN endpoints e"  # noqa: S608 (placeholders)
+        f" ON e.id = d.endpoint_id WHERE d.webhook_id IN ({marks}) ORDER BY d.id",
+        webhook_ids,
+    ):
+        key = ("event", row["event_id"]) if row["event_id"] is not None else ("webhook", row["webhook_id"])
+        result.setdefault(key, []).append(row)
+    return result
+
+
+def find_webhook(conn: sqlite3.Connection, ref: str) -> sqlite3.Row | None:
+    """A webhook by its row id (`/events/12`) or its public id (`/events/whk_…`)."""
+    column = "id" if ref.isdigit() else "webhook_id"
+    if column == "id" and len(ref) > 18:
+        return None
+    return conn.execute(
+        f"SELECT * FROM webhooks WHERE {column} = ?",  # noqa: S608 (one of two column names)
+        (int(ref) if column == "id" else ref,),
+    ).fetchone()
+
+
+@bp.get("/events")
+def index():
+    conn = get_db()
+    before = request.args.get("before", type=int)
+    where, params = ("WHERE id < ?", [before]) if before else ("", [])
+    rows = conn.execute(
+        "SELECT id, webhook_id, received_at, object, fields, event_count, length(body) AS size"  # noqa: S608
+        f" FROM webhooks {where} ORDER BY id DESC LIMIT ?",  # where is one of two fixed strings
+        (*params, PAGE_SIZE + 1),
+    ).fetchall()
+    older = rows[PAGE_SIZE - 1]["id"] if len(rows) > PAGE_SIZE else None
+    rows = rows[:PAGE_SIZE]
+    ids = [row["id"] for row in rows]
+    events = events_of(conn, ids)
+    deliveries = deliveries_of(conn, ids) if ids else {}
+    total = conn.execute("SELECT count(*) FROM webhooks").fetchone()[0]
+    tests = conn.execute("SELECT count(*) FROM events WHERE webhook_id IS NULL").fetchone()[0]
+    return render_template(
+        "events.html",
+        webhooks=[
+            {"row": row, "events": events.get(row["id"], []), "meta": deliveries.get(("webhook", row["id"]), [])}
+            for row in rows
+        ],
+        before=before,
+        older=older,
+        total=total,
+        tests=tests,
+    )
+
+
+@bp.get("/events/<ref>")
+def detail(ref: str):
+    conn = get_db()
+    row = find_webhook(conn, ref)
+    if row is None:
+        abort(404)
+    body, cut = pretty(bytes(row["body"]))
+    return render_template(
+        "event.html",
+        webhook=row,
+        body=body,
+        cut=cut,
+        size=len(row["body"]),
+        events=events_of(conn, [row["id"]], full=True).get(row["id"], []),
+        meta=deliveries_of(conn, [row["id"]]).get(("webhook", row["id"]), []),
+    )
+
+
+@bp.get("/events/<ref>/raw")
+def raw(ref: str):
+    """The stored body, byte for byte, as a download (never rendered by the browser)."""
+    row = find_webhook(get_db(), ref)
+    if row is None:
+        abort(404)
+    return Response(
+        bytes(row["body"]),
+        mimetype="application/octet-stream",
+        headers={"Content-Disposition": f'attachment; filename="{row["webhook_id"]}.json"'},
+    )

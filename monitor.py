@@ -1,0 +1,268 @@
+"""The Webhook Health Monitor: how deliveries are going, per endpoint and overall.
+
+Everything is read from SQLite on each page load: rates from `attempts` (last hour and
+day), open and failed counts from `deliveries`, the per-minute chart from `attempts`,
+the intake's last webhook from `webhooks` and forged or broken signatures from
+`rejections`. Redelivery buttons restart failed deliveries and wake a worker.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
+
+import delivery
+import endpoints
+import health
+import jobs
+from auth import safe_next
+from db import get_db
+
+bp = Blueprint("monitor", __name__)
+
+HOUR, DAY = 3600, 86400
+PAGE_SIZE = 25
+FAILED_SHOWN = 50
+CHART_MINUTES = 60
+
+
+@dataclass
+class EndpointHealth:
+    """One endpoint's line on the monitor."""
+
+    id: int
+    url: str
+    enabled: bool
+    disabled_reason: str
+    hour_total: int = 0
+    hour_ok: int = 0
+    day_total: int = 0
+    day_ok: int = 0
+    pending: int = 0
+    retrying: int = 0
+    failed: int = 0
+    streak: int = 0  # failed attempts since the last success
+    failing_since: float | None = None
+    last_attempt: sqlite3.Row | None = None
+    last_error: sqlite3.Row | None = None  # the newest failed attempt of the last day
+
+    @property
+    def state(self) -> str:
+        """healthy, failing, disabled or idle: what the status line and its colour say."""
+        if not self.enabled:
+            return "disabled"
+        if self.streak:
+            return "failing"
+        if self.last_attempt is None:
+            return "idle"
+        return "healthy"
+
+
+def endpoint_health(conn: sqlite3.Connection, now: float) -> list[EndpointHealth]:
+    """Each configured endpoint's rates, open deliveries, failure streak and last error."""
+    rows = {
+        row["id"]: EndpointHealth(row["id"], row["url"], bool(row["enabled"]), row["disabled_reason"])
+        for row in endpoints.list_all(conn)
+    }
+    for row in conn.execute(
+        "SELECT endpoint_id, count(*) AS day_total, sum(ok) AS day_ok, sum(attempted_at >= ?) AS hour_total,"
+        " sum(ok AND attempted_at >= ?) AS hour_ok FROM attempts WHERE attempted_at >= ? GROUP BY endpoint_id",
+        (now - HOUR, now - HOUR, now - DAY),
+    ):
+        if row["endpoint_id"] in rows:
+            item = rows[row["endpoint_id"]]
+            item.day_total, item.day_ok = row["day_total"], row["day_ok"]
+            item.hour_total, item.hour_ok = row["hour_total"], row["hour_ok"]
+    for row in conn.execute(
+        "SELECT endpoint_id, state, count(*) FROM deliveries WHERE state IN ('pending', 'retrying', 'failed')"
+        " GROUP BY endpoint_id, state"
+    ):
+        if row[0] in rows:
+            setattr(rows[row[0]], row[1], row[2])
+    for item in rows.values():
+        # Without an index on attempts(endpoint_id) these walk back from the newest attempt;
+        # for an endpoint in use that is a short walk.
+        item.last_attempt = conn.execute(
+            "SELECT * FROM attempts WHERE endpoint_id = ? ORDER BY id DESC LIMIT 1", (item.id,)
+        ).fetchone()
+        if item.last_attempt is not None and not item.last_attempt["ok"]:
+            last_ok = conn.execute(
+                "SELECT id FROM attempts WHERE endpoint_id = ? AND ok = 1 ORDER BY id DESC LIMIT 1", (item.id,)
+            ).fetchone()
+            streak = conn.execute(
+                "SELECT count(*), min(attempted_at) FROM attempts WHERE id > ? AND endpoint_id = ?",
+                (last_ok[0] if last_ok else 0, item.id),
+            ).fetchone()
+            item.streak, item.failing_since = streak[0], streak[1]
+        item.last_error = conn.execute(
+            "SELECT * FROM attempts WHERE attempted_at >= ? AND endpoint_id = ? AND ok = 0"
+            " ORDER BY attempted_at DESC LIMIT 1",
+            (now - DAY, item.id),
+        ).fetchone()
+    return list(rows.values())
+
+
+@dataclass
+class Chart:
+    """Delivered and failed attempts per minute, with the geometry of an SVG bar chart."""
+
+    buckets: list[dict[str, Any]] = field(default_factory=list)
+    delivered: int = 0
+    failed: int = 0
+    top: int = 1  # the value at the top of the scale
+    width: int = 600
+    height: int = 120
+    bar: float = 10.0
+
+
+def nice_top(value: int) -> int:
+    """The smallest of 1, 2, 5, 10, 20, 50, … that is at least `value`."""
+    step = 1
+    while True:
+        for factor in (1, 2, 5):
+            if step * factor >= value:
+                return step * factor
+        step *= 10
+
+
+def chart(conn: sqlite3.Connection, now: float) -> Chart:
+    this_minute = int(now // 60)
+    first = this_minute - CHART_MINUTES + 1
+    counts = {
+        row[0]: (row[1], row[2])
+        for row in conn.execute(
+            "SELECT CAST(attempted_at / 60 AS INTEGER) AS minute, sum(ok), sum(1 - ok) FROM attempts"
+            " WHERE attempted_at >= ? GROUP BY minute",
+            (first * 60,),
+        )
+    }
+    result = Chart()
+    result.bar = result.width / CHART_MINUTES
+    result.top = nice_top(max((ok + bad for ok, bad in counts.values()), default=1))
+    scale = result.height / result.top
+    for position, minute in enumerate(range(first, this_minute + 1)):
+        ok, bad = counts.get(minute, (0, 0))
+        result.delivered += ok
+        result.failed += bad
+        ok_height, bad_height = ok * scale, bad * scale
+        result.buckets.append(
+            {
+                "minute": minute * 60,
+                "ok": ok,
+                "failed": bad,
+                "x": round(position * result.bar + 1, 2),
+                "ok_y": round(result.height - ok_height, 2),
+                "ok_h": round(ok_height, 2),
+                "bad_y": round(result.height - ok_height - bad_height, 2),
+                "bad_h": round(bad_height, 2),
+            }
+        )
+    return result
+
+
+def recent_attempts(conn: sqlite3.Connection, before: int | None) -> tuple[list[sqlite3.Row], int | None]:
+    """A page of attempts, newest first, and the id to pass as `before` for the next page."""
+    where, params = ("WHERE a.id < ?", [before]) if before else ("", [])
+    rows = conn.execute(
+        "SELECT a.*, d.event_name, d.endpoint_url, d.webhook_id, d.state, w.webhook_id AS public_webhook_id"  # noqa: S608
+        " FROM attempts a JOIN deliveries d ON d.id = a.delivery_id LEFT JOIN webhooks w ON w.id = d.webhook_id"
+        f" {where} ORDER BY a.id DESC LIMIT ?",  # where is one of two fixed strings
+        (*params, PAGE_SIZE + 1),
+    ).fetchall()
+    more = len(rows) > PAGE_SIZE
+    rows = rows[:PAGE_SIZE]
+    return rows, rows[-1]["id"] if more else None
+
+
+def failed_deliveries(conn: sqlite3.Connection) -> tuple[list[sqlite3.Row], int]:
+    rows = conn.execute(
+        "SELECT d.*, e.enabled AS endpoint_enabled FROM deliveries d LEFT JOIN endpoints e ON e.id = d.endpoint_id"
+        " WHERE d.state = 'failed' ORDER BY d.updated_at DESC, d.id DESC LIMIT ?",
+        (FAILED_SHOWN,),
+    ).fetchall()
+    total = conn.execute("SELECT count(*) FROM deliveries WHERE state = 'failed'").fetchone()[0]
+    return rows, total
+
+
+def intake_summary(conn: sqlite3.Connection, now: float) -> dict[str, Any]:
+    """The last Meta webhook and the signatures refused in the last hour and day."""
+
+    def rejected(seconds: int) -> int:
+        return conn.execute(
+            "SELECT coalesce(sum(count), 0) FROM rejections WHERE minute >= ?", (int((now - seconds) // 60),)
+        ).fetchone()[0]
+
+    return {
+        "last_webhook": conn.execute("SELECT max(received_at) FROM webhooks").fetchone()[0],
+        "rejected_hour": rejected(HOUR),
+        "rejected_day": rejected(DAY),
+        "reasons": conn.execute(
+            "SELECT reason, sum(count) AS count FROM rejections WHERE minute >= ? GROUP BY reason ORDER BY 2 DESC",
+            (int((now - DAY) // 60),),
+        ).fetchall(),
+    }
+
+
+def worker_summary(conn: sqlite3.Connection, now: float) -> dict[str, Any]:
+    row = conn.execute(
+        "SELECT count(*), max(seen_at) FROM workers WHERE seen_at >= ?", (now - health.WORKER_SILENCE_LIMIT,)
+    ).fetchone()
+    return {"running": row[0], "seen_at": row[1]}
+
+
+@bp.get("/monitor")
+def index():
+    conn = get_db()
+    now = time.time()
+    before = request.args.get("before", type=int)
+    attempts, older = recent_attempts(conn, before)
+    failed, failed_total = failed_deliveries(conn)
+    health_rows = endpoint_health(conn, now)
+    workers = worker_summary(conn, now)
+    return render_template(
+        "monitor.html",
+        endpoints=health_rows,
+        failing=[e for e in health_rows if e.state == "failing"],
+        workers=workers,
+        chart=chart(conn, now),
+        attempts=attempts,
+        before=before,
+        older=older,
+        failed=failed,
+        failed_total=failed_total,
+        intake=intake_summary(conn, now),
+        open_total=sum(e.pending + e.retrying for e in health_rows),
+    )
+
+
+def back(default: str) -> str:
+    return safe_next(request.form.get("next")) if request.form.get("next") else default
+
+
+@bp.post("/monitor/redeliver/<int:delivery_id>")
+def redeliver_one(delivery_id: int):
+    conn = get_db()
+    count = delivery.redeliver(conn, ids=[delivery_id])
+    if count:
+        jobs.wake(current_app.config["WAHOOK"])
+        flash(f"Delivery #{delivery_id} queued again: a fresh retry cycle has started.", "ok")
+    else:
+        flash(
+            f"Delivery #{delivery_id} was not redelivered: it is not failed, or its endpoint is deleted or disabled.",
+            "warn",
+        )
+    return redirect(back(url_for("monitor.index", _anchor="failed")), 303)
+
+
+@bp.post("/monitor/redeliver-failed")
+def redeliver_all():
+    count = delivery.redeliver(get_db())
+    if count:
+        jobs.wake(current_app.config["WAHOOK"])
+    noun = "delivery" if count == 1 else "deliveries"
+    flash(f"{count} failed {noun} queued again." if count else "There was no failed delivery to redeliver.", "ok")
+    return redirect(url_for("monitor.index", _anchor="failed"), 303)
