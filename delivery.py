@@ -308,14 +308,12 @@ def redeliver(
     if endpoint_id is not None:
         clauses.append("endpoint_id = ?")
         params.append(endpoint_id)
+    clauses.append("endpoint_id IN (SELECT id FROM endpoints WHERE enabled = 1)")
+    where = " AND ".join(clauses)  # every clause is ours; values go in as parameters
+    sql = f"UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?, lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE {where}"  # noqa: E501, S608
     now = time.time()
     with transaction(conn):
-        return conn.execute(
-            "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?, lease_owner = NULL,"
-            f" lease_until = NULL, updated_at = ? WHERE {' AND '.join(clauses)}"  # noqa: S608 (clauses are ours)
-            " AND endpoint_id IN (SELECT id FROM endpoints WHERE enabled = 1)",
-            (now, now, *params),
-        ).rowcount
+        return conn.execute(sql, (now, now, *params)).rowcount
 
 
 def send_test(conn: sqlite3.Connection, config, endpoint_id: int) -> Outcome:
@@ -338,7 +336,8 @@ def send_test(conn: sqlite3.Connection, config, endpoint_id: int) -> Outcome:
     }
     with transaction(conn):
         event_row = conn.execute(
-            "INSERT INTO events (event_id, webhook_id, name, dedupe_key, created_at, body) VALUES (?, NULL, ?, NULL, ?, ?)",
+            "INSERT INTO events (event_id, webhook_id, name, dedupe_key, created_at, body)"
+            " VALUES (?, NULL, ?, NULL, ?, ?)",
             (event_id, "webhook.test", now, json.dumps(body, separators=(",", ":"))),
         ).lastrowid
         delivery_id = conn.execute(

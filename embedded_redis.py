@@ -17,7 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 # AF_UNIX paths are limited to 108 bytes on Linux.
 MAX_SOCKET_PATH = 100
@@ -53,7 +56,7 @@ def url_for(data_dir: Path) -> str:
 
 def _answers(path: Path) -> bool:
     try:
-        return bool(redis.Redis(unix_socket_path=str(path), socket_timeout=1).ping())
+        return bool(redis.Redis(unix_socket_path=str(path), socket_timeout=1, retry=Retry(NoBackoff(), 0)).ping())
     except (redis.RedisError, OSError):
         return False
 
@@ -104,18 +107,26 @@ def _start(data_dir: Path, sock: Path) -> None:
 
 
 def stop(data_dir: Path, wait: float = 10.0) -> None:
-    """Shut the embedded server down (flushing its append-only file) and wait for it."""
+    """Shut the embedded server down (flushing its append-only file) and wait until it is gone."""
     data_dir = Path(data_dir)
-    sock = socket_path(data_dir)
     try:
-        redis.Redis(unix_socket_path=str(sock), socket_timeout=5).shutdown()
+        process = psutil.Process(int((data_dir / "redis.pid").read_text().strip()))
+    except (OSError, ValueError, psutil.Error):
+        process = None
+    try:
+        client = redis.Redis(unix_socket_path=str(socket_path(data_dir)), socket_timeout=5, retry=Retry(NoBackoff(), 0))
+        client.shutdown()
     except (redis.RedisError, OSError):
         pass
-    pidfile = data_dir / "redis.pid"
+    if process is None:
+        return
     deadline = time.monotonic() + wait
-    while pidfile.exists() and time.monotonic() < deadline:
-        try:
-            os.kill(int(pidfile.read_text().strip() or 0), 0)
-        except (ValueError, ProcessLookupError, PermissionError):
-            break
-        time.sleep(0.05)
+    try:
+        # A daemonized server is not our child; where nothing reaps it, it lingers as a zombie.
+        while process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+            if time.monotonic() > deadline:
+                process.kill()
+                break
+            time.sleep(0.02)
+    except psutil.Error:
+        pass

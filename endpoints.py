@@ -20,12 +20,12 @@ import safe_http
 from db import transaction
 from events import EVENT_NAMES
 
-SECRET_PREFIX = "whsec_"
+SECRET_PREFIX = "whsec_"  # noqa: S105 (a prefix, not a secret)
 # Standard Webhooks secrets are 24 to 64 random bytes; we generate 32.
 SECRET_MIN_BYTES, SECRET_MAX_BYTES = 24, 64
 FORMATS = ("events", "meta")
 MAX_URL_LENGTH = 2048
-EXTRA_EVENT_RE = re.compile(r"whatsapp\.[a-z0-9_]{1,64}")
+EXTRA_EVENT_RE = re.compile(r"whatsapp\.[a-z0-9_.-]{1,64}")
 TOKEN_RE = re.compile(r"[\x21-\x7e]{1,512}")  # printable, no spaces or line breaks: it goes in a header
 
 

@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from rq import Queue
 
 import embedded_redis
@@ -31,8 +33,14 @@ WAKE_KEY_TTL = 5
 REDIS_BACKOFF = 1.0
 
 _connections: dict[tuple[int, str], redis.Redis] = {}
-_down_until = 0.0
+_down_until: dict[str, float] = {}  # per Redis URL
 _lock = threading.Lock()
+
+
+def fail_fast() -> Retry:
+    """One immediate retry (a pooled connection may be stale after a Redis restart), no backoff:
+    redis-py's default backs off for seconds, which would stall every intake while Redis is down."""
+    return Retry(NoBackoff(), 1)
 
 
 def redis_url(config) -> str:
@@ -46,7 +54,7 @@ def redis_connection(config) -> redis.Redis:
     key = (os.getpid(), redis_url(config))
     conn = _connections.get(key)
     if conn is None:
-        conn = redis.Redis.from_url(key[1], socket_connect_timeout=1, socket_timeout=5)
+        conn = redis.Redis.from_url(key[1], socket_connect_timeout=1, socket_timeout=5, retry=fail_fast())
         _connections[key] = conn
     return conn
 
@@ -57,8 +65,8 @@ def queue(config) -> Queue:
 
 def wake(config) -> bool:
     """Make sure a drain job is queued. Never raises: if Redis is down the sweeper catches up."""
-    global _down_until
-    if time.monotonic() < _down_until:
+    url = redis_url(config)
+    if time.monotonic() < _down_until.get(url, 0.0):
         return False
     try:
         conn = redis_connection(config)
@@ -67,7 +75,7 @@ def wake(config) -> bool:
         return True
     except (redis.RedisError, OSError) as exc:
         with _lock:
-            _down_until = time.monotonic() + REDIS_BACKOFF
+            _down_until[url] = time.monotonic() + REDIS_BACKOFF
         log.warning("redis unavailable, deliveries wait for the sweeper: %s", exc)
         return False
 

@@ -12,17 +12,17 @@ import threading
 import time
 
 import pytest
-from conftest import wait_until
-from receiver import Behaviour
 from rq import SimpleWorker
 from standardwebhooks.webhooks import Webhook
-from test_intake import text_message
 
 import delivery
 import endpoints
 import jobs
 import worker
+from conftest import wait_until
 from db import get_db
+from receiver import Behaviour
+from test_intake import text_message
 
 
 @pytest.fixture
@@ -132,7 +132,8 @@ def test_event_filter_selects_what_an_endpoint_gets(post_webhook, make_receiver,
 def test_huge_event_is_delivered_whole(post_webhook, receiver, add_endpoint, running_worker, conn):
     add_endpoint(receiver.url)
     text = "é" * (1_500_000)  # 3 MB of UTF-8, Meta's limit
-    assert post_webhook(text_message("wamid.HUGE", text=text)).status_code == 200
+    raw = json.dumps(text_message("wamid.HUGE", text=text), ensure_ascii=False).encode()
+    assert post_webhook(raw).status_code == 200
     (got,) = receiver.wait_for(1, timeout=20)
     assert json.loads(got.body)["text"] == text
     assert got.body == conn.execute("SELECT body FROM events").fetchone()[0].encode()
