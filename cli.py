@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 import click
 import requests
 from flask import Flask, current_app
-from flask.cli import AppGroup
+from flask.cli import AppGroup, with_appcontext
 
 import delivery
 import endpoints
@@ -118,6 +118,7 @@ def deliveries_retry(failed: bool, since: str | None, endpoint_id: int | None) -
 
 
 @click.command("simulate")
+@with_appcontext
 @click.argument("kind", type=click.Choice(samples.KINDS))
 @click.option(
     "--url",

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import click
 from flask import Flask, current_app
+from flask.cli import with_appcontext
 
 SCHEMA_PATH = Path(__file__).with_name("schema.sql")
 
@@ -130,6 +131,7 @@ def _end_request(exc: BaseException | None) -> None:
 
 
 @click.command("init-db")
+@with_appcontext
 def init_db_command() -> None:
     """Create the database and apply every pending migration."""
     path = current_app.config["WAHOOK"].database_path

@@ -1,0 +1,74 @@
+"""The database: pragmas, per-thread connection reuse, and numbered migrations applied in one
+transaction each, together with their version."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+
+import pytest
+
+import db
+
+
+def test_fresh_database_gets_the_schema_and_version(tmp_path):
+    conn = db.connect(tmp_path / "w.db")
+    assert db.migrate(conn) == 1
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"webhooks", "events", "endpoints", "deliveries", "attempts", "rejections", "workers"} <= tables
+    assert db.migrate(conn) == 1  # idempotent
+
+
+def test_pragmas(tmp_path):
+    conn = db.connect(tmp_path / "w.db")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == db.BUSY_TIMEOUT_MS
+
+
+def test_migrations_apply_in_order_with_their_version(tmp_path):
+    conn = db.connect(tmp_path / "w.db")
+    db.migrate(conn)
+    steps = [
+        (2, "ALTER TABLE endpoints ADD COLUMN note TEXT NOT NULL DEFAULT '';"),
+        (3, "CREATE TABLE extra (id INTEGER PRIMARY KEY);\nCREATE INDEX extra_id ON extra (id);"),
+    ]
+    assert db.migrate(conn, steps) == 3
+    assert "note" in [r[1] for r in conn.execute("PRAGMA table_info(endpoints)")]
+    assert db.migrate(conn, steps) == 3  # nothing applied twice
+
+
+def test_a_failing_migration_changes_nothing(tmp_path):
+    conn = db.connect(tmp_path / "w.db")
+    db.migrate(conn)
+    broken = [(2, "CREATE TABLE half (id INTEGER);\nTHIS IS NOT SQL;")]
+    with pytest.raises(sqlite3.OperationalError):
+        db.migrate(conn, broken)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'half'").fetchone()[0] == 0
+
+
+def test_connection_is_reused_per_thread(tmp_path):
+    path = tmp_path / "w.db"
+    first = db.connection(path)
+    assert db.connection(path) is first
+    other = []
+    thread = threading.Thread(target=lambda: other.append(db.connection(path)))
+    thread.start()
+    thread.join()
+    assert other[0] is not first
+
+
+def test_transaction_rolls_back_on_error(tmp_path):
+    conn = db.connection(tmp_path / "w.db")
+    with pytest.raises(RuntimeError), db.transaction(conn):
+        conn.execute("INSERT INTO rejections (minute, reason, count) VALUES (1, 'x', 1)")
+        raise RuntimeError("boom")
+    assert conn.execute("SELECT count(*) FROM rejections").fetchone()[0] == 0
+    assert not conn.in_transaction
+
+
+def test_init_db_command(runner, app):
+    result = runner.invoke(args=["init-db"])
+    assert result.exit_code == 0
+    assert "schema version 1" in result.output
