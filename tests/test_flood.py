@@ -1,0 +1,60 @@
+"""A user's worst afternoon, with real processes: a flood of Meta webhooks through gunicorn,
+the worker killed with SIGKILL in the middle, and every event still delivered."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+
+import requests
+
+import endpoints
+from conftest import sign, wait_until
+from db import get_db
+from test_intake import text_message
+
+TOTAL = 300
+
+
+def test_worker_killed_mid_flood_loses_nothing(app, processes, receiver, conn):
+    with app.app_context():
+        endpoints.create(get_db(), app.config["WAHOOK"], receiver.url)
+    base = processes.start_web()
+    first = processes.start_worker()
+    statuses: list[int] = []
+
+    def post(offset: int) -> None:
+        session = requests.Session()
+        for n in range(offset, TOTAL, 4):
+            raw = json.dumps(text_message(f"wamid.FLOOD{n}")).encode()
+            response = session.post(
+                base + "/api/webhooks/whatsapp", data=raw, headers={"X-Hub-Signature-256": sign(raw)}, timeout=10
+            )
+            statuses.append(response.status_code)
+
+    posters = [threading.Thread(target=post, args=(k,)) for k in range(4)]
+    for thread in posters:
+        thread.start()
+    wait_until(lambda: len(receiver.requests) >= 50, timeout=30, message="the flood to start arriving")
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    arrived_before_kill = len({r.headers["X-Webhook-Id"] for r in list(receiver.requests)})
+    assert arrived_before_kill < TOTAL  # the kill really fell in the middle of the flood
+    for thread in posters:
+        thread.join()
+    assert statuses == [200] * TOTAL
+    processes.start_worker()
+    wanted = {json.loads(r[0])["event_id"] for r in conn.execute("SELECT body FROM events")}
+    assert len(wanted) == TOTAL
+
+    def all_arrived() -> bool:
+        return wanted <= {r.headers["X-Webhook-Id"] for r in list(receiver.requests)}
+
+    wait_until(all_arrived, timeout=60, interval=0.2, message="every event to arrive")
+    wait_until(
+        lambda: conn.execute("SELECT count(*) FROM deliveries WHERE state = 'delivered'").fetchone()[0] == TOTAL,
+        timeout=20,
+        message="every delivery to be marked delivered",
+    )
