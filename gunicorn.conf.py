@@ -1,0 +1,60 @@
+"""gunicorn settings for the web process; `gunicorn app:app` reads this file by itself
+when started from this folder (`make run` passes it with -c).
+
+Environment: WAHOOK_BIND (default 127.0.0.1:8000), WAHOOK_WEB_WORKERS (default 2),
+WAHOOK_ACCESS_LOG=1 to log every request, WAHOOK_LOG_LEVEL (default info).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+wsgi_app = "app:app"
+bind = [os.environ.get("WAHOOK_BIND") or "127.0.0.1:8000"]
+
+# Sync workers: every request is short (check a signature, one SQLite commit), and the
+# slow part, delivery, happens in worker.py. Two match the 2-core box wahook targets;
+# more mostly queue up behind SQLite's single writer.
+workers = int(os.environ.get("WAHOOK_WEB_WORKERS") or 2)
+worker_class = "sync"
+
+# The app is built in each worker after the fork (not preloaded), so no SQLite
+# connection or Redis socket is ever shared between processes.
+preload_app = False
+
+# A request that takes this long is stuck (say, on a disk that stopped answering):
+# the worker is replaced. Intake answers in milliseconds, so this never cuts real work.
+timeout = 30
+# Time in-flight requests get to finish on shutdown or reload.
+graceful_timeout = 10
+# Meta and reverse proxies reuse connections; a short keep-alive saves a TCP handshake
+# without letting idle clients hold a sync worker for long.
+keepalive = 5
+
+# Errors to stderr (the terminal, or the journal under systemd). No access log by
+# default: writing a line per webhook costs throughput, and the monitor page and the
+# database already record every webhook.
+errorlog = "-"
+accesslog = "-" if os.environ.get("WAHOOK_ACCESS_LOG") in ("1", "true", "yes") else None
+loglevel = os.environ.get("WAHOOK_LOG_LEVEL") or "info"
+
+# gunicorn's runtime control socket defaults to one shared path in $HOME; two instances
+# on one machine (or a test run next to a live one) would fight over it. Signals suffice.
+control_socket_disable = True
+
+# Heartbeat files in memory: on a busy or slow disk, a worker blocked writing its
+# heartbeat would be taken for a hung one and killed.
+if os.path.isdir("/dev/shm"):  # noqa: S108 - gunicorn's documented choice; it makes its own files
+    worker_tmp_dir = "/dev/shm"  # noqa: S108
+
+
+def on_starting(server) -> None:
+    """Check the configuration once in the master, before any worker starts: a bad file
+    then stops gunicorn with one line naming the key, instead of workers failing in a loop."""
+    from config import ConfigError, load_config
+
+    try:
+        load_config()
+    except ConfigError as exc:
+        sys.exit(f"wahook: configuration error: {exc}")

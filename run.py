@@ -1,0 +1,435 @@
+"""`make run`: start everything wahook needs on one machine, and stop it all together.
+
+On first start it writes config.toml (from config.example.toml, with a random verify
+token and admin password), creates the database, starts the embedded Redis when
+`redis.url = "embedded"`, then the web server (gunicorn) and `delivery.workers` copies
+of worker.py. Once /healthz answers it prints what to paste into Meta.
+
+Ctrl-C or SIGTERM stops the children (SIGTERM, then SIGKILL after a grace period), then
+Redis. If any child dies on its own, everything is stopped and the exit status is 1:
+restarting a crashing process in a loop would hide the problem; a supervisor such as
+systemd (see deploy/) is the place for restarts.
+
+Environment: WAHOOK_CONFIG (config file, default ./config.toml), WAHOOK_BIND (address
+to listen on, default 127.0.0.1:8000), WAHOOK_PUBLIC_URL (the https:// address Meta
+reaches this server at, shown in the callback URL).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import json
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+import db
+import embedded_redis
+from config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parent
+EXAMPLE = ROOT / "config.example.toml"
+DEFAULT_BIND = "127.0.0.1:8000"
+CALLBACK_PATH = "/api/webhooks/whatsapp"
+HEALTH_WAIT = 60.0  # seconds; a first start on a slow disk takes a few
+MIN_GRACE = 15.0  # seconds children get to finish after SIGTERM
+# Filled into config.toml when empty, so a fresh install is usable and not open.
+GENERATED = (("meta", "verify_token"), ("admin", "password"))
+
+SECTION_RE = re.compile(r"^\s*\[\s*([A-Za-z0-9_-]+)\s*\]\s*(#.*)?$")
+EMPTY_KEY_RE = re.compile(r"^(\s*)([A-Za-z0-9_-]+)(\s*=\s*)(?:\"\"|'')(\s*(?:#.*)?)$")
+
+
+class LaunchError(Exception):
+    """A reason not to start, worded for the person running `make run`."""
+
+
+def say(message: str = "") -> None:
+    print(message, flush=True)
+
+
+def complain(message: str) -> None:
+    print(f"wahook: {' '.join(message.split())}", file=sys.stderr, flush=True)
+
+
+# -- config file
+
+
+def config_path() -> Path:
+    return Path(os.environ.get("WAHOOK_CONFIG") or "config.toml").expanduser().absolute()
+
+
+def fill_in(text: str, values: dict[tuple[str, str], str]) -> str:
+    """Set each (section, key) in TOML `text`: an empty `key = ""` line of that section is
+    given the value; a key that is absent is added under its section (or a new one).
+    Everything else, comments included, stays as it was."""
+    lines = text.splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n"
+    pending = dict(values)
+    section = None
+    section_end: dict[str, int] = {}  # index after a section's last line
+    for index, line in enumerate(lines):
+        header = SECTION_RE.match(line)
+        if header:
+            section = header.group(1)
+        elif section and (empty := EMPTY_KEY_RE.match(line.rstrip("\r\n"))):
+            indent, key, equals, comment = empty.groups()
+            if (section, key) in pending:
+                lines[index] = f'{indent}{key}{equals}"{pending.pop((section, key))}"{comment}\n'
+        if section:
+            section_end[section] = index + 1
+    additions: dict[int, list[str]] = {}
+    for (sect, key), value in pending.items():
+        line = f'{key} = "{value}"\n'
+        if sect in section_end:
+            additions.setdefault(section_end[sect], []).append(line)
+        else:
+            additions.setdefault(len(lines), []).append(f"\n[{sect}]\n{line}")
+    for index in sorted(additions, reverse=True):
+        lines[index:index] = additions[index]
+    return "".join(lines)
+
+
+def create_config(path: Path) -> None:
+    """Write config.toml from the example with fresh secrets; never replaces a file."""
+    text = fill_in(EXAMPLE.read_text(encoding="utf-8"), {key: secrets.token_urlsafe(24) for key in GENERATED})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # O_EXCL: a file that appeared meanwhile is kept. 0600: it holds secrets.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def fill_empty_secrets(path: Path, config) -> list[str]:
+    """Give an empty verify token or admin password in an existing file a random value.
+
+    Only empty values are touched, and only when the result still parses to the same
+    settings plus the new values; otherwise the file is left alone. Returns the keys filled.
+    """
+    missing = tuple(key for key in GENERATED if not config[key[0]][key[1]])
+    if not missing or config.path is None:
+        return []
+    values = {key: secrets.token_urlsafe(24) for key in missing}
+    try:
+        before = path.read_text(encoding="utf-8")
+        after = fill_in(before, values)
+        expected = tomllib.loads(before)
+        for (section, key), value in values.items():
+            expected.setdefault(section, {})[key] = value
+        if tomllib.loads(after) != expected:
+            return []
+        temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, path.stat().st_mode & 0o777)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(after)
+        os.replace(temp, path)
+    except (OSError, ValueError):
+        return []  # a read-only or hand-made file: run with what it says
+    return [f"{section}.{key}" for section, key in missing]
+
+
+# -- addresses
+
+
+def parse_bind(bind: str) -> tuple[str, int]:
+    """'host:port', ':port' or '[v6]:port' -> (host, port)."""
+    host, sep, port = bind.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"  # noqa: S104 - ':8000' means every interface, as in gunicorn
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise LaunchError(f"WAHOOK_BIND must look like 127.0.0.1:8000, not {bind!r}")
+    return host, int(port)
+
+
+def local_base(host: str, port: int) -> str:
+    """The URL to reach the server from this machine."""
+    if host in ("0.0.0.0", ""):  # noqa: S104
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def check_port_free(host: str, port: int) -> None:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise LaunchError(f"WAHOOK_BIND host {host!r} does not resolve: {exc.strerror}") from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn does
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise LaunchError(
+                f"cannot listen on {host}:{port} ({exc.strerror}); is wahook already running? "
+                f"Another address: WAHOOK_BIND=127.0.0.1:{port + 1} make run"
+            ) from None
+
+
+# -- children
+
+
+@dataclass
+class Child:
+    name: str
+    process: subprocess.Popen
+
+    def exit_code(self) -> int | None:
+        """The exit status once the process has ended, without reaping it: its pid, and so
+        its process group id, stays ours until `reap`, so a late killpg hits nothing else."""
+        try:
+            info = os.waitid(os.P_PID, self.process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except AttributeError:  # no waitid (macOS): poll, which reaps
+            return self.process.poll()
+        except ChildProcessError:
+            return self.process.returncode if self.process.returncode is not None else -1
+        if info is None:
+            return None
+        return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+
+    def signal_group(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, sig)
+
+    def reap(self) -> None:
+        with contextlib.suppress(ChildProcessError):
+            self.process.wait()
+
+
+def _load_prctl():
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None  # not Linux
+
+
+_PRCTL = _load_prctl()  # looked up before any fork: the child only calls it
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Runs in each child before exec: its own session, so a Ctrl-C in the terminal reaches
+    only the launcher, which then stops children in order; and on Linux a SIGTERM if the
+    launcher itself is killed, so no child outlives it."""
+    os.setsid()
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() == 1:  # the launcher died before prctl took hold
+        os._exit(1)
+
+
+def start_child(name: str, args: list[str], env: dict[str, str]) -> Child:
+    process = subprocess.Popen(args, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+    return Child(name, process)
+
+
+class Launcher:
+    """Owns the children and the embedded Redis; `stop()` is safe to call at any point."""
+
+    def __init__(self) -> None:
+        self.children: list[Child] = []
+        self.stop_requested = False
+        self.force = False
+        self.redis_dir: Path | None = None
+        self.grace = MIN_GRACE
+
+    def on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self.stop_requested:
+            self.force = True  # a second Ctrl-C: do not wait for the grace period
+        self.stop_requested = True
+
+    def first_dead(self) -> Child | None:
+        return next((c for c in self.children if c.exit_code() is not None), None)
+
+    def wait_healthy(self, url: str, limit: float) -> dict | None:
+        """Poll /healthz until it says ok; return the last report (None if it never answered)."""
+        deadline = time.monotonic() + limit
+        report = None
+        while not self.stop_requested and not self.first_dead():
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - our own http URL
+                    report = json.load(response)
+                    return report
+            except urllib.error.HTTPError as exc:
+                with contextlib.suppress(ValueError):
+                    report = json.load(exc)
+            except (OSError, ValueError):
+                pass
+            if time.monotonic() > deadline:
+                return report
+            time.sleep(0.2)
+        return report
+
+    def stop(self) -> None:
+        alive = [c for c in self.children if c.exit_code() is None]
+        for child in alive:
+            # The leader only: gunicorn's master stops its own workers in order.
+            with contextlib.suppress(ProcessLookupError):
+                child.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.grace
+        while not self.force and time.monotonic() < deadline and any(c.exit_code() is None for c in alive):
+            time.sleep(0.05)
+        for child in self.children:
+            if child.exit_code() is None:
+                complain(f"{child.name} did not stop within {self.grace:.0f} s; killing it")
+            # Also catches anything a child left behind in its group (a forked job, a web worker).
+            child.signal_group(signal.SIGKILL)
+            child.reap()
+        self.children = []
+        if self.redis_dir is not None:
+            embedded_redis.stop(self.redis_dir)
+            self.redis_dir = None
+
+
+def banner(config, cfg_file: Path, local: str, public: str | None) -> str:
+    base = (public or local).rstrip("/")
+    password = config["admin"]["password"] or "(none: set admin.password in the config file)"
+    token = config["meta"]["verify_token"] or "(none: set meta.verify_token in the config file)"
+    lines = [
+        "",
+        "wahook is running.",
+        "",
+        f"  Admin pages:     {base}/settings",
+        f"  Admin password:  {password}",
+        f"  Verify token:    {token}",
+        f"  Callback URL:    {base}{CALLBACK_PATH}",
+        f"  Config file:     {cfg_file}",
+        "",
+        "In your Meta app, WhatsApp > Configuration: paste the callback URL and verify token.",
+    ]
+    if not base.startswith("https://"):
+        lines += [
+            "Meta only calls https:// addresses with a valid certificate: put a reverse proxy or a",
+            "tunnel in front of this server and set WAHOOK_PUBLIC_URL to its https:// address.",
+        ]
+    if not config["meta"]["app_secret"]:
+        lines += [
+            "",
+            "Warning: meta.app_secret is empty, so every webhook from Meta is refused. Copy the",
+            "App secret (Meta app, App settings > Basic) into the config file and restart.",
+        ]
+    lines += ["", "Press Ctrl-C to stop."]
+    return "\n".join(lines)
+
+
+def child_env(cfg_file: Path, bind: str) -> dict[str, str]:
+    env = dict(os.environ, WAHOOK_CONFIG=str(cfg_file), WAHOOK_BIND=bind, PYTHONUNBUFFERED="1")
+    env.setdefault("WAHOOK_LOG_LEVEL", "warning")  # keep the terminal for the banner and real problems
+    return env
+
+
+def run(launcher: Launcher) -> int:
+    bind = os.environ.get("WAHOOK_BIND") or DEFAULT_BIND
+    host, port = parse_bind(bind)
+    public = (os.environ.get("WAHOOK_PUBLIC_URL") or "").strip() or None
+    cfg_file = config_path()
+
+    if not cfg_file.exists():
+        try:
+            create_config(cfg_file)
+        except FileExistsError:
+            pass  # made meanwhile by someone else: use theirs
+        except OSError as exc:
+            raise LaunchError(f"cannot create {cfg_file}: {exc.strerror}") from None
+        else:
+            say(f"Created {cfg_file} with a new verify token and admin password.")
+    config = load_config(cfg_file)
+    filled = fill_empty_secrets(cfg_file, config)
+    if filled:
+        say(f"Filled in {' and '.join(filled)} in {cfg_file}.")
+        config = load_config(cfg_file)
+
+    data_dir = config.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    lock = open(data_dir / "run.lock", "w")  # noqa: SIM115 - held until this process exits
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise LaunchError(f"wahook is already running with the data folder {data_dir}") from None
+    check_port_free(host, port)
+
+    try:
+        db.connection(config.database_path)  # creates it and applies pending migrations
+    except Exception as exc:
+        raise LaunchError(f"cannot open the database {config.database_path}: {exc}") from None
+    finally:
+        db.close_all()
+
+    workers = config["delivery"]["workers"]
+    launcher.grace = max(MIN_GRACE, float(config["delivery"]["timeout"]) + 5)
+    parts = ["embedded Redis"] if config.redis_embedded else []
+    parts += ["web server", f"{workers} worker{'s' if workers != 1 else ''}"]
+    say(f"Starting wahook: {', '.join(parts)}...")
+    if config.redis_embedded:
+        launcher.redis_dir = data_dir  # set first: a half-started server is stopped too
+        try:
+            embedded_redis.ensure_running(data_dir)
+        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+            raise LaunchError(f"the embedded Redis did not start: {exc}") from None
+    if launcher.stop_requested:
+        return 0
+
+    env = child_env(cfg_file, bind)
+    gunicorn = [sys.executable, "-m", "gunicorn", "app:app", "-c", str(ROOT / "gunicorn.conf.py")]
+    launcher.children.append(start_child("the web server", gunicorn, env))
+    for number in range(1, workers + 1):
+        name = "the worker" if workers == 1 else f"worker {number}"
+        launcher.children.append(start_child(name, [sys.executable, str(ROOT / "worker.py")], env))
+
+    local = local_base(host, port)
+    report = launcher.wait_healthy(f"{local}/healthz", HEALTH_WAIT)
+    if not launcher.stop_requested and not launcher.first_dead():
+        say(banner(config, cfg_file, local, public))
+        if not (report and report.get("ok")):
+            problems = {k: v for k, v in (report or {}).items() if k != "ok" and v != "ok"}
+            detail = "; ".join(f"{k}: {v}" for k, v in problems.items()) or "no answer from /healthz"
+            say(f"\nNot healthy yet ({detail}). See {local}/healthz")
+
+    while not launcher.stop_requested:
+        dead = launcher.first_dead()
+        if dead:
+            complain(f"{dead.name} stopped unexpectedly (exit status {dead.exit_code()}); stopping everything")
+            return 1
+        time.sleep(0.2)
+    return 0
+
+
+def main() -> int:
+    launcher = Launcher()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, launcher.on_signal)
+    status = 1  # unless run() says otherwise; a crash still stops what was started
+    try:
+        status = run(launcher)
+    except ConfigError as exc:
+        complain(f"configuration error: {exc}")
+        status = 2
+    except LaunchError as exc:
+        complain(str(exc))
+        status = 1
+    finally:
+        if launcher.children or launcher.redis_dir:
+            if status == 0:
+                say("\nStopping wahook...")
+            launcher.stop()
+            if status == 0:
+                say("Stopped.")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
