@@ -30,7 +30,7 @@ from config import load_config
 ROOT = Path(__file__).resolve().parent.parent
 START_LIMIT = 60  # seconds for a start, Redis and a worker heartbeat included
 STOP_LIMIT = 45  # seconds; above run.py's grace period, so a hung child is caught by SIGKILL first
-QUICK_START = 15  # seconds: a second start reuses everything (about 1 s on a laptop)
+QUICK_START = 10  # seconds: a second start reuses everything (about 1 s on a laptop)
 
 
 # -- helpers, without processes
