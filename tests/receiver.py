@@ -40,6 +40,10 @@ class Receiver:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Send each answer in one write: with unbuffered writes, Nagle's algorithm and the
+            # client's delayed ACK hold every keep-alive answer back by tens of milliseconds.
+            wbufsize = 64 * 1024
+            disable_nagle_algorithm = True
 
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
                 length = int(self.headers.get("Content-Length") or 0)

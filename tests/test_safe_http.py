@@ -326,7 +326,11 @@ def mapped_ipv4_reachable() -> bool:
 @pytest.mark.parametrize("host", LOCAL_SPELLINGS)
 def test_private_addresses_reach_the_server_when_allowed(server, sender, host):
     if host.startswith("[") and not mapped_ipv4_reachable():
-        pytest.skip("this machine has no IPv6 sockets")
+        # No IPv6 sockets on this machine: the policy must still let the attempt through,
+        # so what fails is the network, not a refusal.
+        error = refusal(sender, server.url(host))
+        assert not error.permanent and not error.message.startswith("blocked")
+        return
     assert post(sender, server.url(host)).status_code == 200
     assert len(server.requests) == 1
 
@@ -496,7 +500,7 @@ def test_several_threads_can_post_at_once(server):
 def certs(tmp_path_factory) -> dict[str, Path]:
     """A throwaway CA and a certificate for `localhost` only, made with the openssl CLI."""
     if shutil.which("openssl") is None:
-        pytest.skip("the openssl command is needed to make test certificates")
+        pytest.fail("the openssl command is needed to make test certificates (apt-get install openssl)")
     folder = tmp_path_factory.mktemp("tls")
 
     def openssl(*args: str) -> None:
