@@ -120,10 +120,10 @@ class Chart:
 
 
 def nice_top(value: int) -> int:
-    """The smallest of 1, 2, 5, 10, 20, 50, … that is at least `value`."""
+    """The smallest of 1, 2, 4, 6, 8, 10, 20, 40, … that is at least `value`: even, so half is a whole count."""
     step = 1
     while True:
-        for factor in (1, 2, 5):
+        for factor in (1, 2, 4, 6, 8):
             if step * factor >= value:
                 return step * factor
         step *= 10

@@ -11,6 +11,7 @@ import time
 from html import unescape
 
 import pytest
+import requests
 
 import db
 import endpoints
@@ -709,3 +710,16 @@ def test_event_log_and_attempts_are_paged(app, admin, conn, post_webhook, receiv
     assert html.count('<tr class="row-ok">') == 25
     older = unescape(re.search(r'href="(/monitor\?before=\d+#attempts)"', html).group(1))
     assert admin.get(older).text.count('<tr class="row-ok">') == 5
+
+
+# --- behind a proxy -----------------------------------------------------------------------------
+
+
+def test_gunicorn_takes_https_from_a_local_proxy_only(processes):
+    """No ProxyFix: gunicorn itself trusts X-Forwarded-Proto from loopback (forwarded_allow_ips),
+    which is what marks the cookie Secure behind a local nginx, Caddy or tunnel."""
+    base = processes.start_web(workers=1)
+    plain = requests.get(base + "/login", timeout=5)
+    proxied = requests.get(base + "/login", headers={"X-Forwarded-Proto": "https"}, timeout=5)
+    assert "HttpOnly" in plain.headers["Set-Cookie"] and "Secure" not in plain.headers["Set-Cookie"]
+    assert "; Secure" in proxied.headers["Set-Cookie"] and "SameSite=Lax" in proxied.headers["Set-Cookie"]

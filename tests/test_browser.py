@@ -1,0 +1,226 @@
+"""The admin pages in a real browser: headless Chromium (Debian's package, never a downloaded
+one) driven by Playwright, against real gunicorn and worker processes and a local receiver.
+
+Screenshots of every page land in test-output/screenshots/ for a person to look at.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sqlite3
+
+import pytest
+import requests
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+import db
+from conftest import ADMIN_PASSWORD, ROOT, sign, wait_until
+from receiver import Behaviour
+from test_intake import text_message
+
+pytestmark = pytest.mark.browser
+
+SCREENSHOTS = ROOT / "test-output" / "screenshots"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+STEP_TIMEOUT_MS = 10_000
+
+
+@pytest.fixture(scope="module")
+def browser():
+    executable = shutil.which("chromium")
+    if executable is None:
+        pytest.fail(
+            "the browser tests need Debian's chromium package (apt-get install chromium); CI installs it in .ci/run",
+            pytrace=False,
+        )
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, timeout=30_000)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def server(processes):
+    """Real gunicorn and one real worker; yields the base URL."""
+    base = processes.start_web()
+    processes.start_worker()
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    return base
+
+
+@pytest.fixture
+def database(processes):
+    """A connection to the processes' database, for waiting on what the worker did."""
+    conn = db.connect(processes.tmp_path / "data" / "wahook.db")
+    yield conn
+    conn.close()
+
+
+def new_page(browser: Browser, width: int, height: int) -> tuple[Page, list[str]]:
+    """A fresh browser context (no cookies) and a list collecting what went wrong in it."""
+    context = browser.new_context(viewport={"width": width, "height": height})
+    context.set_default_timeout(STEP_TIMEOUT_MS)
+    page = context.new_page()
+    errors: list[str] = []
+    # A page answered with 400 (a form to correct) is expected; a stylesheet, script or icon
+    # that fails to load, a script error or a CSP violation is not.
+    page.on(
+        "console",
+        lambda m: errors.append(m.text) if m.type == "error" and not m.text.startswith("Failed to load") else None,
+    )
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on(
+        "response",
+        lambda r: (
+            errors.append(f"{r.status} {r.url}") if r.status >= 400 and r.request.resource_type != "document" else None
+        ),
+    )
+    return page, errors
+
+
+def shot(page: Page, name: str) -> None:
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+def log_in(page: Page, base: str, screenshot: str | None = None) -> None:
+    page.goto(base + "/monitor")
+    expect(page).to_have_url(base + "/login?next=/monitor")
+    if screenshot:
+        shot(page, screenshot)
+    page.fill("#password", ADMIN_PASSWORD)
+    page.click("button:has-text('Log in')")
+    expect(page).to_have_url(base + "/monitor")
+
+
+def post_meta(base: str, body: dict) -> None:
+    raw = json.dumps(body).encode()
+    response = requests.post(
+        base + "/api/webhooks/whatsapp",
+        data=raw,
+        headers={"Content-Type": "application/json", "X-Hub-Signature-256": sign(raw)},
+        timeout=5,
+    )
+    assert response.status_code == 200
+
+
+def add_endpoint(page: Page, base: str, url: str, screenshot: str | None = None) -> None:
+    page.goto(base + "/settings")
+    page.fill("#url", url)
+    page.check("input[value='message.received']")
+    page.click("button:has-text('Add endpoint')")
+    expect(page.locator("h1")).to_have_text("Endpoint added")
+    expect(page.locator("#secret")).to_have_value(re.compile(r"^whsec_"))
+    if screenshot:
+        shot(page, screenshot)
+    page.click("text=Done, back to settings")
+
+
+def no_sideways_scroll(page: Page) -> None:
+    width = page.evaluate("document.documentElement.scrollWidth")
+    viewport = page.viewport_size["width"]
+    assert width <= viewport, f"{page.url} is {width} px wide in a {viewport} px window"
+
+
+def delivery_states(conn: sqlite3.Connection) -> dict[str, int]:
+    return dict(conn.execute("SELECT state, count(*) FROM deliveries GROUP BY state").fetchall())
+
+
+def test_admin_flow_in_a_browser(browser, server, database, receiver):
+    base = server
+    page, errors = new_page(browser, 1280, 900)
+    log_in(page, base, screenshot="login")
+
+    # Add an endpoint and send it a test.
+    add_endpoint(page, base, receiver.url, screenshot="secret")
+    expect(page.locator("button.copy").first).to_be_visible()  # app.js ran under the CSP
+    page.click("button:has-text('Send test')")
+    outcome = page.locator("#test-outcome")
+    expect(outcome).to_contain_text("Test delivered")
+    expect(outcome).to_contain_text("HTTP 200")
+    assert json.loads(receiver.requests[0].body)["event"] == "webhook.test"
+    shot(page, "settings")
+
+    # A message from Meta: its attempt on the monitor, its event in the log.
+    post_meta(base, text_message("wamid.BROWSER1", text="Hello from the browser test"))
+    receiver.wait_for(2, timeout=15)
+    wait_until(lambda: delivery_states(database).get("delivered") == 2, timeout=10, message="delivered")
+    page.goto(base + "/monitor")
+    expect(page.locator("#attempts")).to_contain_text("message.received")
+    expect(page.locator("#overall")).to_have_text("All deliveries are healthy.")
+    page.goto(base + "/events")
+    expect(page.locator("article.webhook")).to_have_count(1)
+    expect(page.locator("article.webhook")).to_contain_text("Sheena Nelson: [text] Hello from the browser test")
+    shot(page, "events")
+    page.click("a.webhook-link")
+    expect(page.locator("pre.json").first).to_contain_text('"message_id": "wamid.BROWSER1"')
+    shot(page, "event-detail")
+
+    # A receiver that fails every retry, then a redelivery from the monitor.
+    receiver.behaviour = Behaviour(status=500, body=b"Internal Server Error")
+    post_meta(base, text_message("wamid.BROWSER2", text="This one fails first"))
+    wait_until(lambda: delivery_states(database).get("failed") == 1, timeout=20, message="a failed delivery")
+    page.goto(base + "/monitor")
+    expect(page.locator("#overall")).to_contain_text("1 endpoint is failing")
+    expect(page.locator("#ep-1-status")).to_contain_text("failing since")
+    expect(page.locator("#ep-1-streak")).to_have_text("3 failed attempts in a row")
+    expect(page.locator("#failed-total")).to_have_text("1")
+    shot(page, "monitor")
+    receiver.behaviour = Behaviour(status=200)
+    page.locator("#failed button:has-text('Redeliver')").first.click()
+    expect(page.locator(".flash")).to_contain_text("queued again")
+    wait_until(lambda: delivery_states(database) == {"delivered": 3}, timeout=15, message="redelivered")
+    page.reload()
+    expect(page.locator("#failed-total")).to_have_text("0")
+    expect(page.locator("#ep-1-status")).to_contain_text("healthy")
+    shot(page, "monitor-after-redeliver")
+    assert [json.loads(r.body).get("message_id") for r in receiver.requests][-1] == "wamid.BROWSER2"
+
+    # A bad URL is explained next to its field; deleting asks first.
+    page.goto(base + "/settings")
+    page.click("#endpoint-1 >> text=Edit")
+    page.fill("#url", "ftp://example.com/hook")
+    page.click("button:has-text('Save')")
+    expect(page.locator("#url-error")).to_contain_text("must start with")
+    shot(page, "edit-error")
+    page.click("text=Cancel")
+    page.click("#endpoint-1 >> text=Delete…")
+    expect(page.locator("h1")).to_have_text("Delete endpoint #1?")
+    shot(page, "confirm-delete")
+    page.click("text=Cancel")
+    expect(page.locator("#endpoint-1")).to_contain_text(receiver.url)
+
+    # Logging out ends the session.
+    page.click("button:has-text('Log out')")
+    expect(page).to_have_url(base + "/login")
+    page.goto(base + "/settings")
+    expect(page).to_have_url(base + "/login?next=/settings")
+    assert errors == [], errors
+
+
+def test_pages_fit_a_phone(browser, server, database, receiver):
+    base = server
+    page, errors = new_page(browser, 375, 812)
+    log_in(page, base)
+    add_endpoint(page, base, receiver.url)
+    page.click("button:has-text('Send test')")
+    expect(page.locator("#test-outcome")).to_contain_text("Test delivered")
+    no_sideways_scroll(page)
+    shot(page, "settings-phone")
+    post_meta(base, text_message("wamid.PHONE", text="A message read on a phone " + "long " * 30))
+    wait_until(lambda: delivery_states(database).get("delivered") == 2, timeout=15, message="delivered")
+    for path, name in (("/monitor", "monitor-phone"), ("/events", "events-phone"), ("/events/1", "event-phone")):
+        page.goto(base + path)
+        no_sideways_scroll(page)
+        shot(page, name)
+    assert errors == [], errors
