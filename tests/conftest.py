@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -23,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import db  # noqa: E402
 import embedded_redis  # noqa: E402
 import jobs  # noqa: E402
+import worker  # noqa: E402
 from app import create_app  # noqa: E402
 from receiver import Receiver  # noqa: E402
 
@@ -92,6 +94,18 @@ def post_webhook(client):
         return client.post("/api/webhooks/whatsapp", data=raw, headers=all_headers)
 
     return post
+
+
+@pytest.fixture
+def running_worker(app):
+    """The worker's dispatcher and sweeper in this process, as worker.py runs them."""
+    dispatcher = worker.Dispatcher(app.config["WAHOOK"])
+    jobs.set_drain_handler(dispatcher.on_drain_job)
+    sweeper = threading.Thread(target=worker.sweep, args=(dispatcher,), daemon=True)
+    sweeper.start()
+    yield dispatcher
+    dispatcher.stop(grace=0.5)
+    jobs.set_drain_handler(None)
 
 
 @pytest.fixture

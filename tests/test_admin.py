@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import time
 from html import unescape
 
@@ -15,9 +14,7 @@ import requests
 
 import db
 import endpoints
-import jobs
 import monitor
-import worker
 from app import create_app
 from conftest import ADMIN_PASSWORD, instance_sections, wait_until
 from db import get_db
@@ -73,18 +70,6 @@ def admin(client):
     """The test client, logged in."""
     assert login(client).status_code == 303
     return client
-
-
-@pytest.fixture
-def running_worker(app):
-    """The worker's dispatcher and sweeper in this process, as worker.py runs them."""
-    dispatcher = worker.Dispatcher(app.config["WAHOOK"])
-    jobs.set_drain_handler(dispatcher.on_drain_job)
-    sweeper = threading.Thread(target=worker.sweep, args=(dispatcher,), daemon=True)
-    sweeper.start()
-    yield dispatcher
-    dispatcher.stop(grace=0.5)
-    jobs.set_drain_handler(None)
 
 
 def make_app(tmp_path, redis_url, **changes):

@@ -34,18 +34,6 @@ def add_endpoint(app):
     return add
 
 
-@pytest.fixture
-def running_worker(app):
-    """The worker's dispatcher and sweeper running in this process, as worker.py runs them."""
-    dispatcher = worker.Dispatcher(app.config["WAHOOK"])
-    jobs.set_drain_handler(dispatcher.on_drain_job)
-    sweeper = threading.Thread(target=worker.sweep, args=(dispatcher,), daemon=True)
-    sweeper.start()
-    yield dispatcher
-    dispatcher.stop(grace=0.5)
-    jobs.set_drain_handler(None)
-
-
 def run_rq_burst(app) -> None:
     """Run queued drain jobs the way RQ's own tests do: a SimpleWorker in burst mode."""
     connection = jobs.redis_connection(app.config["WAHOOK"])
