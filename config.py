@@ -8,6 +8,7 @@ with one line that names the key, so a process stops before it does anything.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import tomllib
 from dataclasses import dataclass
@@ -62,7 +63,8 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return _is_int(value) or isinstance(value, float)
+    # TOML has nan and inf; neither is a number of seconds.
+    return _is_int(value) or (isinstance(value, float) and math.isfinite(value))
 
 
 def _check_value(key: str, value: Any, default: Any) -> None:
@@ -95,10 +97,14 @@ def _check_limits(sections: dict[str, dict[str, Any]]) -> None:
         raise ConfigError("delivery.timeout must be at most 300 seconds")
     if delivery["workers"] < 1:
         raise ConfigError(f"delivery.workers must be at least 1, not {delivery['workers']}")
+    if delivery["workers"] > 64:
+        raise ConfigError(f"delivery.workers must be at most 64, not {delivery['workers']}")
     if len(delivery["retry_schedule"]) > 50:
         raise ConfigError("delivery.retry_schedule may hold at most 50 delays")
-    if sections["storage"]["retention_days"] < 1:
-        raise ConfigError("storage.retention_days must be at least 1")
+    if any(delay > 7 * 86400 for delay in delivery["retry_schedule"]):
+        raise ConfigError("delivery.retry_schedule delays must be at most 604800 seconds (a week)")
+    if not 1 <= sections["storage"]["retention_days"] <= 36500:
+        raise ConfigError("storage.retention_days must be from 1 to 36500")
     if not sections["storage"]["database"].strip():
         raise ConfigError("storage.database must name a file")
     url = sections["redis"]["url"]

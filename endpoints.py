@@ -189,11 +189,17 @@ def rotate_secret(conn: sqlite3.Connection, endpoint_id: int) -> str:
 
 
 def fail_open_deliveries(conn: sqlite3.Connection, endpoint_id: int, reason: str) -> int:
-    """End the endpoint's pending and retrying deliveries as failed (call inside a transaction)."""
+    """End the endpoint's pending and retrying deliveries as failed (call inside a transaction).
+
+    A delivery a worker is sending right now is left to it: its outcome is recorded, and if
+    that calls for a retry, the next claim finds the endpoint gone and fails it then.
+    """
+    now = time.time()
     return conn.execute(
         "UPDATE deliveries SET state = 'failed', last_error = ?, lease_owner = NULL, lease_until = NULL,"
-        " updated_at = ? WHERE endpoint_id = ? AND state IN ('pending', 'retrying')",
-        (reason, time.time(), endpoint_id),
+        " updated_at = ? WHERE endpoint_id = ? AND state IN ('pending', 'retrying')"
+        " AND (lease_until IS NULL OR lease_until < ?)",
+        (reason, now, endpoint_id, now),
     ).rowcount
 
 

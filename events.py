@@ -62,9 +62,18 @@ class Event:
     dedupe_key: str
     body: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dedupe_key", storable(self.dedupe_key))
+
+
+def storable(text: str) -> str:
+    """`text` with any lone surrogate (JSON allows "\\ud83d", and a cut emoji arrives that way)
+    kept as its escape, so it can be encoded as UTF-8 and stored."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
 
 def event_id_for(dedupe_key: str) -> str:
-    digest = hashlib.sha256(dedupe_key.encode("utf-8")).digest()[:15]
+    digest = hashlib.sha256(storable(dedupe_key).encode("utf-8")).digest()[:15]
     return "evt_" + base64.b32encode(digest).decode("ascii").lower()
 
 

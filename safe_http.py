@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from functools import lru_cache
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import certifi
 from urllib3.connection import HTTPConnection, HTTPSConnection
@@ -159,6 +159,9 @@ def parse_ip(host: str) -> IP | None:
     return ipaddress.IPv4Address(sum(n << (8 * (3 - i)) for i, n in enumerate(head)) + last)
 
 
+_URL_SAFE = "/%:@!$&'()*+,;=~-._"
+
+
 @lru_cache(maxsize=1024)
 def split_url(url: str, allow_http: bool) -> tuple[str, str, int, str]:
     """(scheme, host, port, path?query) of a URL we may post to; ValueError says what is wrong."""
@@ -183,7 +186,10 @@ def split_url(url: str, allow_http: bool) -> tuple[str, str, int, str]:
         raise ValueError(f"has an invalid host name: {host or '(none)'}")
     if port == 0:
         raise ValueError("has an invalid port: 0")
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    # Percent-encode what may not stand in a request line (spaces, non-ASCII, control
+    # characters), as a browser would; escapes already there are kept as they are.
+    path = quote(parts.path or "/", safe=_URL_SAFE)
+    target = path + (f"?{quote(parts.query, safe=_URL_SAFE + '?')}" if parts.query else "")
     return scheme, host, port or (443 if scheme == "https" else 80), target
 
 

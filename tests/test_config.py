@@ -130,6 +130,10 @@ def test_the_example_config_explains_every_key():
         ('[delivery]\nworkers = "2"', "delivery.workers"),
         ("[delivery]\nworkers = 0", "delivery.workers"),
         ("[delivery]\nworkers = -1", "delivery.workers"),
+        ("[delivery]\nworkers = 100000", "delivery.workers"),
+        ("[delivery]\ntimeout = nan", "delivery.timeout"),
+        ("[delivery]\ntimeout = inf", "delivery.timeout"),
+        ("[storage]\nretention_days = 1000000", "storage.retention_days"),
         ("[admin]\npassword = 123", "admin.password"),
         ("[admin]\nsecret_key = []", "admin.secret_key"),
     ],
@@ -150,6 +154,10 @@ def test_a_wrong_value_names_its_key(tmp_path, text, key):
         "[[10]]",
         "{ first = 10 }",
         "[" + ", ".join(["1"] * 51) + "]",
+        "[nan]",
+        "[inf]",
+        "[10, -inf]",
+        "[1e9]",
     ],
 )
 def test_a_bad_retry_schedule_names_its_key(tmp_path, value):

@@ -292,6 +292,13 @@ def refusal(sender: Sender, url: str, timeout: float = 5) -> DeliveryError:
     return caught.value
 
 
+def test_spaces_and_non_ascii_in_the_path_are_percent_encoded(server, sender):
+    assert check_url(server.url(path="/a b/é?q=x y"), allow_http=True, allow_private=True) is None
+    assert post(sender, server.url(path="/a b/é?q=x y&z=%41")).status_code == 200
+    [got] = server.requests
+    assert got.path == "/a%20b/%C3%A9?q=x%20y&z=%41"
+
+
 def test_post_delivers_body_and_headers_and_returns_the_answer(server, sender):
     server.answer = respond(202, b"accepted", {"X-Seen": "yes"})
     response = post(sender, server.url(path="/hook?tenant=7"), b'{"event":"message.received"}')
