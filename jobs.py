@@ -33,6 +33,7 @@ WAKE_KEY_TTL = 5
 REDIS_BACKOFF = 1.0
 
 _connections: dict[tuple[int, str], redis.Redis] = {}
+_urls: dict[tuple[str, str], str] = {}  # (redis.url, data folder) -> URL; resolving a path costs syscalls
 _down_until: dict[str, float] = {}  # per Redis URL
 _lock = threading.Lock()
 
@@ -44,14 +45,17 @@ def fail_fast() -> Retry:
 
 
 def redis_url(config) -> str:
-    if config.redis_embedded:
-        return embedded_redis.url_for(config.data_dir)
-    return config["redis"]["url"]
+    """The URL of the Redis `config` names, worked out once: intake asks for it on every POST."""
+    key = (config["redis"]["url"], str(config.data_dir))
+    url = _urls.get(key)
+    if url is None:
+        url = _urls[key] = embedded_redis.url_for(config.data_dir) if config.redis_embedded else key[0]
+    return url
 
 
-def redis_connection(config) -> redis.Redis:
+def redis_connection(config, url: str | None = None) -> redis.Redis:
     """A Redis client for this process (clients hold a pool, so one is enough)."""
-    key = (os.getpid(), redis_url(config))
+    key = (os.getpid(), url or redis_url(config))
     conn = _connections.get(key)
     if conn is None:
         conn = redis.Redis.from_url(key[1], socket_connect_timeout=1, socket_timeout=5, retry=fail_fast())
@@ -69,7 +73,7 @@ def wake(config) -> bool:
     if time.monotonic() < _down_until.get(url, 0.0):
         return False
     try:
-        conn = redis_connection(config)
+        conn = redis_connection(config, url)
         if conn.set(WAKE_KEY, b"1", nx=True, ex=WAKE_KEY_TTL):
             queue(config).enqueue(drain, job_timeout=60, result_ttl=0, failure_ttl=3600)
         return True
