@@ -83,6 +83,30 @@ def payload(conn: sqlite3.Connection, delivery: sqlite3.Row) -> bytes | None:
     return bytes(row[0]) if row else None
 
 
+def payloads(conn: sqlite3.Connection, deliveries: list[sqlite3.Row]) -> dict[int, bytes]:
+    """payload() for a whole batch in two queries rather than one per delivery: {delivery id: bytes}."""
+    wanted: dict[tuple[str, int], list[int]] = {}
+    for delivery in deliveries:
+        source = (
+            ("events", delivery["event_id"])
+            if delivery["event_id"] is not None
+            else ("webhooks", delivery["webhook_id"])
+        )
+        if source[1] is not None:
+            wanted.setdefault(source, []).append(delivery["id"])
+    found: dict[int, bytes] = {}
+    for table in ("events", "webhooks"):
+        ids = [source_id for kind, source_id in wanted if kind == table]
+        if not ids:
+            continue
+        marks = ",".join("?" * len(ids))
+        for source_id, body in conn.execute(f"SELECT id, body FROM {table} WHERE id IN ({marks})", ids):  # noqa: S608
+            data = body.encode("utf-8") if table == "events" else bytes(body)
+            for delivery_id in wanted[(table, source_id)]:
+                found[delivery_id] = data
+    return found
+
+
 def build_headers(endpoint: sqlite3.Row, delivery: sqlite3.Row, body: bytes) -> dict[str, str]:
     headers = {
         "Content-Type": "application/json",
@@ -233,19 +257,53 @@ def extend_lease(conn: sqlite3.Connection, ids: list[int], owner: str, until: fl
         )
 
 
+def claim_next(
+    conn: sqlite3.Connection, endpoint_id: int | None, owner: str, lease_seconds: float, limit: int
+) -> list[sqlite3.Row]:
+    """Lease the endpoint's `limit` longest-due deliveries that nobody holds; return them.
+
+    The read that picks them takes no lock, so a lane with nothing to do never queues for
+    the write lock; the claim itself re-checks every condition, so two workers reading the
+    same ids cannot both win one.
+    """
+    now = time.time()
+    ids = [
+        row[0]
+        for row in conn.execute(
+            "SELECT id FROM deliveries WHERE endpoint_id IS ? AND state IN ('pending', 'retrying')"
+            " AND next_attempt_at <= ? AND (lease_until IS NULL OR lease_until < ?)"
+            " ORDER BY next_attempt_at LIMIT ?",
+            (endpoint_id, now, now, limit),
+        )
+    ]
+    return claim(conn, ids, owner, lease_seconds)
+
+
 def deliver_batch(
     conn: sqlite3.Connection, config, sender: safe_http.Sender, endpoint_id: int | None, ids: list[int], owner: str
 ) -> list[tuple[sqlite3.Row, Outcome]]:
-    """Claim, send and record deliveries of one endpoint, one after another on one connection.
+    """Claim these deliveries of one endpoint, then send and record them (see deliver_claimed)."""
+    lease = float(config["delivery"]["timeout"]) + LEASE_MARGIN
+    return deliver_claimed(conn, config, sender, endpoint_id, claim(conn, ids, owner, lease), owner)
+
+
+def deliver_claimed(
+    conn: sqlite3.Connection,
+    config,
+    sender: safe_http.Sender,
+    endpoint_id: int | None,
+    claimed: list[sqlite3.Row],
+    owner: str,
+) -> list[tuple[sqlite3.Row, Outcome]]:
+    """Send and record deliveries of one endpoint that `owner` has leased, one after another.
 
     The lease covers one attempt; before each further attempt of a slow batch it is
     extended, so a worker killed mid-batch holds up the rest for one timeout at most.
     """
-    timeout = float(config["delivery"]["timeout"])
-    lease = timeout + LEASE_MARGIN
-    claimed = claim(conn, ids, owner, lease)
     if not claimed:
         return []
+    timeout = float(config["delivery"]["timeout"])
+    lease = timeout + LEASE_MARGIN
     lease_until = time.time() + lease
     endpoint = endpoints.get(conn, endpoint_id) if endpoint_id is not None else None
     if endpoint is None or not endpoint["enabled"]:
@@ -256,12 +314,13 @@ def deliver_batch(
         )
         fail_unsendable(conn, owner, claimed, why)
         return []
+    bodies = payloads(conn, claimed)
     results = []
     for position, delivery in enumerate(claimed):
         if time.time() + timeout + 1 > lease_until:
             lease_until = time.time() + lease
             extend_lease(conn, [d["id"] for d in claimed[position:]], owner, lease_until)
-        body = payload(conn, delivery)
+        body = bodies.get(delivery["id"])
         if body is None:
             fail_unsendable(conn, owner, [delivery], "event no longer stored (pruned)")
             continue
@@ -273,15 +332,27 @@ def deliver_batch(
     return results
 
 
-def due(conn: sqlite3.Connection, limit: int, exclude: set[int] | None = None) -> list[sqlite3.Row]:
-    """Deliveries whose time has come and that nobody holds, oldest first."""
+def due_endpoints(conn: sqlite3.Connection) -> list[int | None]:
+    """The endpoints (None for deleted ones) with a delivery that is due and that nobody holds.
+
+    One indexed look-up per endpoint, however many deliveries wait, so it is cheap enough
+    to ask many times a second.
+    """
     now = time.time()
-    rows = conn.execute(
-        "SELECT id, endpoint_id FROM deliveries WHERE state IN ('pending', 'retrying') AND next_attempt_at <= ?"
-        " AND (lease_until IS NULL OR lease_until < ?) ORDER BY next_attempt_at LIMIT ?",
-        (now, now, limit),
-    ).fetchall()
-    return [r for r in rows if not exclude or r["id"] not in exclude]
+    waiting = (
+        "SELECT 1 FROM deliveries d WHERE d.endpoint_id IS {} AND d.state IN ('pending', 'retrying')"
+        " AND d.next_attempt_at <= ? AND (d.lease_until IS NULL OR d.lease_until < ?)"
+    )
+    found: list[int | None] = [
+        row[0]
+        for row in conn.execute(
+            f"SELECT e.id FROM endpoints e WHERE EXISTS ({waiting.format('e.id')})",  # noqa: S608 (our SQL)
+            (now, now),
+        )
+    ]
+    if conn.execute(f"SELECT EXISTS ({waiting.format('NULL')})", (now, now)).fetchone()[0]:  # noqa: S608
+        found.append(None)
+    return found
 
 
 def redeliver(

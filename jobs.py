@@ -4,6 +4,13 @@ Redis only carries a wake-up call. The job (`drain`) says "there are due deliver
 the worker reads which ones from SQLite. So a lost job, a flushed or restarted Redis,
 or a Redis that is down during intake delays a delivery until the worker's sweeper
 finds it, and never loses it.
+
+The wake key debounces the calls. While it exists, either a drain job is queued and has
+not started (value "queued"), or a worker is awake (value "awake"): it watches the
+database for new commits and, before it stops watching, deletes the key and looks once
+more. Either way a commit that finds the key set will be seen, so it queues nothing.
+Under steady traffic a worker stays awake and intake queues no jobs at all: an RQ job
+costs the worker milliseconds, a look at the database microseconds.
 """
 
 from __future__ import annotations
@@ -24,18 +31,19 @@ import embedded_redis
 log = logging.getLogger("wahook.jobs")
 
 QUEUE_NAME = "wahook"
-# While this key exists a drain job is queued and not yet started, so further commits
-# need not queue another: one job serves any number of webhooks. The worker deletes it
-# before it reads SQLite, and the expiry covers a job lost with the key still set.
+# See the module docstring. The expiry covers a job lost, or a worker killed, with the key set.
 WAKE_KEY = "wahook:wake"
 WAKE_KEY_TTL = 5
+AWAKE_TTL = 5  # a worker renews its "awake" every second or so
 # After Redis fails, intake skips it this long instead of paying a failed connect per request.
 REDIS_BACKOFF = 1.0
 
 _connections: dict[tuple[int, str], redis.Redis] = {}
+_queues: dict[tuple[int, str], Queue] = {}
 _urls: dict[tuple[str, str], str] = {}  # (redis.url, data folder) -> URL; resolving a path costs syscalls
 _down_until: dict[str, float] = {}  # per Redis URL
 _lock = threading.Lock()
+_local = threading.local()  # each thread's own connection for wake(), by URL
 
 
 def fail_fast() -> Retry:
@@ -64,17 +72,46 @@ def redis_connection(config, url: str | None = None) -> redis.Redis:
 
 
 def queue(config) -> Queue:
-    return Queue(QUEUE_NAME, connection=redis_connection(config))
+    url = redis_url(config)
+    key = (os.getpid(), url)
+    found = _queues.get(key)
+    if found is None:
+        found = _queues[key] = Queue(QUEUE_NAME, connection=redis_connection(config, url))
+    return found
+
+
+def _set_if_absent(config, url: str) -> bool:
+    """SET wake-key "queued" NX EX on this thread's own connection, packed once: intake does this
+    after every commit, and redis-py's general command path costs twice the round trip itself."""
+    conns = getattr(_local, "conns", None)
+    if conns is None or getattr(_local, "pid", None) != os.getpid():
+        conns = _local.conns = {}
+        _local.pid = os.getpid()
+    found = conns.get(url)
+    if found is None:
+        conn = redis_connection(config, url).connection_pool.make_connection()
+        command = conn.pack_command("SET", WAKE_KEY, "queued", "NX", "EX", WAKE_KEY_TTL)
+        found = conns[url] = (conn, [b"".join(command)])
+    conn, command = found
+    for attempt in (1, 2):
+        try:
+            conn.send_packed_command(command, check_health=False)
+            return conn.read_response() is not None
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            conn.disconnect()
+            if attempt == 2:  # once more on a fresh connection: Redis may have restarted meanwhile
+                raise
+    return False
 
 
 def wake(config) -> bool:
-    """Make sure a drain job is queued. Never raises: if Redis is down the sweeper catches up."""
+    """Make sure a drain job is queued or a worker is awake. Never raises: if Redis is down the
+    sweeper catches up."""
     url = redis_url(config)
     if time.monotonic() < _down_until.get(url, 0.0):
         return False
     try:
-        conn = redis_connection(config, url)
-        if conn.set(WAKE_KEY, b"1", nx=True, ex=WAKE_KEY_TTL):
+        if _set_if_absent(config, url):
             queue(config).enqueue(drain, job_timeout=60, result_ttl=0, failure_ttl=3600)
         return True
     except (redis.RedisError, OSError) as exc:
@@ -82,6 +119,17 @@ def wake(config) -> bool:
             _down_until[url] = time.monotonic() + REDIS_BACKOFF
         log.warning("redis unavailable, deliveries wait for the sweeper: %s", exc)
         return False
+
+
+def hold_awake(config) -> None:
+    """Mark a worker awake (see the module docstring); renew it at least every AWAKE_TTL seconds."""
+    redis_connection(config).set(WAKE_KEY, b"awake", ex=AWAKE_TTL)
+
+
+def release_awake(config) -> None:
+    """The worker stops watching: from now on commits queue a job again. Look at the database
+    once more after this, for commits that found the key still set."""
+    redis_connection(config).delete(WAKE_KEY)
 
 
 _drain_handler: Callable[[], int] | None = None

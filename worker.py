@@ -2,9 +2,13 @@
 
 Inside one worker:
 - an RQ `SimpleWorker` (no fork per job) runs `drain` jobs, which the web process queues
-  after each commit; a drain job only reads which deliveries are due and hands them on;
-- a lane per endpoint, with a few threads and keep-alive connections of its own, sends
-  them, so an endpoint that hangs or fails holds up nobody else's deliveries;
+  after a commit when no worker is awake; a drain job wakes this worker's dispatcher;
+- the dispatcher finds the endpoints that have due deliveries and tells their lanes; while
+  awake it keeps watching the database (a few microseconds every few milliseconds) and
+  does the same on every change, so steady traffic needs no RQ job at all (see jobs.py);
+- a lane per endpoint, with a few threads and keep-alive connections of its own, claims
+  that endpoint's due deliveries in batches and sends them, so an endpoint that hangs or
+  fails holds up nobody else's deliveries;
 - a sweeper thread does the same every second without Redis, which is what makes
   retries happen on time and makes a lost job, a flushed Redis or a dead worker harmless;
   it also writes the heartbeat /healthz reads, and prunes old history.
@@ -20,7 +24,6 @@ import socket
 import sys
 import threading
 import time
-from collections import deque
 
 import redis
 from rq import SimpleWorker
@@ -36,26 +39,33 @@ log = logging.getLogger("wahook.worker")
 
 LANE_THREADS = 4  # concurrent sends per endpoint
 FAST_BATCH = 32  # deliveries claimed at once by a lane whose receiver answers quickly
-SLOW_SECONDS = 0.5  # an attempt slower than this (or failing) makes its lane claim one at a time
-LANE_BACKLOG = 2000  # deliveries queued in memory per lane; the rest wait in SQLite
-PUMP_LIMIT = 5000
+SLOW_SECONDS = 0.5  # an attempt slower than this makes its lane claim one at a time
 SWEEP_INTERVAL = 1.0
 HEARTBEAT_INTERVAL = 5.0
 PRUNE_INTERVAL = 3600.0
+WATCH_INTERVAL = 0.003  # while awake, how often to look for new commits
+AWAKE_IDLE = 2.0  # stay awake this long after the last due delivery was found
+AWAKE_RENEW = 1.0
 
 
 class Lane:
-    """The deliveries of one endpoint waiting in this process, and the threads sending them."""
+    """One endpoint's sending in this process: threads that claim its due deliveries and send them.
+
+    `want()` says there is work. One thread then claims a batch; when the batch comes back
+    full there is probably more, and it calls in the next thread, so a backlog is worked by
+    every thread and a trickle by one. Nothing waits in memory: what is not claimed stays
+    in SQLite, where any worker may claim it.
+    """
 
     def __init__(self, dispatcher: Dispatcher, endpoint_id: int | None) -> None:
         self.dispatcher = dispatcher
         self.endpoint_id = endpoint_id
-        self.waiting: deque[int] = deque()
-        self.held: set[int] = set()  # waiting or being sent: the pump must not offer them again
         self.ready = threading.Condition()
-        self.busy = 0
+        self.more = False  # there may be due deliveries nobody has claimed yet
+        self.busy = 0  # threads claiming or sending
         self.slow = True  # until an attempt shows otherwise, claim one at a time
         config = dispatcher.config["delivery"]
+        self.lease = float(config["timeout"]) + delivery.LEASE_MARGIN
         self.sender = safe_http.Sender(
             allow_http=config["allow_http"], allow_private=config["allow_private_urls"], pool_size=LANE_THREADS
         )
@@ -65,47 +75,44 @@ class Lane:
         for thread in self.threads:
             thread.start()
 
-    def offer(self, ids: list[int]) -> int:
-        """Queue the ids not already held here; returns how many were taken."""
-        taken = 0
+    def want(self) -> None:
         with self.ready:
-            for delivery_id in ids:
-                if delivery_id in self.held or len(self.held) >= LANE_BACKLOG:
-                    continue
-                self.held.add(delivery_id)
-                self.waiting.append(delivery_id)
-                taken += 1
-            if taken:
-                self.ready.notify_all()
-        return taken
+            self.more = True
+            self.ready.notify()
 
     def idle(self) -> bool:
         with self.ready:
-            return not self.held
+            return not self.more and not self.busy
 
     def run(self) -> None:
         stopping = self.dispatcher.stopping
         while not stopping.is_set():
             with self.ready:
-                if not self.waiting:
+                if not self.more:
                     self.ready.wait(0.5)
                     continue
+                # Cleared before the claim reads: a want() from now on is seen by the next claim.
+                self.more = False
+                self.busy += 1
                 size = 1 if self.slow else FAST_BATCH
-                batch = [self.waiting.popleft() for _ in range(min(size, len(self.waiting)))]
+            claimed: list = []
             try:
                 conn = db.connection(self.dispatcher.config.database_path)
-                results = delivery.deliver_batch(
-                    conn, self.dispatcher.config, self.sender, self.endpoint_id, batch, self.dispatcher.name
+                claimed = delivery.claim_next(conn, self.endpoint_id, self.dispatcher.name, self.lease, size)
+                if len(claimed) == size:
+                    self.want()  # a full batch: there is likely more, for another thread
+                results = delivery.deliver_claimed(
+                    conn, self.dispatcher.config, self.sender, self.endpoint_id, claimed, self.dispatcher.name
                 )
                 if results:
-                    self.slow = any(not o.ok or o.duration_ms > SLOW_SECONDS * 1000 for _, o in results)
+                    self.slow = any(o.duration_ms > SLOW_SECONDS * 1000 for _, o in results)
             except Exception:
-                # Leases we took run out and the sweeper offers the deliveries again.
+                # Leases we took run out and the sweeper finds the deliveries again.
                 log.exception("delivery batch failed for endpoint %s", self.endpoint_id)
                 stopping.wait(1)
             finally:
                 with self.ready:
-                    self.held.difference_update(batch)
+                    self.busy -= 1
 
     def close(self) -> None:
         with self.ready:
@@ -116,7 +123,8 @@ class Lane:
 
 
 class Dispatcher:
-    """Routes due deliveries to per-endpoint lanes. `pump` is what drain jobs and the sweeper call."""
+    """Tells lanes when their endpoint has due deliveries. `pump` is what drain jobs, the awake
+    watcher and the sweeper call."""
 
     def __init__(self, config, name: str | None = None) -> None:
         self.config = config
@@ -124,32 +132,76 @@ class Dispatcher:
         self.lanes: dict[int | None, Lane] = {}
         self.stopping = threading.Event()
         self.pump_lock = threading.Lock()
+        self.awake = threading.Event()
+        self.awake_lock = threading.Lock()
+        self.watcher: threading.Thread | None = None
 
     def pump(self) -> int:
-        """Offer every due, unleased delivery to its endpoint's lane. Returns how many were new here."""
+        """Wake the lane of every endpoint with a due delivery nobody holds. Returns how many lanes."""
         with self.pump_lock:
             if self.stopping.is_set():
                 return 0
             conn = db.connection(self.config.database_path)
-            by_endpoint: dict[int | None, list[int]] = {}
-            for row in delivery.due(conn, PUMP_LIMIT):
-                by_endpoint.setdefault(row["endpoint_id"], []).append(row["id"])
-            offered = 0
-            for endpoint_id, ids in by_endpoint.items():
+            found = delivery.due_endpoints(conn)
+            for endpoint_id in found:
                 lane = self.lanes.get(endpoint_id)
                 if lane is None:
                     lane = self.lanes[endpoint_id] = Lane(self, endpoint_id)
-                offered += lane.offer(ids)
-            return offered
+                lane.want()
+            return len(found)
 
     def on_drain_job(self) -> int:
-        # Clear the wake flag before reading SQLite, so a commit landing after this point
-        # queues a new job instead of relying on this one to have seen it.
-        try:
-            jobs.redis_connection(self.config).delete(jobs.WAKE_KEY)
-        except Exception as exc:
-            log.warning("could not clear the wake flag: %s", exc)
+        """A drain job: mark this worker awake before reading SQLite, so a commit landing after
+        this point either is seen by the watcher or queues a new job."""
+        with self.awake_lock:
+            try:
+                jobs.hold_awake(self.config)
+            except Exception as exc:
+                log.warning("could not mark the worker awake: %s", exc)
+            self.awake.set()
+            if self.watcher is None:
+                self.watcher = threading.Thread(target=self.watch, name="watcher", daemon=True)
+                self.watcher.start()
         return self.pump()
+
+    def watch(self) -> None:
+        """While awake: pump whenever the database changed; go back to sleep after AWAKE_IDLE
+        without due deliveries. See jobs.py for why the order of the last steps matters."""
+        conn = db.connect(self.config.database_path)  # its own: data_version counts others' commits
+        try:
+            while not self.stopping.is_set():
+                if not self.awake.wait(0.5):
+                    continue
+                version = None
+                last_found = renewed = time.monotonic()
+                while not self.stopping.wait(WATCH_INTERVAL):
+                    now = time.monotonic()
+                    changed = conn.execute("PRAGMA data_version").fetchone()[0]
+                    if changed != version:
+                        version = changed
+                        if self.pump():
+                            last_found = now
+                    if now - last_found > AWAKE_IDLE:
+                        break
+                    if now - renewed > AWAKE_RENEW:
+                        self._quietly(jobs.hold_awake)
+                        renewed = now
+                with self.awake_lock:
+                    self.awake.clear()
+                    self._quietly(jobs.release_awake)
+                self.pump()
+        except Exception:
+            log.exception("the watcher stopped; the sweeper goes on delivering")
+        finally:
+            conn.close()
+            with self.awake_lock:
+                self.watcher = None
+
+    def _quietly(self, call) -> None:
+        try:
+            call(self.config)
+        except Exception as exc:
+            log.warning("redis unavailable to the watcher: %s", exc)
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """Block until every lane has sent what it holds (tests and shutdown)."""
@@ -163,6 +215,8 @@ class Dispatcher:
     def stop(self, grace: float = 5.0) -> None:
         """Stop taking work, let sends in flight finish for `grace` seconds, close connections."""
         self.stopping.set()
+        if self.awake.is_set():
+            self._quietly(jobs.release_awake)  # others' commits must queue jobs again
         deadline = time.monotonic() + grace
         for lane in self.lanes.values():
             for thread in lane.threads:
