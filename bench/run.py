@@ -1,0 +1,176 @@
+"""`make bench`: wahook's speed, measured on this machine, printed as one table.
+
+Every measure starts its own wahook installation (gunicorn with gunicorn.conf.py, worker.py,
+the embedded Redis, a fresh database) in a scratch folder and talks to it over 127.0.0.1 only.
+Load comes from wrk (Debian's package; installed with apt-get when missing) posting signed Meta
+status webhooks, each with new wamids; deliveries go to a fast asyncio receiver in its own process.
+
+    BENCH_QUICK=1     fewer and shorter rounds, for trying a change (about 3 minutes)
+    BENCH_ONLY=a,b    only these measures: receiver, intake, drain, latency, burst, outage
+    BENCH_ROOT=dir    measure the wahook checkout in `dir` instead of this one (before/after)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+
+import scenarios as sc
+
+MB = 1024 * 1024
+MEMORY_LIMIT = 150 * MB
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class Table:
+    """Rows of measure, result, baseline, ratio, target, verdict; printed aligned."""
+
+    head = ("measure", "wahook", "compared with", "ratio", "target", "met")
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, ...]] = []
+
+    def add(self, measure: str, ours: str, theirs: str = "", ratio: str = "", target: str = "", met=None) -> None:
+        verdict = "" if met is None else ("yes" if met else "NO")
+        self.rows.append((measure, ours, theirs, ratio, target, verdict))
+
+    def print(self) -> None:
+        rows = [self.head, *self.rows]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(self.head))]
+        line = "| " + " | ".join(f"{{:{w}}}" for w in widths) + " |"
+        print(line.format(*self.head))
+        print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+        for row in self.rows:
+            print(line.format(*row))
+
+
+def spread(values: list[float]) -> str:
+    return f"{min(values):.0f}..{max(values):.0f}"
+
+
+def memory_cell(peak: dict[str, int]) -> tuple[str, bool]:
+    text = ", ".join(f"{role} {rss / MB:.0f}" for role, rss in sorted(peak.items()))
+    return f"peak RSS MB: {text}", all(rss < MEMORY_LIMIT for rss in peak.values())
+
+
+def run_receiver(ws: sc.Workspace, plan: sc.Plan, table: Table) -> None:
+    rate = sc.receiver_ceiling(ws)
+    table.add("receiver's own ceiling (wrk, keep-alive)", f"{rate:,.0f} POST/s")
+
+
+def run_intake(ws: sc.Workspace, plan: sc.Plan, table: Table) -> None:
+    result, notes = sc.intake(ws, plan)
+    ours, theirs = sc.median(result.ours), sc.median(result.theirs)
+    table.add(
+        f"intake: signed status webhooks/s, stored + enqueued ({plan.rounds} rounds of {plan.intake_seconds:g} s)",
+        f"{ours:,.0f}/s ({spread(result.ours)}), p99 {sc.median(notes['p99_ours']):.0f} ms",
+        f"bare Flask {theirs:,.0f}/s ({spread(result.theirs)})",
+        f"{result.ratio:.2f}",
+        ">= 0.5",
+        result.ratio >= 0.5,
+    )
+    if notes["wraps"] or notes["non2xx"] or notes["errors"]:
+        problems = f"pool wraps {notes['wraps']}, non-2xx {notes['non2xx']}, errors {notes['errors']}"
+        table.add("intake: problems", problems)
+
+
+def run_drain(ws: sc.Workspace, plan: sc.Plan, table: Table) -> None:
+    results, notes = sc.drain(ws, plan)
+    for workers, result in results.items():
+        ours, theirs = sc.median(result.ours), sc.median(result.theirs)
+        per_worker = result.ratio / workers
+        target_ok = per_worker >= 0.5 and (workers != 1 or ours >= 1000)
+        table.add(
+            f"drain: {plan.drain_events:,} queued events delivered/s, {workers} worker process"
+            + ("es" if workers > 1 else ""),
+            f"{ours:,.0f}/s ({spread(result.ours)})",
+            f"requests.Session loop {theirs:,.0f}/s",
+            f"{result.ratio:.2f} ({per_worker:.2f} per worker)",
+            ">= 0.5 per worker" + (", >= 1,000/s" if workers == 1 else ""),
+            target_ok,
+        )
+    text, ok = memory_cell(notes["memory"])
+    table.add("drain: duplicates, memory", f"{notes['duplicates']} duplicates; {text}", met=ok)
+
+
+def run_latency(ws: sc.Workspace, plan: sc.Plan, table: Table) -> None:
+    got = sc.latency(ws, plan)
+    table.add(
+        f"latency: Meta POST start -> receiver, {plan.latency_rate:g} events/s for {plan.latency_seconds:g} s",
+        f"p50 {got['p50']:.1f} ms, p99 {got['p99']:.1f} ms, max {got['max']:.0f} ms",
+        f"{got['events']:,} events, {got['missing']} missing, {got['duplicates']} duplicates",
+        "",
+        "p50 < 20 ms, p99 < 100 ms",
+        got["p50"] < 20 and got["p99"] < 100 and not got["missing"],
+    )
+
+
+def run_burst(ws: sc.Workspace, plan: sc.Plan, table: Table) -> None:
+    got = sc.burst(ws, plan)
+    clean = not (got["non2xx"] or got["socket_errors"] or got["missing"] or got["duplicates"])
+    table.add(
+        f"burst: {plan.burst_events:,} events posted at once, 1 worker",
+        f"posted at {got['intake_rate']:,.0f}/s; all delivered after {got['all_delivered_s']:.0f} s",
+        f"non-2xx {got['non2xx']}, errors {got['socket_errors']}, missing {got['missing']}, "
+        f"duplicates {got['duplicates']}",
+        "",
+        "all 2xx, all delivered once",
+        clean,
+    )
+    text, ok = memory_cell(got["memory"])
+    table.add("burst: memory", text, target="each < 150 MB", met=ok)
+
+
+def run_outage(ws: sc.Workspace, plan: sc.Plan, table: Table) -> None:
+    result, notes = sc.outage(ws, plan)
+    ours, theirs = sc.median(result.ours), sc.median(result.theirs)
+    table.add(
+        f"receiver down for a {plan.outage_events:,}-event run: intake/s, 1 worker",
+        f"{ours:,.0f}/s; all delivered {sc.median(notes['caught_up_s']):.0f} s after it was back",
+        f"receiver up {theirs:,.0f}/s",
+        f"{result.ratio:.2f}",
+        ">= 0.9, all delivered",
+        result.ratio >= 0.9 and not notes["undelivered"] and not notes["non2xx"],
+    )
+
+
+MEASURES: dict[str, Callable[[sc.Workspace, sc.Plan, Table], None]] = {
+    "receiver": run_receiver,
+    "intake": run_intake,
+    "drain": run_drain,
+    "latency": run_latency,
+    "burst": run_burst,
+    "outage": run_outage,
+}
+
+
+def main() -> int:
+    quick = os.environ.get("BENCH_QUICK") not in (None, "", "0")
+    plan = sc.Plan.quick() if quick else sc.Plan()
+    only = [m for m in (os.environ.get("BENCH_ONLY") or ",".join(MEASURES)).split(",") if m]
+    unknown = set(only) - set(MEASURES)
+    if unknown:
+        say(f"unknown measures {sorted(unknown)}; choose from {', '.join(MEASURES)}")
+        return 2
+    started = time.monotonic()
+    table = Table()
+    ws = sc.Workspace()
+    try:
+        for name in only:
+            say(f"[{time.monotonic() - started:5.0f} s] {name}...")
+            MEASURES[name](ws, plan, table)
+    finally:
+        ws.close()
+    cpus = len(os.sched_getaffinity(0))
+    print(f"\nwahook benchmark ({'quick' if quick else 'full'} run, {cpus} CPUs, {time.monotonic() - started:.0f} s)\n")
+    table.print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
