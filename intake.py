@@ -115,17 +115,16 @@ def receive() -> Response:
     return text("ok", 200)
 
 
-def selects(endpoint: sqlite3.Row, event_name: str) -> bool:
-    wanted = json.loads(endpoint["events"] or "[]")
-    return not wanted or event_name in wanted
-
-
 def store(conn: sqlite3.Connection, raw: bytes, body: dict, drawn: list, received_at: float) -> int:
     """Write the webhook, its new events and their deliveries in one transaction.
 
     Returns how many deliveries were created. A duplicate event (its dedupe key is
     already stored) is skipped by the UNIQUE constraint, which holds even when two web
     processes commit the same update at once.
+
+    This runs once per Meta POST while the write lock is held, so it does the little it
+    must: the webhook row is written with its event count already in, and corrected only
+    when some events turn out to be duplicates; each endpoint's event filter is read once.
     """
     fields = sorted(
         {
@@ -137,66 +136,49 @@ def store(conn: sqlite3.Connection, raw: bytes, body: dict, drawn: list, receive
         }
     )
     webhook_public_id = "whk_" + secrets.token_hex(12)
+    encoded = [json.dumps(event.body, ensure_ascii=False, separators=(",", ":")) for event in drawn]
     now = time.time()
     with transaction(conn):
         webhook_id = conn.execute(
-            "INSERT INTO webhooks (webhook_id, received_at, object, fields, body) VALUES (?, ?, ?, ?, ?)",
-            (webhook_public_id, received_at, str(body.get("object", ""))[:100], ",".join(fields)[:500], raw),
+            "INSERT INTO webhooks (webhook_id, received_at, object, fields, event_count, body)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                webhook_public_id,
+                received_at,
+                str(body.get("object", ""))[:100],
+                ",".join(fields)[:500],
+                len(drawn),
+                raw,
+            ),
         ).lastrowid
-        endpoints = conn.execute("SELECT id, url, events, format FROM endpoints WHERE enabled = 1").fetchall()
+        targets = [
+            (row["id"], row["url"], row["format"], frozenset(json.loads(row["events"] or "[]")))
+            for row in conn.execute("SELECT id, url, events, format FROM endpoints WHERE enabled = 1")
+        ]
         rows = []
         new_names = []
-        for event in drawn:
+        for event, text_body in zip(drawn, encoded, strict=True):
+            event_id = event.body["event_id"]
             inserted = conn.execute(
                 "INSERT INTO events (event_id, webhook_id, name, dedupe_key, created_at, body)"
                 " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
-                (
-                    event.body["event_id"],
-                    webhook_id,
-                    event.name,
-                    event.dedupe_key,
-                    received_at,
-                    json.dumps(event.body, ensure_ascii=False, separators=(",", ":")),
-                ),
+                (event_id, webhook_id, event.name, event.dedupe_key, received_at, text_body),
             ).fetchone()
             if inserted is None:
                 continue
             new_names.append(event.name)
-            for endpoint in endpoints:
-                if endpoint["format"] == "events" and selects(endpoint, event.name):
-                    rows.append(
-                        (
-                            endpoint["id"],
-                            endpoint["url"],
-                            inserted[0],
-                            webhook_id,
-                            event.name,
-                            event.body["event_id"],
-                            now,
-                            now,
-                            now,
-                        )
-                    )
-        for endpoint in endpoints:
-            if endpoint["format"] == "meta" and any(selects(endpoint, name) for name in new_names):
-                rows.append(
-                    (
-                        endpoint["id"],
-                        endpoint["url"],
-                        None,
-                        webhook_id,
-                        "whatsapp.meta",
-                        webhook_public_id,
-                        now,
-                        now,
-                        now,
-                    )
-                )
-        conn.executemany(
-            "INSERT INTO deliveries (endpoint_id, endpoint_url, event_id, webhook_id, event_name, message_id,"
-            " next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            rows,
-        )
-        if new_names:
+            for endpoint_id, url, kind, wanted in targets:
+                if kind == "events" and (not wanted or event.name in wanted):
+                    rows.append((endpoint_id, url, inserted[0], webhook_id, event.name, event_id, now, now, now))
+        for endpoint_id, url, kind, wanted in targets:
+            if kind == "meta" and any(not wanted or name in wanted for name in new_names):
+                rows.append((endpoint_id, url, None, webhook_id, "whatsapp.meta", webhook_public_id, now, now, now))
+        if rows:
+            conn.executemany(
+                "INSERT INTO deliveries (endpoint_id, endpoint_url, event_id, webhook_id, event_name, message_id,"
+                " next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+        if len(new_names) != len(drawn):
             conn.execute("UPDATE webhooks SET event_count = ? WHERE id = ?", (len(new_names), webhook_id))
     return len(rows)
