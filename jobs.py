@@ -5,12 +5,18 @@ the worker reads which ones from SQLite. So a lost job, a flushed or restarted R
 or a Redis that is down during intake delays a delivery until the worker's sweeper
 finds it, and never loses it.
 
-The wake key debounces the calls. While it exists, either a drain job is queued and has
-not started (value "queued"), or a worker is awake (value "awake"): it watches the
-database for new commits and, before it stops watching, deletes the key and looks once
-more. Either way a commit that finds the key set will be seen, so it queues nothing.
-Under steady traffic a worker stays awake and intake queues no jobs at all: an RQ job
-costs the worker milliseconds, a look at the database microseconds.
+The wake key debounces the calls. It has an expiry, and until it expires every commit
+is sure to be seen: either a drain job is queued and has not started (value "queued"),
+or a worker is awake (value "awake"), watching the database for commits and looking at
+every change. A worker renews the key while there is work, and once it stops renewing
+it keeps watching until the key has expired. Every write of the key sets the same time
+to live from now, so it never brings an expiry forward.
+
+So a commit that finds the key set queues nothing, and the process that committed need
+not ask Redis again until the expiry it was told: under steady traffic intake talks to
+Redis once every few seconds, not once per webhook, and RQ runs no jobs at all (a job
+costs the worker milliseconds; a look at the database costs microseconds). A flushed or
+restarted Redis only means the sweeper finds the next deliveries, up to a second later.
 """
 
 from __future__ import annotations
@@ -31,10 +37,14 @@ import embedded_redis
 log = logging.getLogger("wahook.jobs")
 
 QUEUE_NAME = "wahook"
-# See the module docstring. The expiry covers a job lost, or a worker killed, with the key set.
+# See the module docstring. The expiry also bounds how long a job lost, or a worker killed,
+# with the key set leaves commits to the sweeper.
 WAKE_KEY = "wahook:wake"
-WAKE_KEY_TTL = 5
-AWAKE_TTL = 5  # a worker renews its "awake" every second or so
+WAKE_TTL_MS = 5000
+# Intake trusts a key's expiry minus this, for the time between Redis's answer and the
+# commits that rely on it (a process that stalls longer than this is slow, not wrong: the
+# sweeper still finds its deliveries).
+QUIET_MARGIN = 0.5
 # After Redis fails, intake skips it this long instead of paying a failed connect per request.
 REDIS_BACKOFF = 1.0
 
@@ -44,6 +54,7 @@ _urls: dict[tuple[str, str], str] = {}  # (redis.url, data folder) -> URL; resol
 _down_until: dict[str, float] = {}  # per Redis URL
 _lock = threading.Lock()
 _local = threading.local()  # each thread's own connection for wake(), by URL
+_quiet_until: dict[tuple[str, str], float] = {}  # (Redis URL, database): monotonic time
 
 
 def fail_fast() -> Retry:
@@ -80,9 +91,10 @@ def queue(config) -> Queue:
     return found
 
 
-def _set_if_absent(config, url: str) -> bool:
-    """SET wake-key "queued" NX EX on this thread's own connection, packed once: intake does this
-    after every commit, and redis-py's general command path costs twice the round trip itself."""
+def _announce(config, url: str) -> tuple[bool, int]:
+    """SET wake-key "queued" NX with the usual expiry, then PTTL, in one round trip on this
+    thread's own connection with the commands packed once (redis-py's general path costs
+    more than the round trip). Returns (whether the key was new, its time to live in ms)."""
     conns = getattr(_local, "conns", None)
     if conns is None or getattr(_local, "pid", None) != os.getpid():
         conns = _local.conns = {}
@@ -90,29 +102,37 @@ def _set_if_absent(config, url: str) -> bool:
     found = conns.get(url)
     if found is None:
         conn = redis_connection(config, url).connection_pool.make_connection()
-        command = conn.pack_command("SET", WAKE_KEY, "queued", "NX", "EX", WAKE_KEY_TTL)
-        found = conns[url] = (conn, [b"".join(command)])
-    conn, command = found
+        commands = conn.pack_commands([("SET", WAKE_KEY, "queued", "NX", "PX", WAKE_TTL_MS), ("PTTL", WAKE_KEY)])
+        found = conns[url] = (conn, [b"".join(commands)])
+    conn, packed = found
     for attempt in (1, 2):
         try:
-            conn.send_packed_command(command, check_health=False)
-            return conn.read_response() is not None
+            conn.send_packed_command(packed, check_health=False)
+            created = conn.read_response() is not None
+            return created, int(conn.read_response())
         except (redis.ConnectionError, redis.TimeoutError, OSError):
             conn.disconnect()
             if attempt == 2:  # once more on a fresh connection: Redis may have restarted meanwhile
                 raise
-    return False
+    return False, -2
 
 
 def wake(config) -> bool:
-    """Make sure a drain job is queued or a worker is awake. Never raises: if Redis is down the
-    sweeper catches up."""
+    """Make sure a drain job is queued or a worker is awake, after a commit. Never raises: if
+    Redis is down the sweeper catches up."""
     url = redis_url(config)
-    if time.monotonic() < _down_until.get(url, 0.0):
+    started = time.monotonic()
+    quiet = (url, str(config.database_path))
+    if started < _quiet_until.get(quiet, 0.0):
+        return True  # the key had not expired: whoever set it sees this commit
+    if started < _down_until.get(url, 0.0):
         return False
     try:
-        if _set_if_absent(config, url):
+        created, ttl_ms = _announce(config, url)
+        if created:
             queue(config).enqueue(drain, job_timeout=60, result_ttl=0, failure_ttl=3600)
+        if ttl_ms > 0:
+            _quiet_until[quiet] = started + ttl_ms / 1000 - QUIET_MARGIN
         return True
     except (redis.RedisError, OSError) as exc:
         with _lock:
@@ -121,14 +141,20 @@ def wake(config) -> bool:
         return False
 
 
-def hold_awake(config) -> None:
-    """Mark a worker awake (see the module docstring); renew it at least every AWAKE_TTL seconds."""
-    redis_connection(config).set(WAKE_KEY, b"awake", ex=AWAKE_TTL)
+def hold_awake(config) -> float:
+    """Mark a worker awake, or renew it. Returns the monotonic time by which the key will have
+    expired unless renewed: the worker must watch the database until then."""
+    pipe = redis_connection(config).pipeline(transaction=False)
+    pipe.set(WAKE_KEY, b"awake", px=WAKE_TTL_MS)
+    pipe.pttl(WAKE_KEY)
+    ttl_ms = pipe.execute()[1]
+    # Measured after the answer, so Redis's own expiry cannot be later than this.
+    return time.monotonic() + max(ttl_ms, WAKE_TTL_MS) / 1000
 
 
-def release_awake(config) -> None:
-    """The worker stops watching: from now on commits queue a job again. Look at the database
-    once more after this, for commits that found the key still set."""
+def forget_awake(config) -> None:
+    """A worker shutting down: commits from processes that have not yet been told the key
+    exists queue a job again at once (those that have rely on the sweeper meanwhile)."""
     redis_connection(config).delete(WAKE_KEY)
 
 

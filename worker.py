@@ -44,8 +44,9 @@ SWEEP_INTERVAL = 1.0
 HEARTBEAT_INTERVAL = 5.0
 PRUNE_INTERVAL = 3600.0
 WATCH_INTERVAL = 0.003  # while awake, how often to look for new commits
-AWAKE_IDLE = 2.0  # stay awake this long after the last due delivery was found
+AWAKE_IDLE = 2.0  # renew the wake key until this long after the last due delivery was found
 AWAKE_RENEW = 1.0
+WATCH_MARGIN = 0.5  # watch this much past the wake key's expiry
 
 
 class Lane:
@@ -133,8 +134,9 @@ class Dispatcher:
         self.stopping = threading.Event()
         self.pump_lock = threading.Lock()
         self.awake = threading.Event()
-        self.awake_lock = threading.Lock()
+        self.awake_lock = threading.RLock()
         self.watcher: threading.Thread | None = None
+        self.watch_until = 0.0  # monotonic time until which commits may rely on the watcher
 
     def pump(self) -> int:
         """Wake the lane of every endpoint with a due delivery nobody holds. Returns how many lanes."""
@@ -151,22 +153,28 @@ class Dispatcher:
             return len(found)
 
     def on_drain_job(self) -> int:
-        """A drain job: mark this worker awake before reading SQLite, so a commit landing after
-        this point either is seen by the watcher or queues a new job."""
+        """A drain job: mark this worker awake before reading SQLite, so every commit from now
+        until the wake key expires is seen by the watcher (see jobs.py)."""
+        self.hold_awake()
+        return self.pump()
+
+    def hold_awake(self) -> None:
         with self.awake_lock:
+            # Until Redis answers, assume the key may live a whole WAKE_TTL from now.
+            self.watch_until = max(self.watch_until, time.monotonic() + jobs.WAKE_TTL_MS / 1000)
             try:
-                jobs.hold_awake(self.config)
+                self.watch_until = max(self.watch_until, jobs.hold_awake(self.config))
             except Exception as exc:
                 log.warning("could not mark the worker awake: %s", exc)
             self.awake.set()
             if self.watcher is None:
                 self.watcher = threading.Thread(target=self.watch, name="watcher", daemon=True)
                 self.watcher.start()
-        return self.pump()
 
     def watch(self) -> None:
-        """While awake: pump whenever the database changed; go back to sleep after AWAKE_IDLE
-        without due deliveries. See jobs.py for why the order of the last steps matters."""
+        """While awake: pump whenever the database changed. Renew the wake key while there is
+        work; once there has been none for AWAKE_IDLE, stop renewing, and stop watching only
+        when the key has surely expired, since until then commits rely on this watch."""
         conn = db.connect(self.config.database_path)  # its own: data_version counts others' commits
         try:
             while not self.stopping.is_set():
@@ -181,14 +189,13 @@ class Dispatcher:
                         version = changed
                         if self.pump():
                             last_found = now
-                    if now - last_found > AWAKE_IDLE:
-                        break
-                    if now - renewed > AWAKE_RENEW:
-                        self._quietly(jobs.hold_awake)
+                    if now - last_found < AWAKE_IDLE and now - renewed > AWAKE_RENEW:
+                        self.hold_awake()
                         renewed = now
-                with self.awake_lock:
-                    self.awake.clear()
-                    self._quietly(jobs.release_awake)
+                    with self.awake_lock:
+                        if now > self.watch_until + WATCH_MARGIN:
+                            self.awake.clear()
+                            break
                 self.pump()
         except Exception:
             log.exception("the watcher stopped; the sweeper goes on delivering")
@@ -196,12 +203,6 @@ class Dispatcher:
             conn.close()
             with self.awake_lock:
                 self.watcher = None
-
-    def _quietly(self, call) -> None:
-        try:
-            call(self.config)
-        except Exception as exc:
-            log.warning("redis unavailable to the watcher: %s", exc)
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """Block until every lane has sent what it holds (tests and shutdown)."""
@@ -216,7 +217,10 @@ class Dispatcher:
         """Stop taking work, let sends in flight finish for `grace` seconds, close connections."""
         self.stopping.set()
         if self.awake.is_set():
-            self._quietly(jobs.release_awake)  # others' commits must queue jobs again
+            try:
+                jobs.forget_awake(self.config)
+            except Exception as exc:
+                log.warning("could not clear the wake key: %s", exc)
         deadline = time.monotonic() + grace
         for lane in self.lanes.values():
             for thread in lane.threads:
