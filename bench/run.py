@@ -74,6 +74,12 @@ def run_intake(ws: sc.Workspace, plan: sc.Plan, table: Table) -> None:
         ">= 0.5",
         result.ratio >= 0.5,
     )
+    table.add(
+        "intake: server CPU per webhook (web workers + Redis)",
+        f"{sc.median(notes['cpu_ours']):.0f} us",
+        f"bare Flask {sc.median(notes['cpu_theirs']):.0f} us",
+        f"{sc.median(notes['cpu_theirs']) / sc.median(notes['cpu_ours']):.2f}",
+    )
     if notes["wraps"] or notes["non2xx"] or notes["errors"]:
         problems = f"pool wraps {notes['wraps']}, non-2xx {notes['non2xx']}, errors {notes['errors']}"
         table.add("intake: problems", problems)

@@ -118,12 +118,15 @@ def intake(ws: Workspace, plan: Plan) -> tuple[Comparison, dict]:
     write_pool(pool, plan.intake_pool)
     write_pool(warm, 3000)
     result = Comparison()
-    notes = {"wraps": 0, "non2xx": 0, "errors": 0, "p99_ours": [], "p99_theirs": []}
+    notes: dict = {"wraps": 0, "non2xx": 0, "errors": 0, "p99_ours": [], "p99_theirs": []}
+    notes |= {"cpu_ours": [], "cpu_theirs": []}  # server CPU microseconds per request
     for _ in range(plan.rounds):
         bare = ws.stack()
         base = bare.start_web("bench.bare_app:app")
         wrk_timed(base + INTAKE_PATH, warm, 1)
+        cpu = bare.cpu_seconds()
         run = wrk_timed(base + INTAKE_PATH, pool, plan.intake_seconds)
+        notes["cpu_theirs"].append((bare.cpu_seconds() - cpu) / run.posted * 1e6)
         bare.stop()
         result.theirs.append(run.rate)
         notes["p99_theirs"].append(run.p99_ms)
@@ -133,7 +136,9 @@ def intake(ws: Workspace, plan: Plan) -> tuple[Comparison, dict]:
         ours.add_endpoint(ws.sink.url)
         base = ours.start_web()
         wrk_timed(base + INTAKE_PATH, warm, 1)
+        cpu = ours.cpu_seconds()
         run = wrk_timed(base + INTAKE_PATH, pool, plan.intake_seconds)
+        notes["cpu_ours"].append((ours.cpu_seconds() - cpu) / run.posted * 1e6)
         stored = ours.counts()
         ours.stop()
         result.ours.append(run.rate)

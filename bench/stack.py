@@ -177,6 +177,16 @@ class Stack:
             roles["redis"].append(int((self.data / "redis.pid").read_text().strip()))
         return roles
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) used so far by the stack's web, worker and Redis processes."""
+        total = 0.0
+        for pids in self.processes().values():
+            for pid in pids:
+                with contextlib.suppress(psutil.Error):
+                    times = psutil.Process(pid).cpu_times()
+                    total += times.user + times.system
+        return total
+
     # -- state
 
     def stored(self) -> int:
