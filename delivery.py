@@ -74,17 +74,9 @@ def signature_headers(secret: str, message_id: str, timestamp: int, body: bytes)
     }
 
 
-def payload(conn: sqlite3.Connection, delivery: sqlite3.Row) -> bytes | None:
-    """The exact bytes to POST: the event's JSON, or the original Meta body for meta format."""
-    if delivery["event_id"] is not None:
-        row = conn.execute("SELECT body FROM events WHERE id = ?", (delivery["event_id"],)).fetchone()
-        return row[0].encode("utf-8") if row else None
-    row = conn.execute("SELECT body FROM webhooks WHERE id = ?", (delivery["webhook_id"],)).fetchone()
-    return bytes(row[0]) if row else None
-
-
 def payloads(conn: sqlite3.Connection, deliveries: list[sqlite3.Row]) -> dict[int, bytes]:
-    """payload() for a whole batch in two queries rather than one per delivery: {delivery id: bytes}."""
+    """The exact bytes to POST for each delivery: the event's JSON, or the original Meta body for
+    meta format. Two queries for a whole batch: {delivery id: bytes}, pruned ones left out."""
     wanted: dict[tuple[str, int], list[int]] = {}
     for delivery in deliveries:
         source = (
@@ -279,14 +271,6 @@ def claim_next(
     return claim(conn, ids, owner, lease_seconds)
 
 
-def deliver_batch(
-    conn: sqlite3.Connection, config, sender: safe_http.Sender, endpoint_id: int | None, ids: list[int], owner: str
-) -> list[tuple[sqlite3.Row, Outcome]]:
-    """Claim these deliveries of one endpoint, then send and record them (see deliver_claimed)."""
-    lease = float(config["delivery"]["timeout"]) + LEASE_MARGIN
-    return deliver_claimed(conn, config, sender, endpoint_id, claim(conn, ids, owner, lease), owner)
-
-
 def deliver_claimed(
     conn: sqlite3.Connection,
     config,
@@ -422,7 +406,7 @@ def send_test(conn: sqlite3.Connection, config, endpoint_id: int) -> Outcome:
     try:
         timeout = float(delivery["timeout"])
         claimed = claim(conn, [delivery_id], owner, timeout + LEASE_MARGIN)
-        outcome = send(sender, endpoint, claimed[0], payload(conn, claimed[0]), timeout)
+        outcome = send(sender, endpoint, claimed[0], payloads(conn, claimed)[claimed[0]["id"]], timeout)
         # A test has no retry cycle: pretend the schedule is empty so a failure is final.
         record(conn, {"delivery": {**delivery, "retry_schedule": []}}, owner, [(claimed[0], outcome)])
     finally:
