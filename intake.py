@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import re
 import secrets
 import sqlite3
@@ -28,6 +29,8 @@ log = logging.getLogger("wahook.intake")
 bp = Blueprint("intake", __name__, url_prefix="/api/webhooks")
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
+DRAIN_LIMIT = 64 * 1024 * 1024  # past this an oversized chunked body is cut off, not read
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 SIGNATURE_RE = re.compile(r"sha256=([0-9a-fA-F]{64})")
 
 
@@ -80,19 +83,57 @@ def count_rejection(reason: str) -> None:
         log.warning("could not count a rejected signature: %s", exc)
 
 
+def read_body() -> bytes | None:
+    """The raw body, or None when it is over MAX_BODY_BYTES.
+
+    A chunked body has no length to check first, and werkzeug's limit would hand back its
+    first 4 MiB as if that were all (then refused as a bad signature). So it is read up to
+    one byte past the limit, and when longer the rest is drained, within a bound, so the
+    client gets to read its 413.
+    """
+    if request.content_length is not None or not request.environ.get("wsgi.input_terminated"):
+        try:
+            return request.get_data(cache=False)
+        except RequestEntityTooLarge:
+            return None
+    stream = request.environ["wsgi.input"]
+    raw = stream.read(MAX_BODY_BYTES + 1)
+    if len(raw) <= MAX_BODY_BYTES:
+        return raw
+    drained = 0
+    while drained < DRAIN_LIMIT and (chunk := stream.read(64 * 1024)):
+        drained += len(chunk)
+    return None
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(literal: str) -> float:
+    number = float(literal)
+    if math.isinf(number):
+        raise ValueError(f"{literal} is out of range")
+    return number
+
+
+# NaN, Infinity and 1e999 parse in Python but could not be written back as JSON to receivers.
+# One decoder for every request: json.loads with options would build a new one each time.
+DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite)
+
+
 @bp.post("/whatsapp")
 def receive() -> Response:
     config = current_app.config["WAHOOK"]
-    try:
-        raw = request.get_data(cache=False)
-    except RequestEntityTooLarge:
+    raw = read_body()
+    if raw is None:
         return text("body larger than 4 MiB", 413)
     problem = signature_problem(raw, request.headers.get("X-Hub-Signature-256"), config["meta"]["app_secret"])
     if problem:
         count_rejection(problem)
         return text(f"signature refused: {problem}", 401)
     try:
-        body = json.loads(raw.decode("utf-8"))
+        body = DECODER.decode(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         return text("body is not UTF-8 JSON", 400)
     if not isinstance(body, dict):
@@ -113,6 +154,15 @@ def receive() -> Response:
     if new_deliveries:
         jobs.wake(config)
     return text("ok", 200)
+
+
+def encode_event(body: dict) -> str:
+    """An event as compact JSON, readable UTF-8. A lone surrogate (JSON allows "\\ud83d", and a
+    cut emoji arrives that way) cannot be encoded as UTF-8, so it alone is kept escaped."""
+    encoded = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+    if not encoded.isascii() and LONE_SURROGATE.search(encoded):
+        encoded = LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", encoded)
+    return encoded
 
 
 def store(conn: sqlite3.Connection, raw: bytes, body: dict, drawn: list, received_at: float) -> int:
@@ -136,7 +186,7 @@ def store(conn: sqlite3.Connection, raw: bytes, body: dict, drawn: list, receive
         }
     )
     webhook_public_id = "whk_" + secrets.token_hex(12)
-    encoded = [json.dumps(event.body, ensure_ascii=False, separators=(",", ":")) for event in drawn]
+    encoded = [encode_event(event.body) for event in drawn]
     now = time.time()
     with transaction(conn):
         webhook_id = conn.execute(
