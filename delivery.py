@@ -117,7 +117,7 @@ def retry_after_seconds(value: str | None) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # isdigit() alone also accepts "²", which float() refuses
         return float(value)
     try:
         from email.utils import parsedate_to_datetime
@@ -281,14 +281,15 @@ def deliver_claimed(
 ) -> list[tuple[sqlite3.Row, Outcome]]:
     """Send and record deliveries of one endpoint that `owner` has leased, one after another.
 
-    The lease covers one attempt; before each further attempt of a slow batch it is
-    extended, so a worker killed mid-batch holds up the rest for one timeout at most.
+    The lease covers one attempt; before each further attempt of a slow batch the whole
+    batch's lease is extended, so a worker killed mid-batch holds it up for one timeout at
+    most, and no delivery already sent can be taken by another worker before it is recorded.
     """
     if not claimed:
         return []
     timeout = float(config["delivery"]["timeout"])
     lease = timeout + LEASE_MARGIN
-    lease_until = time.time() + lease
+    lease_until = min(d["lease_until"] for d in claimed)  # as claimed, whatever lease was asked for
     endpoint = endpoints.get(conn, endpoint_id) if endpoint_id is not None else None
     if endpoint is None or not endpoint["enabled"]:
         why = (
@@ -300,10 +301,11 @@ def deliver_claimed(
         return []
     bodies = payloads(conn, claimed)
     results = []
-    for position, delivery in enumerate(claimed):
+    for delivery in claimed:
         if time.time() + timeout + 1 > lease_until:
+            # Every delivery of the batch, sent ones too: they are recorded only at the end.
             lease_until = time.time() + lease
-            extend_lease(conn, [d["id"] for d in claimed[position:]], owner, lease_until)
+            extend_lease(conn, [d["id"] for d in claimed], owner, lease_until)
         body = bodies.get(delivery["id"])
         if body is None:
             fail_unsendable(conn, owner, [delivery], "event no longer stored (pruned)")
@@ -357,6 +359,8 @@ def redeliver(
     if ids is not None:
         clauses.append(f"id IN ({','.join('?' for _ in ids)})")
         params += ids
+    else:
+        clauses.append("webhook_id IS NOT NULL")  # a test send is redone by sending a new test
     if since is not None:
         clauses.append("created_at >= ?")
         params.append(since)
@@ -389,26 +393,27 @@ def send_test(conn: sqlite3.Connection, config, endpoint_id: int) -> Outcome:
         "received_at": iso(now),
         "message": "This is a test event from wahook. If you can read it, deliveries work.",
     }
+    owner = "test-" + secrets.token_hex(4)
+    delivery = config["delivery"]
+    timeout = float(delivery["timeout"])
     with transaction(conn):
         event_row = conn.execute(
             "INSERT INTO events (event_id, webhook_id, name, dedupe_key, created_at, body)"
             " VALUES (?, NULL, ?, NULL, ?, ?)",
             (event_id, "webhook.test", now, json.dumps(body, separators=(",", ":"))),
         ).lastrowid
-        delivery_id = conn.execute(
+        # Leased from the start: a worker pumping meanwhile must not send it too.
+        test_row = conn.execute(
             "INSERT INTO deliveries (endpoint_id, endpoint_url, event_id, event_name, message_id, next_attempt_at,"
-            " created_at, updated_at) VALUES (?, ?, ?, 'webhook.test', ?, ?, ?, ?)",
-            (endpoint_id, endpoint["url"], event_row, event_id, now, now, now),
-        ).lastrowid
-    owner = "test-" + secrets.token_hex(4)
-    delivery = config["delivery"]
+            " lease_owner, lease_until, created_at, updated_at) VALUES (?, ?, ?, 'webhook.test', ?, ?, ?, ?, ?, ?)"
+            " RETURNING *",
+            (endpoint_id, endpoint["url"], event_row, event_id, now, owner, now + timeout + LEASE_MARGIN, now, now),
+        ).fetchone()
     sender = safe_http.Sender(allow_http=delivery["allow_http"], allow_private=delivery["allow_private_urls"])
     try:
-        timeout = float(delivery["timeout"])
-        claimed = claim(conn, [delivery_id], owner, timeout + LEASE_MARGIN)
-        outcome = send(sender, endpoint, claimed[0], payloads(conn, claimed)[claimed[0]["id"]], timeout)
+        outcome = send(sender, endpoint, test_row, payloads(conn, [test_row])[test_row["id"]], timeout)
         # A test has no retry cycle: pretend the schedule is empty so a failure is final.
-        record(conn, {"delivery": {**delivery, "retry_schedule": []}}, owner, [(claimed[0], outcome)])
+        record(conn, {"delivery": {**delivery, "retry_schedule": []}}, owner, [(test_row, outcome)])
     finally:
         sender.close()
     return outcome
