@@ -54,8 +54,9 @@ class Lane:
 
     `want()` says there is work. One thread then claims a batch; when the batch comes back
     full there is probably more, and it calls in the next thread, so a backlog is worked by
-    every thread and a trickle by one. Nothing waits in memory: what is not claimed stays
-    in SQLite, where any worker may claim it.
+    every thread and a trickle by one. The very first batch is sent alone, so an endpoint
+    that answers 410 Gone gets one request, not one per thread. Nothing waits in memory:
+    what is not claimed stays in SQLite, where any worker may claim it.
     """
 
     def __init__(self, dispatcher: Dispatcher, endpoint_id: int | None) -> None:
@@ -65,6 +66,7 @@ class Lane:
         self.more = False  # there may be due deliveries nobody has claimed yet
         self.busy = 0  # threads claiming or sending
         self.slow = True  # until an attempt shows otherwise, claim one at a time
+        self.known = False  # no attempt yet: one thread probes before the others join in
         config = dispatcher.config["delivery"]
         self.lease = float(config["timeout"]) + delivery.LEASE_MARGIN
         self.sender = safe_http.Sender(
@@ -100,13 +102,20 @@ class Lane:
             try:
                 conn = db.connection(self.dispatcher.config.database_path)
                 claimed = delivery.claim_next(conn, self.endpoint_id, self.dispatcher.name, self.lease, size)
-                if len(claimed) == size:
-                    self.want()  # a full batch: there is likely more, for another thread
+                # A full batch: there is likely more, for another thread, once an attempt has
+                # shown the endpoint answers at all (a first 410 should end everything at once).
+                full = len(claimed) == size
+                if full and self.known:
+                    self.want()
                 results = delivery.deliver_claimed(
                     conn, self.dispatcher.config, self.sender, self.endpoint_id, claimed, self.dispatcher.name
                 )
                 if results:
                     self.slow = any(o.duration_ms > SLOW_SECONDS * 1000 for _, o in results)
+                    if not self.known:
+                        self.known = True
+                        if full:
+                            self.want()
             except Exception:
                 # Leases we took run out and the sweeper finds the deliveries again.
                 log.exception("delivery batch failed for endpoint %s", self.endpoint_id)
