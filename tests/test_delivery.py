@@ -15,9 +15,11 @@ import pytest
 from rq import SimpleWorker
 from standardwebhooks.webhooks import Webhook
 
+import db
 import delivery
 import endpoints
 import jobs
+import safe_http
 import worker
 from conftest import wait_until
 from db import get_db
@@ -441,3 +443,92 @@ def test_cli_replay_since_resends_delivered_events(post_webhook, receiver, add_e
     assert answer == {"requeued": 1}
     first, again = receiver.wait_for(2)
     assert first.headers["X-Webhook-Id"] == again.headers["X-Webhook-Id"]
+
+
+# --- found in review --------------------------------------------------------------------------------------
+
+
+def test_a_batch_that_slows_down_keeps_its_leases_until_recorded(
+    app, post_webhook, receiver, add_endpoint, conn, monkeypatch
+):
+    # Leases a second long, answers 0.6 s slow: the batch outlives a lease several times over.
+    monkeypatch.setattr(delivery, "LEASE_MARGIN", 0.5)
+    receiver.behaviour = Behaviour(delay=0.6)
+    add_endpoint(receiver.url)
+    for n in range(6):
+        post_webhook(text_message(f"wamid.SLOW{n}"))
+    config = app.config["WAHOOK"]
+    owner = "first"
+    claimed = delivery.claim(conn, [r[0] for r in conn.execute("SELECT id FROM deliveries")], owner, 1.0)
+    assert len(claimed) == 6
+    sender = safe_http.Sender(allow_http=True, allow_private=True)
+    batch = threading.Thread(
+        target=lambda: delivery.deliver_claimed(
+            db.connect(config.database_path), config, sender, claimed[0]["endpoint_id"], claimed, owner
+        )
+    )
+    batch.start()
+    rival = worker.Dispatcher(config)  # another worker, pumping all the while
+    while batch.is_alive():
+        rival.pump()
+        time.sleep(0.05)
+    batch.join()
+    rival.wait_idle()
+    rival.stop(grace=1)
+    sender.close()
+    ids = [r.headers["X-Webhook-Id"] for r in receiver.requests]
+    assert len(ids) == len(set(ids)) == 6
+
+
+def test_unreadable_retry_after_is_still_a_recorded_failure(post_webhook, receiver, add_endpoint, running_worker, conn):
+    receiver.behaviour = Behaviour(status=503, headers={"Retry-After": "²"})
+    add_endpoint(receiver.url)
+    post_webhook(text_message())
+    wait_until(lambda: attempts_of(conn), message="an attempt")
+    assert attempts_of(conn)[0]["status_code"] == 503
+    assert delivery_row(conn)["state"] == "retrying"
+
+
+def test_410_fails_the_rest_of_the_batch_at_once(app, post_webhook, receiver, add_endpoint, conn):
+    receiver.behaviour = Behaviour(status=410)
+    add_endpoint(receiver.url)
+    for n in range(3):
+        post_webhook(text_message(f"wamid.GONE{n}"))
+    dispatcher = worker.Dispatcher(app.config["WAHOOK"])
+    dispatcher.pump()
+    wait_until(
+        lambda: conn.execute("SELECT count(*) FROM deliveries WHERE state = 'failed'").fetchone()[0] == 3,
+        timeout=5,
+        message="the whole batch to fail with its endpoint",
+    )
+    dispatcher.stop(grace=1)
+    assert len(receiver.requests) == 1
+
+
+def test_send_test_is_not_taken_by_a_worker_meanwhile(app, receiver, add_endpoint, conn):
+    receiver.behaviour = Behaviour(delay=0.3)
+    endpoint = add_endpoint(receiver.url)
+    dispatcher = worker.Dispatcher(app.config["WAHOOK"])
+    stop = threading.Event()
+
+    def pump() -> None:
+        while not stop.is_set():
+            dispatcher.pump()
+
+    pumping = threading.Thread(target=pump)
+    pumping.start()
+    try:
+        outcomes = [delivery.send_test(conn, app.config["WAHOOK"], endpoint["id"]) for _ in range(3)]
+    finally:
+        stop.set()
+        pumping.join()
+        dispatcher.stop(grace=1)
+    assert all(o.ok for o in outcomes)
+    assert len(receiver.requests) == 3
+
+
+def test_bulk_redelivery_leaves_failed_tests_alone(app, receiver, add_endpoint, conn, runner):
+    receiver.behaviour = Behaviour(status=500)
+    endpoint = add_endpoint(receiver.url)
+    assert not delivery.send_test(conn, app.config["WAHOOK"], endpoint["id"]).ok
+    assert json.loads(runner.invoke(args=["deliveries", "retry"]).output) == {"requeued": 0}

@@ -305,3 +305,50 @@ def test_concurrent_duplicates_against_gunicorn_make_one_event(processes, conn):
     webhooks, events, _ = counts(conn)
     assert webhooks == 40
     assert events == 1
+
+
+# --- hostile but signed -------------------------------------------------------------------
+
+
+def test_a_cut_emoji_is_stored_and_its_event_is_valid_json(post_webhook, conn):
+    # A lone surrogate escape: JSON allows it, and a cut emoji arrives that way.
+    raw = json.dumps(text_message("wamid.CUT", text="hi X")).encode()
+    raw = raw.replace(b"wamid.CUT", b"wamid.\\ud800").replace(b"hi X", b"hi \\ud83d")
+    response = post_webhook(raw)
+    assert response.status_code == 200
+    (stored,) = conn.execute("SELECT body FROM events").fetchall()
+    event = json.loads(stored[0])
+    assert event["text"] == "hi \ud83d"
+    assert bytes(conn.execute("SELECT body FROM webhooks").fetchone()[0]) == raw
+
+
+@pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"-Infinity", b"1e999"])
+def test_numbers_json_cannot_carry_are_refused(post_webhook, conn, number):
+    raw = json.dumps(text_message()).encode().replace(b'"1749416383"', number, 1)
+    response = post_webhook(raw)
+    assert response.status_code == 400
+    assert counts(conn) == (0, 0, 0)
+
+
+def test_chunked_body_over_4_mib_is_413_not_a_bad_signature(processes, conn):
+    base = processes.start_web(workers=1)
+    body = json.dumps({**text_message(), "padding": "x" * (5 * 1024 * 1024)}).encode()
+
+    def chunks():
+        for start in range(0, len(body), 64 * 1024):
+            yield body[start : start + 64 * 1024]
+
+    response = requests.post(base + URL, data=chunks(), headers={"X-Hub-Signature-256": sign(body)}, timeout=30)
+    assert response.status_code == 413
+    assert counts(conn) == (0, 0, 0)
+    assert rejected(conn) == 0
+
+
+def test_chunked_body_under_the_limit_is_accepted(processes, conn):
+    base = processes.start_web(workers=1)
+    body = json.dumps(text_message()).encode()
+    response = requests.post(
+        base + URL, data=iter([body[:100], body[100:]]), headers={"X-Hub-Signature-256": sign(body)}, timeout=10
+    )
+    assert response.status_code == 200
+    assert counts(conn)[:2] == (1, 1)
