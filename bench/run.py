@@ -5,7 +5,8 @@ the embedded Redis, a fresh database) in a scratch folder and talks to it over 1
 Load comes from wrk (Debian's package; installed with apt-get when missing) posting signed Meta
 status webhooks, each with new wamids; deliveries go to a fast asyncio receiver in its own process.
 
-    BENCH_QUICK=1     fewer and shorter rounds, for trying a change (about 3 minutes)
+    BENCH_QUICK=1     fewer and shorter rounds, for trying a change (a minute or two; the full
+                      run takes five or six)
     BENCH_ONLY=a,b    only these measures: receiver, intake, drain, latency, burst, outage
     BENCH_ROOT=dir    measure the wahook checkout in `dir` instead of this one (before/after)
 """

@@ -83,14 +83,18 @@ class Workspace:
         self.root = Path(tempfile.mkdtemp(prefix="wahook-bench-"))
         self.sink = Sink(free_port()).start()
         self.count = 0
+        self.stacks: list[Stack] = []
 
     def stack(self, **options) -> Stack:
         self.count += 1
         # BENCH_ROOT runs another wahook checkout (say, the last release) for a before/after figure.
         options.setdefault("root", Path(os.environ.get("BENCH_ROOT") or ROOT))
-        return Stack(self.root / f"stack-{self.count}", **options)
+        self.stacks.append(Stack(self.root / f"stack-{self.count}", **options))
+        return self.stacks[-1]
 
     def close(self) -> None:
+        for stack in self.stacks:  # stopping twice is harmless; a measure that failed left some up
+            stack.stop()
         self.sink.stop()
         shutil.rmtree(self.root, ignore_errors=True)
 
