@@ -34,7 +34,15 @@ CREATE INDEX IF NOT EXISTS deliveries_lane ON deliveries (endpoint_id, next_atte
     WHERE state IN ('pending', 'retrying');
 DROP INDEX IF EXISTS deliveries_due;
 """,
-    )
+    ),
+    (
+        3,
+        """
+-- The monitor's last attempt and failure streak per endpoint: without this they walk back
+-- through every endpoint's attempts, which is slow for one that has been quiet for long.
+CREATE INDEX IF NOT EXISTS attempts_endpoint ON attempts (endpoint_id, id);
+""",
+    ),
 ]
 
 BUSY_TIMEOUT_MS = 5000

@@ -13,10 +13,21 @@ import db
 
 def test_fresh_database_gets_the_schema_and_version(tmp_path):
     conn = db.connect(tmp_path / "w.db")
-    assert db.migrate(conn) == 1
+    latest = db.MIGRATIONS[-1][0] if db.MIGRATIONS else 1
+    assert db.migrate(conn) == latest
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"webhooks", "events", "endpoints", "deliveries", "attempts", "rejections", "workers"} <= tables
-    assert db.migrate(conn) == 1  # idempotent
+    assert db.migrate(conn) == latest  # idempotent
+
+
+def test_an_old_database_is_brought_up_to_date(tmp_path):
+    conn = db.connect(tmp_path / "w.db")
+    assert db.migrate(conn, []) == 1  # as a version-1 install left it
+    indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "deliveries_due" in indexes and "deliveries_lane" not in indexes
+    assert db.migrate(conn) == db.MIGRATIONS[-1][0]
+    indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "deliveries_lane" in indexes and "attempts_endpoint" in indexes and "deliveries_due" not in indexes
 
 
 def test_pragmas(tmp_path):
@@ -28,23 +39,23 @@ def test_pragmas(tmp_path):
 
 def test_migrations_apply_in_order_with_their_version(tmp_path):
     conn = db.connect(tmp_path / "w.db")
-    db.migrate(conn)
-    steps = [
-        (2, "ALTER TABLE endpoints ADD COLUMN note TEXT NOT NULL DEFAULT '';"),
-        (3, "CREATE TABLE extra (id INTEGER PRIMARY KEY);\nCREATE INDEX extra_id ON extra (id);"),
+    base = db.migrate(conn)
+    steps = db.MIGRATIONS + [
+        (base + 1, "ALTER TABLE endpoints ADD COLUMN note TEXT NOT NULL DEFAULT '';"),
+        (base + 2, "CREATE TABLE extra (id INTEGER PRIMARY KEY);\nCREATE INDEX extra_id ON extra (id);"),
     ]
-    assert db.migrate(conn, steps) == 3
+    assert db.migrate(conn, steps) == base + 2
     assert "note" in [r[1] for r in conn.execute("PRAGMA table_info(endpoints)")]
-    assert db.migrate(conn, steps) == 3  # nothing applied twice
+    assert db.migrate(conn, steps) == base + 2  # nothing applied twice
 
 
 def test_a_failing_migration_changes_nothing(tmp_path):
     conn = db.connect(tmp_path / "w.db")
-    db.migrate(conn)
-    broken = [(2, "CREATE TABLE half (id INTEGER);\nTHIS IS NOT SQL;")]
+    base = db.migrate(conn)
+    broken = db.MIGRATIONS + [(base + 1, "CREATE TABLE half (id INTEGER);\nTHIS IS NOT SQL;")]
     with pytest.raises(sqlite3.OperationalError):
         db.migrate(conn, broken)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == base
     assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'half'").fetchone()[0] == 0
 
 
@@ -71,4 +82,4 @@ def test_transaction_rolls_back_on_error(tmp_path):
 def test_init_db_command(runner, app):
     result = runner.invoke(args=["init-db"])
     assert result.exit_code == 0
-    assert "schema version 1" in result.output
+    assert f"schema version {db.MIGRATIONS[-1][0]}" in result.output
