@@ -97,9 +97,9 @@ def _result(output: str, seconds: float | None = None) -> WrkResult:
     )
 
 
-def wrk_timed(url: str, pool: Path, seconds: float, threads: int = 2, connections: int = 16) -> WrkResult:
-    """Post bodies from `pool` for `seconds`, as fast as the server answers."""
-    command = [
+def wrk_command(url: str, pool: Path, seconds: float, threads: int, connections: int, mode: str, marker: str):
+    """wrk posting bodies from `pool` through post.lua; `mode` is "loop" (timed) or "once"."""
+    return [
         ensure_wrk(),
         f"-t{threads}",
         f"-c{connections}",
@@ -112,10 +112,15 @@ def wrk_timed(url: str, pool: Path, seconds: float, threads: int = 2, connection
         "--",
         str(pool),
         str(threads),
-        "loop",
-        "-",
+        mode,
+        marker,
         FILLER,
     ]
+
+
+def wrk_timed(url: str, pool: Path, seconds: float, threads: int = 2, connections: int = 16) -> WrkResult:
+    """Post bodies from `pool` for `seconds`, as fast as the server answers."""
+    command = wrk_command(url, pool, seconds, threads, connections, "loop", "-")
     done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=False)
     return _result(done.stdout + done.stderr)
 
@@ -135,23 +140,7 @@ def wrk_once(
     marker = pool.with_suffix(".sent")
     for old in pool.parent.glob(marker.name + ".*"):
         old.unlink()
-    command = [
-        ensure_wrk(),
-        f"-t{threads}",
-        f"-c{connections}",
-        f"-d{limit:g}s",
-        "--timeout",
-        "10s",
-        "-s",
-        str(LUA),
-        url,
-        "--",
-        str(pool),
-        str(threads),
-        "once",
-        str(marker),
-        FILLER,
-    ]
+    command = wrk_command(url, pool, limit, threads, connections, "once", str(marker))
     started = time.monotonic()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     count, changed = 0, started
