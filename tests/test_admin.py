@@ -278,6 +278,37 @@ def test_security_headers_on_the_intake_too(client):
     assert client.get("/api/webhooks/whatsapp").headers["X-Frame-Options"] == "DENY"
 
 
+def test_security_headers_on_signed_intake_posts(client, post_webhook):
+    for response in (post_webhook(text_message()), post_webhook(text_message(), secret="wrong")):
+        assert response.status_code in (200, 401)
+        assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+        assert response.headers["X-Frame-Options"] == "DENY"
+        assert response.headers["Referrer-Policy"] == "same-origin"
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert "Cache-Control" not in response.headers
+
+
+def test_a_header_set_by_the_view_is_kept(app, client):
+    @app.get("/own-headers")
+    def own_headers():
+        return "x", 200, {"X-Frame-Options": "SAMEORIGIN", "Content-Type": "text/plain"}
+
+    login(client)
+    headers = client.get("/own-headers").headers
+    assert headers.getlist("X-Frame-Options") == ["SAMEORIGIN"]
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert headers["Cache-Control"] == "no-store"
+
+
+def test_intake_and_health_neither_read_nor_renew_the_session(admin, post_webhook):
+    # A logged-in browser's cookie is renewed by admin pages, never by Meta's or a health check's path.
+    assert "wahook_session=" in admin.get("/monitor").headers.get("Set-Cookie", "")
+    for response in (admin.get("/healthz"), admin.get("/api/webhooks/whatsapp"), post_webhook(text_message())):
+        assert "Set-Cookie" not in response.headers
+        assert "Cookie" not in response.headers.get("Vary", "")
+    assert admin.get("/monitor").status_code == 200  # still logged in
+
+
 def test_pages_have_no_inline_script_or_style(admin, app, receiver, post_webhook):
     add_endpoint(app, receiver.url)
     post_webhook(text_message())
