@@ -176,27 +176,38 @@ class Processes:
         self.children: list[subprocess.Popen] = []
 
     def start_web(self, workers: int = 2) -> str:
-        port = free_port()
-        log = open(self.tmp_path / f"gunicorn-{port}.log", "wb")  # noqa: SIM115 (closed with the process)
-        self.children.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "app:app", "-w", str(workers), "-b", f"127.0.0.1:{port}"],
+        """Start gunicorn (with gunicorn.conf.py, as `make run` does) on a free port; its base URL.
+
+        A port found free can be taken by another program before gunicorn binds it; then
+        gunicorn exits and we try another, rather than talk to whoever took it.
+        """
+        for _ in range(3):
+            port = free_port()
+            log = open(self.tmp_path / f"gunicorn-{port}.log", "wb")  # noqa: SIM115 (closed with the process)
+            process = subprocess.Popen(
+                [sys.executable, "-m", "gunicorn", "app:app", "-c", "gunicorn.conf.py"],
                 cwd=ROOT,
-                env=self.env,
+                env={**self.env, "WAHOOK_BIND": f"127.0.0.1:{port}", "WAHOOK_WEB_WORKERS": str(workers)},
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        )
-        base = f"http://127.0.0.1:{port}"
+            self.children.append(process)
+            base = f"http://127.0.0.1:{port}"
 
-        def up() -> bool:
-            try:
-                return requests.get(base + "/api/webhooks/whatsapp", timeout=1).status_code == 400
-            except requests.RequestException:
-                return False
+            def up(base: str = base, process: subprocess.Popen = process) -> bool | None:
+                if process.poll() is not None:
+                    return None
+                try:
+                    return requests.get(base + "/api/webhooks/whatsapp", timeout=1).status_code == 400
+                except requests.RequestException:
+                    return False
 
-        wait_until(up, timeout=20, message="gunicorn to answer")
-        return base
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and up() is False:
+                time.sleep(0.05)
+            if up():
+                return base
+        raise AssertionError("gunicorn did not start; see gunicorn-*.log in the test's folder")
 
     def start_worker(self) -> subprocess.Popen:
         log = open(self.tmp_path / f"worker-{len(self.children)}.log", "wb")  # noqa: SIM115
