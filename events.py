@@ -69,6 +69,8 @@ class Event:
 def storable(text: str) -> str:
     """`text` with any lone surrogate (JSON allows "\\ud83d", and a cut emoji arrives that way)
     kept as its escape, so it can be encoded as UTF-8 and stored."""
+    if text.isascii():
+        return text
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 

@@ -30,7 +30,6 @@ bp = Blueprint("intake", __name__, url_prefix="/api/webhooks")
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 DRAIN_LIMIT = 64 * 1024 * 1024  # past this an oversized chunked body is cut off, not read
-LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 SIGNATURE_RE = re.compile(r"sha256=([0-9a-fA-F]{64})")
 
 
@@ -157,12 +156,8 @@ def receive() -> Response:
 
 
 def encode_event(body: dict) -> str:
-    """An event as compact JSON, readable UTF-8. A lone surrogate (JSON allows "\\ud83d", and a
-    cut emoji arrives that way) cannot be encoded as UTF-8, so it alone is kept escaped."""
-    encoded = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
-    if not encoded.isascii() and LONE_SURROGATE.search(encoded):
-        encoded = LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", encoded)
-    return encoded
+    """An event as compact JSON, readable UTF-8; a lone surrogate stays escaped (see events.storable)."""
+    return meta_events.storable(json.dumps(body, ensure_ascii=False, separators=(",", ":")))
 
 
 def store(conn: sqlite3.Connection, raw: bytes, body: dict, drawn: list, received_at: float) -> int:
@@ -195,8 +190,8 @@ def store(conn: sqlite3.Connection, raw: bytes, body: dict, drawn: list, receive
             (
                 webhook_public_id,
                 received_at,
-                str(body.get("object", ""))[:100],
-                ",".join(fields)[:500],
+                meta_events.storable(str(body.get("object", ""))[:100]),
+                meta_events.storable(",".join(fields)[:500]),
                 len(drawn),
                 raw,
             ),

@@ -322,6 +322,14 @@ def test_a_cut_emoji_is_stored_and_its_event_is_valid_json(post_webhook, conn):
     assert bytes(conn.execute("SELECT body FROM webhooks").fetchone()[0]) == raw
 
 
+def test_a_cut_emoji_in_object_or_field_is_stored_too(post_webhook, conn):
+    raw = json.dumps(text_message()).encode().replace(b'"messages",', b'"mess\\udc00ages",', 1)
+    assert post_webhook(raw).status_code == 200
+    assert post_webhook(b'{"object": "x\\ud800y", "entry": []}').status_code == 200
+    assert conn.execute("SELECT count(*) FROM webhooks").fetchone()[0] == 2
+    assert bytes(conn.execute("SELECT body FROM webhooks WHERE id = 1").fetchone()[0]) == raw
+
+
 @pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"-Infinity", b"1e999"])
 def test_numbers_json_cannot_carry_are_refused(post_webhook, conn, number):
     raw = json.dumps(text_message()).encode().replace(b'"1749416383"', number, 1)
