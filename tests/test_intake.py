@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import pytest
 import requests
@@ -246,16 +247,17 @@ def test_every_message_of_a_batch_becomes_an_event(post_webhook, conn):
 # --- storage and Redis failures ---------------------------------------------------------------
 
 
-def test_database_that_cannot_commit_gets_503_and_stores_nothing(app, post_webhook, conn):
+def test_database_that_cannot_commit_gets_503_and_stores_nothing(app, post_webhook, conn, monkeypatch):
     blocker = db.connect(app.config["WAHOOK"].database_path)
     blocker.execute("BEGIN IMMEDIATE")  # holds the write lock, as a stuck process would
-    conn.execute("PRAGMA busy_timeout = 200")  # wait 0.2 s instead of 5 for the lock
+    monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 200)  # wait 0.2 s instead of 5 for the lock
+    started = time.monotonic()
     try:
         response = post_webhook(text_message())
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()
-        conn.execute(f"PRAGMA busy_timeout = {db.BUSY_TIMEOUT_MS}")
+    assert 0.2 <= time.monotonic() - started < 3
     assert response.status_code == 503
     assert b"Traceback" not in response.get_data()
     assert counts(conn) == (0, 0, 0)
