@@ -6,8 +6,6 @@ value prints {"error": ..., "field": ...} and exits 1.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import os
 import sys
@@ -21,6 +19,7 @@ from flask.cli import AppGroup, with_appcontext
 
 import delivery
 import endpoints
+import intake
 import jobs
 import samples
 from db import get_db
@@ -132,7 +131,7 @@ def simulate(kind: str, url: str | None) -> None:
         refuse("meta.app_secret is empty, so the intake refuses every POST; set it in the config first")
     url = url or f"http://{os.environ.get('WAHOOK_BIND', '127.0.0.1:8000')}/api/webhooks/whatsapp"
     raw = json.dumps(samples.sample(kind)).encode()
-    signature = "sha256=" + hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
+    signature = intake.meta_signature(secret, raw)
     try:
         response = requests.post(
             url,

@@ -6,8 +6,6 @@ signed with the benchmark's app secret, so no two are duplicates of each other.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import http.client
 import json
 import os
@@ -27,6 +25,7 @@ from stack import APP_SECRET, INTAKE_PATH, ROOT, VERIFY_TOKEN
 sys.path.insert(0, str(ROOT))
 
 import events  # noqa: E402
+import intake  # noqa: E402
 import samples  # noqa: E402
 
 LUA = Path(__file__).with_name("post.lua")
@@ -37,7 +36,7 @@ def signed(statuses: int = 1) -> tuple[bytes, str, list[str]]:
     """(raw body, X-Hub-Signature-256, the event ids wahook will draw from it)."""
     body = samples.status_sample(statuses)
     raw = json.dumps(body, separators=(",", ":")).encode()
-    signature = "sha256=" + hmac.new(APP_SECRET.encode(), raw, hashlib.sha256).hexdigest()
+    signature = intake.meta_signature(APP_SECRET, raw)
     ids = [event.body["event_id"] for event in events.parse(body, time.time())]
     return raw, signature, ids
 
