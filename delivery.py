@@ -223,11 +223,13 @@ def record(conn: sqlite3.Connection, config, owner: str, results: list[tuple[sql
             if outcome.status_code == 410 and delivery["endpoint_id"] is not None:
                 gone[delivery["endpoint_id"]] = f"receiver answered 410 Gone at {iso(now)}"
         for endpoint_id, reason in gone.items():
+            endpoints.mark_disabled(conn, endpoint_id, reason)
+            # The rest of our batch: mark_disabled leaves leased deliveries to their owner, us.
             conn.execute(
-                "UPDATE endpoints SET enabled = 0, disabled_reason = ?, updated_at = ? WHERE id = ?",
-                (reason, now, endpoint_id),
+                "UPDATE deliveries SET state = 'failed', last_error = ?, lease_owner = NULL, lease_until = NULL,"
+                " updated_at = ? WHERE endpoint_id = ? AND lease_owner = ? AND state IN ('pending', 'retrying')",
+                (f"endpoint disabled: {reason}", now, endpoint_id, owner),
             )
-            endpoints.fail_open_deliveries(conn, endpoint_id, f"endpoint disabled: {reason}")
 
 
 def fail_unsendable(conn: sqlite3.Connection, owner: str, deliveries: list[sqlite3.Row], reason: str) -> None:

@@ -203,14 +203,19 @@ def fail_open_deliveries(conn: sqlite3.Connection, endpoint_id: int, reason: str
     ).rowcount
 
 
+def mark_disabled(conn: sqlite3.Connection, endpoint_id: int, reason: str) -> None:
+    """Stop sending to an endpoint (a 410 from it, or the admin), failing what was waiting.
+    Call inside a transaction; `disable` is the same in one of its own."""
+    conn.execute(
+        "UPDATE endpoints SET enabled = 0, disabled_reason = ?, updated_at = ? WHERE id = ?",
+        (reason, time.time(), endpoint_id),
+    )
+    fail_open_deliveries(conn, endpoint_id, f"endpoint disabled: {reason}")
+
+
 def disable(conn: sqlite3.Connection, endpoint_id: int, reason: str) -> None:
-    """Stop sending to an endpoint (a 410 from it, or the admin), failing what was waiting."""
     with transaction(conn):
-        conn.execute(
-            "UPDATE endpoints SET enabled = 0, disabled_reason = ?, updated_at = ? WHERE id = ?",
-            (reason, time.time(), endpoint_id),
-        )
-        fail_open_deliveries(conn, endpoint_id, f"endpoint disabled: {reason}")
+        mark_disabled(conn, endpoint_id, reason)
 
 
 def remove(conn: sqlite3.Connection, endpoint_id: int) -> bool:

@@ -505,6 +505,22 @@ def test_410_fails_the_rest_of_the_batch_at_once(app, post_webhook, receiver, ad
     assert len(receiver.requests) == 1
 
 
+def test_410_in_the_middle_of_a_claimed_batch_fails_the_rest(app, post_webhook, receiver, add_endpoint, conn):
+    receiver.behaviour = Behaviour(status=410)
+    endpoint = add_endpoint(receiver.url)
+    for n in range(3):
+        post_webhook(text_message(f"wamid.MID{n}"))
+    config = app.config["WAHOOK"]
+    claimed = delivery.claim_next(conn, endpoint["id"], "w", 30, 32)
+    sender = safe_http.Sender(allow_http=True, allow_private=True)
+    delivery.deliver_claimed(conn, config, sender, endpoint["id"], claimed, "w")
+    sender.close()
+    rows = conn.execute("SELECT state, lease_owner, last_error FROM deliveries").fetchall()
+    assert [(r["state"], r["lease_owner"]) for r in rows] == [("failed", None)] * 3
+    assert all("410" in r["last_error"] for r in rows)
+    assert len(receiver.requests) == 1
+
+
 def test_send_test_is_not_taken_by_a_worker_meanwhile(app, receiver, add_endpoint, conn):
     receiver.behaviour = Behaviour(delay=0.3)
     endpoint = add_endpoint(receiver.url)
