@@ -17,9 +17,19 @@ from typing import Any
 
 DEFAULT_PATH = "config.toml"
 
+# Keys whose integer default also accepts a fraction; the other numbers are counts.
+FRACTIONAL = {"delivery.timeout", "delivery.disable_after_hours", "meta.silence_hours"}
+
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "meta": {"verify_token": "", "app_secret": ""},
-    "storage": {"database": "data/wahook.db", "retention_days": 30},
+    "meta": {
+        "verify_token": "",
+        "app_secret": "",
+        "access_token": "",
+        "graph_url": "https://graph.facebook.com/v23.0",
+        "silence_hours": 0,
+    },
+    "storage": {"database": "data/wahook.db", "synchronous": "full", "retention_days": 30},
+    "media": {"max_bytes": 104857600, "link_days": 7},
     "redis": {"url": "embedded"},
     "delivery": {
         "timeout": 10,
@@ -27,8 +37,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "allow_http": False,
         "allow_private_urls": False,
         "workers": 1,
+        "auto_recover": True,
+        "disable_after_hours": 72,
     },
-    "admin": {"password": "", "secret_key": ""},
+    "admin": {"password": "", "secret_key": "", "metrics_token": ""},
 }
 
 
@@ -81,10 +93,9 @@ def _check_value(key: str, value: Any, default: Any) -> None:
         if any(v < 0 for v in value):
             raise ConfigError(f"{key} must not contain negative delays")
     elif _is_int(default):
-        # timeout accepts fractions of a second; the other numbers are counts.
-        ok = _is_number(value) if key == "delivery.timeout" else _is_int(value)
+        ok = _is_number(value) if key in FRACTIONAL else _is_int(value)
         if not ok:
-            kind = "a number" if key == "delivery.timeout" else "a whole number"
+            kind = "a number" if key in FRACTIONAL else "a whole number"
             raise ConfigError(f"{key} must be {kind}, not {value!r}")
 
 
@@ -105,6 +116,19 @@ def _check_limits(sections: dict[str, dict[str, Any]]) -> None:
         raise ConfigError("delivery.retry_schedule delays must be at most 604800 seconds (a week)")
     if not 1 <= sections["storage"]["retention_days"] <= 36500:
         raise ConfigError("storage.retention_days must be from 1 to 36500")
+    if sections["storage"]["synchronous"] not in ("full", "normal"):
+        raise ConfigError(f'storage.synchronous must be "full" or "normal", not {sections["storage"]["synchronous"]!r}')
+    if delivery["disable_after_hours"] < 0:
+        raise ConfigError("delivery.disable_after_hours must be 0 (never) or more")
+    if sections["meta"]["silence_hours"] < 0:
+        raise ConfigError("meta.silence_hours must be 0 (off) or more")
+    if not sections["meta"]["graph_url"].startswith(("https://", "http://")):
+        raise ConfigError(f"meta.graph_url must be an http:// or https:// URL, not {sections['meta']['graph_url']!r}")
+    media = sections["media"]
+    if media["max_bytes"] < 1:
+        raise ConfigError(f"media.max_bytes must be at least 1, not {media['max_bytes']}")
+    if not 1 <= media["link_days"] <= 3650:
+        raise ConfigError("media.link_days must be from 1 to 3650")
     if not sections["storage"]["database"].strip():
         raise ConfigError("storage.database must name a file")
     url = sections["redis"]["url"]

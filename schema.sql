@@ -63,8 +63,6 @@ CREATE TABLE IF NOT EXISTS deliveries (
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );
-CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (next_attempt_at)
-    WHERE state IN ('pending', 'retrying');
 CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries (state, endpoint_id);
 CREATE INDEX IF NOT EXISTS deliveries_event ON deliveries (event_id);
 CREATE INDEX IF NOT EXISTS deliveries_webhook ON deliveries (webhook_id);

@@ -14,8 +14,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Written out from the contract rather than read from DEFAULTS, so a changed default is noticed.
 SPEC_DEFAULTS = {
-    "meta": {"verify_token": "", "app_secret": ""},
-    "storage": {"database": "data/wahook.db", "retention_days": 30},
+    "meta": {
+        "verify_token": "",
+        "app_secret": "",
+        "access_token": "",
+        "graph_url": "https://graph.facebook.com/v23.0",
+        "silence_hours": 0,
+    },
+    "storage": {"database": "data/wahook.db", "synchronous": "full", "retention_days": 30},
+    "media": {"max_bytes": 104857600, "link_days": 7},
     "redis": {"url": "embedded"},
     "delivery": {
         "timeout": 10,
@@ -23,8 +30,18 @@ SPEC_DEFAULTS = {
         "allow_http": False,
         "allow_private_urls": False,
         "workers": 1,
+        "auto_recover": True,
+        "disable_after_hours": 72,
     },
-    "admin": {"password": "", "secret_key": ""},
+    "admin": {"password": "", "secret_key": "", "metrics_token": ""},
+}
+
+# A good value other than the default, for the keys whose value has a form.
+OTHER_VALUES = {
+    "url": "redis://127.0.0.1:6379/0",
+    "synchronous": "normal",
+    "graph_url": "http://127.0.0.1:9/v23.0",
+    "auto_recover": False,
 }
 
 
@@ -67,9 +84,7 @@ def test_an_empty_file_means_every_default(tmp_path):
 @pytest.mark.parametrize(("section", "key"), [(s, k) for s, keys in SPEC_DEFAULTS.items() for k in keys])
 def test_each_key_alone_keeps_the_other_defaults(tmp_path, section, key):
     default = SPEC_DEFAULTS[section][key]
-    value = {str: "x", bool: True, int: 7, list: [1, 2]}[type(default)]
-    if key == "url":
-        value = "redis://127.0.0.1:6379/0"
+    value = OTHER_VALUES.get(key, {str: "x", bool: True, int: 7, list: [1, 2]}[type(default)])
     text = f"[{section}]\n{key} = {toml_value(value)}\n"
     config = load_config(write(tmp_path, text))
     expected = {s: dict(keys) for s, keys in SPEC_DEFAULTS.items()}
@@ -136,6 +151,22 @@ def test_the_example_config_explains_every_key():
         ("[storage]\nretention_days = 1000000", "storage.retention_days"),
         ("[admin]\npassword = 123", "admin.password"),
         ("[admin]\nsecret_key = []", "admin.secret_key"),
+        ("[admin]\nmetrics_token = 1", "admin.metrics_token"),
+        ('[storage]\nsynchronous = "off"', "storage.synchronous"),
+        ('[storage]\nsynchronous = "FULL"', "storage.synchronous"),
+        ("[storage]\nsynchronous = true", "storage.synchronous"),
+        ("[meta]\naccess_token = 5", "meta.access_token"),
+        ('[meta]\ngraph_url = "graph.facebook.com"', "meta.graph_url"),
+        ("[meta]\nsilence_hours = -1", "meta.silence_hours"),
+        ('[meta]\nsilence_hours = "2"', "meta.silence_hours"),
+        ("[meta]\nsilence_hours = nan", "meta.silence_hours"),
+        ("[media]\nmax_bytes = 0", "media.max_bytes"),
+        ("[media]\nmax_bytes = 1.5", "media.max_bytes"),
+        ("[media]\nlink_days = 0", "media.link_days"),
+        ("[media]\nlink_days = 100000", "media.link_days"),
+        ('[delivery]\nauto_recover = "yes"', "delivery.auto_recover"),
+        ("[delivery]\ndisable_after_hours = -1", "delivery.disable_after_hours"),
+        ("[delivery]\ndisable_after_hours = true", "delivery.disable_after_hours"),
     ],
 )
 def test_a_wrong_value_names_its_key(tmp_path, text, key):
@@ -188,6 +219,12 @@ def test_a_good_redis_url_is_kept(tmp_path, url):
 
 def test_fractional_timeout_is_allowed(tmp_path):
     assert load_config(write(tmp_path, "[delivery]\ntimeout = 2.5"))["delivery"]["timeout"] == 2.5
+
+
+def test_fractional_hours_are_allowed(tmp_path):
+    config = load_config(write(tmp_path, "[meta]\nsilence_hours = 0.001\n[delivery]\ndisable_after_hours = 0.5"))
+    assert config["meta"]["silence_hours"] == 0.001
+    assert config["delivery"]["disable_after_hours"] == 0.5
 
 
 def test_an_unknown_section_is_named(tmp_path):
