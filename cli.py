@@ -21,6 +21,7 @@ import delivery
 import endpoints
 import intake
 import jobs
+import outbox
 import samples
 from db import get_db
 
@@ -105,7 +106,7 @@ def deliveries_retry(failed: bool, since: str | None, endpoint_id: int | None) -
     """Start a fresh retry cycle. With no option: every failed delivery. With --since or
     --endpoint and without --failed: delivered ones too, to replay what a receiver lost."""
     failed_only = failed or (since is None and endpoint_id is None)
-    count = delivery.redeliver(
+    count = outbox.redeliver(
         get_db(),
         failed_only=failed_only,
         since=parse_since(since) if since else None,

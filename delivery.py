@@ -1,12 +1,12 @@
-"""Delivering one batch of deliveries: claim, sign, send, record, schedule the retry.
+"""Delivering one batch of deliveries: sign, send, and decide what each outcome means.
 
 A failed attempt is data, not an exception: its status code, error, duration and the
 start of the response are stored on an `attempts` row and on the delivery, and the
 delivery moves to `retrying` (next attempt after the next `retry_schedule` delay) or,
 after the last one, to `failed`, where it waits for a redelivery.
 
-A worker owns a delivery while its lease runs (claimed with a conditional UPDATE), so
-two workers never send it at once, and one that dies mid-send only delays it.
+Every write to `deliveries` (claims, leases, state changes) is outbox.py's; this module
+signs and sends and tells the outbox which state each delivery moves to.
 """
 
 from __future__ import annotations
@@ -19,18 +19,18 @@ import secrets
 import sqlite3
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import endpoints
+import outbox
 import safe_http
 from db import transaction
+from events import iso
 
 USER_AGENT = "Wahook-Webhook/1.0"
 # Past the attempt's own timeout, time to write its result before another worker may take it.
 LEASE_MARGIN = 10
 MAX_RETRY_AFTER = 3600
 RESPONSE_KEEP = 1024
-ACTIVE = ("pending", "retrying")
 
 
 @dataclass
@@ -52,10 +52,6 @@ class Outcome:
             "duration_ms": self.duration_ms,
             "error": self.error or None,
         }
-
-
-def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def signature_headers(secret: str, message_id: str, timestamp: int, body: bytes) -> dict[str, str]:
@@ -152,21 +148,6 @@ def send(
     return Outcome(False, code, response.duration_ms, error, text, retry_after)
 
 
-def claim(conn: sqlite3.Connection, ids: list[int], owner: str, lease_seconds: float) -> list[sqlite3.Row]:
-    """Take the leases of those `ids` that are due and not leased by anyone; return them."""
-    if not ids:
-        return []
-    now = time.time()
-    marks = ",".join("?" for _ in ids)
-    with transaction(conn):
-        return conn.execute(
-            f"UPDATE deliveries SET lease_owner = ?, lease_until = ? WHERE id IN ({marks})"  # noqa: S608
-            " AND state IN ('pending', 'retrying') AND next_attempt_at <= ?"
-            " AND (lease_until IS NULL OR lease_until < ?) RETURNING *",
-            (owner, now + lease_seconds, *ids, now, now),
-        ).fetchall()
-
-
 def next_step(config, delivery: sqlite3.Row, outcome: Outcome, now: float) -> tuple[str, int, float]:
     """(state, attempts in this cycle, next attempt time) after `outcome`."""
     attempts = delivery["attempts"] + 1
@@ -188,89 +169,21 @@ def record(conn: sqlite3.Connection, config, owner: str, results: list[tuple[sql
     gone: dict[int, str] = {}
     with transaction(conn):
         for delivery, outcome in results:
-            conn.execute(
-                "INSERT INTO attempts (delivery_id, endpoint_id, attempted_at, duration_ms, status_code, ok, error,"
-                " response_body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    delivery["id"],
-                    delivery["endpoint_id"],
-                    now - outcome.duration_ms / 1000,
-                    outcome.duration_ms,
-                    outcome.status_code,
-                    int(outcome.ok),
-                    outcome.error,
-                    outcome.response_body,
-                ),
-            )
+            outbox.record_attempt(conn, delivery, now - outcome.duration_ms / 1000, outcome)
             state, attempts, next_at = next_step(config, delivery, outcome, now)
-            # Only while we still hold the lease: if it ran out, another worker owns the row now.
-            conn.execute(
-                "UPDATE deliveries SET state = ?, attempts = ?, next_attempt_at = ?, lease_owner = NULL,"
-                " lease_until = NULL, last_status_code = ?, last_error = ?, last_duration_ms = ?, updated_at = ?"
-                " WHERE id = ? AND lease_owner = ?",
-                (
-                    state,
-                    attempts,
-                    next_at,
-                    outcome.status_code,
-                    outcome.error,
-                    outcome.duration_ms,
-                    now,
-                    delivery["id"],
-                    owner,
-                ),
-            )
+            outbox.finish(conn, delivery["id"], owner, state, attempts, next_at, outcome)
             if outcome.status_code == 410 and delivery["endpoint_id"] is not None:
                 gone[delivery["endpoint_id"]] = f"receiver answered 410 Gone at {iso(now)}"
         for endpoint_id, reason in gone.items():
             endpoints.mark_disabled(conn, endpoint_id, reason)
             # The rest of our batch: mark_disabled leaves leased deliveries to their owner, us.
-            conn.execute(
-                "UPDATE deliveries SET state = 'failed', last_error = ?, lease_owner = NULL, lease_until = NULL,"
-                " updated_at = ? WHERE endpoint_id = ? AND lease_owner = ? AND state IN ('pending', 'retrying')",
-                (f"endpoint disabled: {reason}", now, endpoint_id, owner),
-            )
+            outbox.fail_leased(conn, owner, f"endpoint disabled: {reason}", endpoint_id=endpoint_id)
 
 
 def fail_unsendable(conn: sqlite3.Connection, owner: str, deliveries: list[sqlite3.Row], reason: str) -> None:
     """End deliveries that cannot be sent at all (endpoint deleted or disabled, payload pruned)."""
     with transaction(conn):
-        conn.executemany(
-            "UPDATE deliveries SET state = 'failed', last_error = ?, lease_owner = NULL, lease_until = NULL,"
-            " updated_at = ? WHERE id = ? AND lease_owner = ?",
-            [(reason, time.time(), d["id"], owner) for d in deliveries],
-        )
-
-
-def extend_lease(conn: sqlite3.Connection, ids: list[int], owner: str, until: float) -> None:
-    with transaction(conn):
-        conn.execute(
-            f"UPDATE deliveries SET lease_until = ? WHERE id IN ({','.join('?' for _ in ids)})"  # noqa: S608
-            " AND lease_owner = ?",
-            (until, *ids, owner),
-        )
-
-
-def claim_next(
-    conn: sqlite3.Connection, endpoint_id: int | None, owner: str, lease_seconds: float, limit: int
-) -> list[sqlite3.Row]:
-    """Lease the endpoint's `limit` longest-due deliveries that nobody holds; return them.
-
-    The read that picks them takes no lock, so a lane with nothing to do never queues for
-    the write lock; the claim itself re-checks every condition, so two workers reading the
-    same ids cannot both win one.
-    """
-    now = time.time()
-    ids = [
-        row[0]
-        for row in conn.execute(
-            "SELECT id FROM deliveries WHERE endpoint_id IS ? AND state IN ('pending', 'retrying')"
-            " AND next_attempt_at <= ? AND (lease_until IS NULL OR lease_until < ?)"
-            " ORDER BY next_attempt_at LIMIT ?",
-            (endpoint_id, now, now, limit),
-        )
-    ]
-    return claim(conn, ids, owner, lease_seconds)
+        outbox.fail_leased(conn, owner, reason, ids=[d["id"] for d in deliveries])
 
 
 def deliver_claimed(
@@ -307,7 +220,7 @@ def deliver_claimed(
         if time.time() + timeout + 1 > lease_until:
             # Every delivery of the batch, sent ones too: they are recorded only at the end.
             lease_until = time.time() + lease
-            extend_lease(conn, [d["id"] for d in claimed], owner, lease_until)
+            outbox.extend_lease(conn, [d["id"] for d in claimed], owner, lease_until)
         body = bodies.get(delivery["id"])
         if body is None:
             fail_unsendable(conn, owner, [delivery], "event no longer stored (pruned)")
@@ -318,63 +231,6 @@ def deliver_claimed(
             break  # the endpoint is gone: record() fails the rest of the batch with it
     record(conn, config, owner, results)
     return results
-
-
-def due_endpoints(conn: sqlite3.Connection) -> list[int | None]:
-    """The endpoints (None for deleted ones) with a delivery that is due and that nobody holds.
-
-    One indexed look-up per endpoint, however many deliveries wait, so it is cheap enough
-    to ask many times a second.
-    """
-    now = time.time()
-    waiting = (
-        "SELECT 1 FROM deliveries d WHERE d.endpoint_id IS {} AND d.state IN ('pending', 'retrying')"
-        " AND d.next_attempt_at <= ? AND (d.lease_until IS NULL OR d.lease_until < ?)"
-    )
-    found: list[int | None] = [
-        row[0]
-        for row in conn.execute(
-            f"SELECT e.id FROM endpoints e WHERE EXISTS ({waiting.format('e.id')})",  # noqa: S608 (our SQL)
-            (now, now),
-        )
-    ]
-    if conn.execute(f"SELECT EXISTS ({waiting.format('NULL')})", (now, now)).fetchone()[0]:  # noqa: S608
-        found.append(None)
-    return found
-
-
-def redeliver(
-    conn: sqlite3.Connection,
-    *,
-    ids: list[int] | None = None,
-    failed_only: bool = True,
-    since: float | None = None,
-    endpoint_id: int | None = None,
-) -> int:
-    """Start a fresh retry cycle for finished deliveries; returns how many.
-
-    failed_only=False also replays delivered ones (a receiver that lost data). Deliveries
-    still pending or retrying are left alone: they are on their way already.
-    """
-    clauses = ["state IN ('failed')" if failed_only else "state IN ('failed', 'delivered')", "endpoint_id IS NOT NULL"]
-    params: list = []
-    if ids is not None:
-        clauses.append(f"id IN ({','.join('?' for _ in ids)})")
-        params += ids
-    else:
-        clauses.append("webhook_id IS NOT NULL")  # a test send is redone by sending a new test
-    if since is not None:
-        clauses.append("created_at >= ?")
-        params.append(since)
-    if endpoint_id is not None:
-        clauses.append("endpoint_id = ?")
-        params.append(endpoint_id)
-    clauses.append("endpoint_id IN (SELECT id FROM endpoints WHERE enabled = 1)")
-    where = " AND ".join(clauses)  # every clause is ours; values go in as parameters
-    sql = f"UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?, lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE {where}"  # noqa: E501, S608
-    now = time.time()
-    with transaction(conn):
-        return conn.execute(sql, (now, now, *params)).rowcount
 
 
 def send_test(conn: sqlite3.Connection, config, endpoint_id: int) -> Outcome:
@@ -398,19 +254,13 @@ def send_test(conn: sqlite3.Connection, config, endpoint_id: int) -> Outcome:
     owner = "test-" + secrets.token_hex(4)
     delivery = config["delivery"]
     timeout = float(delivery["timeout"])
+    event = outbox.NewEvent(event_id, "webhook.test", None, json.dumps(body, separators=(",", ":")))
     with transaction(conn):
-        event_row = conn.execute(
-            "INSERT INTO events (event_id, webhook_id, name, dedupe_key, created_at, body)"
-            " VALUES (?, NULL, ?, NULL, ?, ?)",
-            (event_id, "webhook.test", now, json.dumps(body, separators=(",", ":"))),
-        ).lastrowid
+        event_row = outbox.add_event_row(conn, event, now)
         # Leased from the start: a worker pumping meanwhile must not send it too.
-        test_row = conn.execute(
-            "INSERT INTO deliveries (endpoint_id, endpoint_url, event_id, event_name, message_id, next_attempt_at,"
-            " lease_owner, lease_until, created_at, updated_at) VALUES (?, ?, ?, 'webhook.test', ?, ?, ?, ?, ?, ?)"
-            " RETURNING *",
-            (endpoint_id, endpoint["url"], event_row, event_id, now, owner, now + timeout + LEASE_MARGIN, now, now),
-        ).fetchone()
+        test_row = outbox.add_leased(
+            conn, endpoint_id, endpoint["url"], event_row, event, owner, now + timeout + LEASE_MARGIN
+        )
     sender = safe_http.Sender(allow_http=delivery["allow_http"], allow_private=delivery["allow_private_urls"])
     try:
         outcome = send(sender, endpoint, test_row, payloads(conn, [test_row])[test_row["id"]], timeout)

@@ -16,6 +16,7 @@ import sqlite3
 import time
 from typing import Any
 
+import outbox
 import safe_http
 from db import transaction
 from events import EVENT_NAMES
@@ -188,21 +189,6 @@ def rotate_secret(conn: sqlite3.Connection, endpoint_id: int) -> str:
     return secret
 
 
-def fail_open_deliveries(conn: sqlite3.Connection, endpoint_id: int, reason: str) -> int:
-    """End the endpoint's pending and retrying deliveries as failed (call inside a transaction).
-
-    A delivery a worker is sending right now is left to it: its outcome is recorded, and if
-    that calls for a retry, the next claim finds the endpoint gone and fails it then.
-    """
-    now = time.time()
-    return conn.execute(
-        "UPDATE deliveries SET state = 'failed', last_error = ?, lease_owner = NULL, lease_until = NULL,"
-        " updated_at = ? WHERE endpoint_id = ? AND state IN ('pending', 'retrying')"
-        " AND (lease_until IS NULL OR lease_until < ?)",
-        (reason, now, endpoint_id, now),
-    ).rowcount
-
-
 def mark_disabled(conn: sqlite3.Connection, endpoint_id: int, reason: str) -> None:
     """Stop sending to an endpoint (a 410 from it, or the admin), failing what was waiting.
     Call inside a transaction; `disable` is the same in one of its own."""
@@ -210,7 +196,7 @@ def mark_disabled(conn: sqlite3.Connection, endpoint_id: int, reason: str) -> No
         "UPDATE endpoints SET enabled = 0, disabled_reason = ?, updated_at = ? WHERE id = ?",
         (reason, time.time(), endpoint_id),
     )
-    fail_open_deliveries(conn, endpoint_id, f"endpoint disabled: {reason}")
+    outbox.fail_waiting(conn, endpoint_id, f"endpoint disabled: {reason}")
 
 
 def disable(conn: sqlite3.Connection, endpoint_id: int, reason: str) -> None:
@@ -221,5 +207,5 @@ def disable(conn: sqlite3.Connection, endpoint_id: int, reason: str) -> None:
 def remove(conn: sqlite3.Connection, endpoint_id: int) -> bool:
     """Delete an endpoint. Its waiting deliveries end as failed; the history stays."""
     with transaction(conn):
-        fail_open_deliveries(conn, endpoint_id, "endpoint deleted")
+        outbox.fail_waiting(conn, endpoint_id, "endpoint deleted")
         return conn.execute("DELETE FROM endpoints WHERE id = ?", (endpoint_id,)).rowcount > 0

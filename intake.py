@@ -22,6 +22,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 import events as meta_events
 import jobs
+import outbox
 from db import get_db, transaction
 
 log = logging.getLogger("wahook.intake")
@@ -173,7 +174,7 @@ def store(conn: sqlite3.Connection, raw: bytes, body: dict, drawn: list, receive
 
     This runs once per Meta POST while the write lock is held, so it does the little it
     must: the webhook row is written with its event count already in, and corrected only
-    when some events turn out to be duplicates; each endpoint's event filter is read once.
+    when some events turn out to be duplicates; the outbox reads each endpoint's filter once.
     """
     fields = sorted(
         {
@@ -186,7 +187,6 @@ def store(conn: sqlite3.Connection, raw: bytes, body: dict, drawn: list, receive
     )
     webhook_public_id = "whk_" + secrets.token_hex(12)
     encoded = [encode_event(event.body) for event in drawn]
-    now = time.time()
     with transaction(conn):
         webhook_id = conn.execute(
             "INSERT INTO webhooks (webhook_id, received_at, object, fields, event_count, body)"
@@ -200,34 +200,11 @@ def store(conn: sqlite3.Connection, raw: bytes, body: dict, drawn: list, receive
                 raw,
             ),
         ).lastrowid
-        targets = [
-            (row["id"], row["url"], row["format"], frozenset(json.loads(row["events"] or "[]")))
-            for row in conn.execute("SELECT id, url, events, format FROM endpoints WHERE enabled = 1")
+        new = [
+            outbox.NewEvent(event.body["event_id"], event.name, event.dedupe_key, text_body)
+            for event, text_body in zip(drawn, encoded, strict=True)
         ]
-        rows = []
-        new_names = []
-        for event, text_body in zip(drawn, encoded, strict=True):
-            event_id = event.body["event_id"]
-            inserted = conn.execute(
-                "INSERT INTO events (event_id, webhook_id, name, dedupe_key, created_at, body)"
-                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
-                (event_id, webhook_id, event.name, event.dedupe_key, received_at, text_body),
-            ).fetchone()
-            if inserted is None:
-                continue
-            new_names.append(event.name)
-            for endpoint_id, url, kind, wanted in targets:
-                if kind == "events" and (not wanted or event.name in wanted):
-                    rows.append((endpoint_id, url, inserted[0], webhook_id, event.name, event_id, now, now, now))
-        for endpoint_id, url, kind, wanted in targets:
-            if kind == "meta" and any(not wanted or name in wanted for name in new_names):
-                rows.append((endpoint_id, url, None, webhook_id, "whatsapp.meta", webhook_public_id, now, now, now))
-        if rows:
-            conn.executemany(
-                "INSERT INTO deliveries (endpoint_id, endpoint_url, event_id, webhook_id, event_name, message_id,"
-                " next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
+        new_names, made = outbox.add_events(conn, new, received_at, webhook=(webhook_id, webhook_public_id))
         if len(new_names) != len(drawn):
             conn.execute("UPDATE webhooks SET event_count = ? WHERE id = ?", (len(new_names), webhook_id))
-    return len(rows)
+    return made

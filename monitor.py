@@ -15,10 +15,10 @@ from typing import Any
 
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 
-import delivery
 import endpoints
 import health
 import jobs
+import outbox
 from auth import safe_next
 from db import get_db
 
@@ -246,7 +246,7 @@ def back(default: str) -> str:
 @bp.post("/monitor/redeliver/<int:delivery_id>")
 def redeliver_one(delivery_id: int):
     conn = get_db()
-    count = delivery.redeliver(conn, ids=[delivery_id])
+    count = outbox.redeliver(conn, ids=[delivery_id])
     if count:
         jobs.wake(current_app.config["WAHOOK"])
         flash(f"Delivery #{delivery_id} queued again: a fresh retry cycle has started.", "ok")
@@ -260,7 +260,7 @@ def redeliver_one(delivery_id: int):
 
 @bp.post("/monitor/redeliver-failed")
 def redeliver_all():
-    count = delivery.redeliver(get_db())
+    count = outbox.redeliver(get_db())
     if count:
         jobs.wake(current_app.config["WAHOOK"])
     noun = "delivery" if count == 1 else "deliveries"

@@ -31,7 +31,7 @@ from flask import (
 import delivery
 import endpoints
 from db import get_db
-from events import EVENT_GROUPS, EVENT_NAMES
+from events import EVENT_GROUPS, EVENT_NAMES, iso
 
 bp = Blueprint("settings", __name__)
 
@@ -178,7 +178,7 @@ def enable(endpoint_id: int):
 @bp.post("/settings/endpoints/<int:endpoint_id>/disable")
 def disable(endpoint_id: int):
     endpoint_or_404(endpoint_id)
-    endpoints.disable(get_db(), endpoint_id, f"by the admin at {delivery.iso(time.time())}")
+    endpoints.disable(get_db(), endpoint_id, f"by the admin at {iso(time.time())}")
     flash(f"Endpoint #{endpoint_id} disabled. Nothing is sent to it until it is enabled again.", "ok")
     return redirect(url_for("settings.index", _anchor=f"endpoint-{endpoint_id}"), 303)
 

@@ -32,6 +32,7 @@ import db
 import delivery
 import embedded_redis
 import jobs
+import outbox
 import safe_http
 from config import ConfigError, load_config
 
@@ -101,7 +102,7 @@ class Lane:
             claimed: list = []
             try:
                 conn = db.connection(self.dispatcher.config.database_path)
-                claimed = delivery.claim_next(conn, self.endpoint_id, self.dispatcher.name, self.lease, size)
+                claimed = outbox.claim_next(conn, self.endpoint_id, self.dispatcher.name, self.lease, size)
                 # A full batch: there is likely more, for another thread, once an attempt has
                 # shown the endpoint answers at all (a first 410 should end everything at once).
                 full = len(claimed) == size
@@ -153,7 +154,7 @@ class Dispatcher:
             if self.stopping.is_set():
                 return 0
             conn = db.connection(self.config.database_path)
-            found = delivery.due_endpoints(conn)
+            found = outbox.due_endpoints(conn)
             for endpoint_id in found:
                 lane = self.lanes.get(endpoint_id)
                 if lane is None:

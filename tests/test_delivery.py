@@ -19,6 +19,7 @@ import db
 import delivery
 import endpoints
 import jobs
+import outbox
 import safe_http
 import worker
 from conftest import wait_until
@@ -459,7 +460,7 @@ def test_a_batch_that_slows_down_keeps_its_leases_until_recorded(
         post_webhook(text_message(f"wamid.SLOW{n}"))
     config = app.config["WAHOOK"]
     owner = "first"
-    claimed = delivery.claim(conn, [r[0] for r in conn.execute("SELECT id FROM deliveries")], owner, 1.0)
+    claimed = outbox.claim(conn, [r[0] for r in conn.execute("SELECT id FROM deliveries")], owner, 1.0)
     assert len(claimed) == 6
     sender = safe_http.Sender(allow_http=True, allow_private=True)
     batch = threading.Thread(
@@ -511,7 +512,7 @@ def test_410_in_the_middle_of_a_claimed_batch_fails_the_rest(app, post_webhook, 
     for n in range(3):
         post_webhook(text_message(f"wamid.MID{n}"))
     config = app.config["WAHOOK"]
-    claimed = delivery.claim_next(conn, endpoint["id"], "w", 30, 32)
+    claimed = outbox.claim_next(conn, endpoint["id"], "w", 30, 32)
     sender = safe_http.Sender(allow_http=True, allow_private=True)
     delivery.deliver_claimed(conn, config, sender, endpoint["id"], claimed, "w")
     sender.close()

@@ -1,0 +1,334 @@
+"""The outbox: every write to `events` fan-out and to `deliveries` goes through here.
+
+A delivery is one row per (event, endpoint), or per (Meta webhook, endpoint) for the
+`meta` format. Its state machine:
+
+    pending --claim--> (leased) --2xx--> delivered
+                                --fail--> retrying --claim--> ... --last retry--> failed
+    failed / delivered --redeliver--> pending (a fresh retry cycle; attempts kept)
+
+A worker owns a row while `lease_until` is ahead (taken with a conditional UPDATE), so
+two workers never send it at once. delivery.py signs and sends; it decides what an
+outcome means and calls `finish` with the new state. Functions that say "call inside a
+transaction" leave the transaction to the caller, so one commit can cover more than them.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from db import transaction
+
+ACTIVE = ("pending", "retrying")
+_ACTIVE_SQL = "state IN ('pending', 'retrying')"
+
+# Sent only to endpoints that name them: an empty filter selects every other event.
+OPERATIONAL = frozenset({"endpoint.disabled", "endpoint.recovered", "delivery.failed", "gateway.silent"})
+
+
+@dataclass(frozen=True)
+class Target:
+    """An enabled endpoint as the fan-out sees it."""
+
+    id: int
+    url: str
+    format: str
+    wanted: frozenset[str]
+
+    def selects(self, name: str) -> bool:
+        return selects(self.wanted, name)
+
+
+def selects(wanted: Iterable[str], name: str) -> bool:
+    """Whether an endpoint's `events` filter picks the event `name`.
+
+    An entry is a name or a `prefix.*`; an empty filter picks everything but the
+    operational events, which go only where they are named.
+    """
+    wanted = frozenset(wanted)
+    if not wanted:
+        return name not in OPERATIONAL
+    if name in wanted:
+        return True
+    return any(entry.endswith(".*") and name.startswith(entry[:-1]) for entry in wanted)
+
+
+def targets(conn: sqlite3.Connection) -> list[Target]:
+    """Every enabled endpoint with its filter, read once per transaction that fans out."""
+    return [
+        Target(row["id"], row["url"], row["format"], frozenset(json.loads(row["events"] or "[]")))
+        for row in conn.execute("SELECT id, url, events, format FROM endpoints WHERE enabled = 1")
+    ]
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """An event about to be stored: its public id, name, duplicate key and JSON text."""
+
+    event_id: str
+    name: str
+    dedupe_key: str | None
+    body: str
+
+
+def add_events(
+    conn: sqlite3.Connection,
+    new: list[NewEvent],
+    created_at: float,
+    *,
+    webhook: tuple[int, str] | None = None,
+    to: list[Target] | None = None,
+    exclude_endpoint: int | None = None,
+) -> tuple[list[str], int]:
+    """Store events and a delivery for each endpoint that selects them. Call inside a transaction.
+
+    A duplicate (its dedupe key already stored) is skipped by the UNIQUE constraint, which
+    holds even when two web processes commit the same update at once. `webhook` is the
+    source Meta webhook (row id, public id): `meta`-format endpoints get one delivery of
+    it when any new event selects them. `exclude_endpoint` keeps an operational event
+    away from the endpoint it is about. Returns (names of new events, deliveries made).
+    """
+    if to is None:
+        to = targets(conn)
+    to = [t for t in to if t.id != exclude_endpoint]
+    webhook_row = webhook[0] if webhook else None
+    now = time.time()
+    rows = []
+    new_names = []
+    for event in new:
+        inserted = add_event_row(conn, event, created_at, webhook_row)
+        if inserted is None:
+            continue
+        new_names.append(event.name)
+        for target in to:
+            if target.format == "events" and target.selects(event.name):
+                rows.append((target.id, target.url, inserted, webhook_row, event.name, event.event_id, now, now, now))
+    if webhook is not None:
+        for target in to:
+            if target.format == "meta" and any(target.selects(name) for name in new_names):
+                rows.append((target.id, target.url, None, webhook_row, "whatsapp.meta", webhook[1], now, now, now))
+    if rows:
+        conn.executemany(
+            "INSERT INTO deliveries (endpoint_id, endpoint_url, event_id, webhook_id, event_name, message_id,"
+            " next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+    return new_names, len(rows)
+
+
+def add_event_row(conn: sqlite3.Connection, event: NewEvent, created_at: float, webhook_row: int | None = None):
+    """Store one event without fanning it out; its row id, or None for a duplicate."""
+    inserted = conn.execute(
+        "INSERT INTO events (event_id, webhook_id, name, dedupe_key, created_at, body)"
+        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
+        (event.event_id, webhook_row, event.name, event.dedupe_key, created_at, event.body),
+    ).fetchone()
+    return None if inserted is None else inserted[0]
+
+
+def add_leased(
+    conn: sqlite3.Connection, endpoint_id: int, url: str, event_row: int, event: NewEvent, owner: str, until: float
+) -> sqlite3.Row:
+    """A delivery that `owner` holds from the start (a test send): no worker may take it. Call
+    inside a transaction."""
+    now = time.time()
+    return conn.execute(
+        "INSERT INTO deliveries (endpoint_id, endpoint_url, event_id, event_name, message_id, next_attempt_at,"
+        " lease_owner, lease_until, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
+        (endpoint_id, url, event_row, event.name, event.event_id, now, owner, until, now, now),
+    ).fetchone()
+
+
+def claim(conn: sqlite3.Connection, ids: list[int], owner: str, lease_seconds: float) -> list[sqlite3.Row]:
+    """Take the leases of those `ids` that are due and not leased by anyone; return them."""
+    if not ids:
+        return []
+    now = time.time()
+    marks = ",".join("?" for _ in ids)
+    with transaction(conn):
+        return conn.execute(
+            f"UPDATE deliveries SET lease_owner = ?, lease_until = ? WHERE id IN ({marks})"  # noqa: S608
+            f" AND {_ACTIVE_SQL} AND next_attempt_at <= ?"
+            " AND (lease_until IS NULL OR lease_until < ?) RETURNING *",
+            (owner, now + lease_seconds, *ids, now, now),
+        ).fetchall()
+
+
+def claim_next(
+    conn: sqlite3.Connection, endpoint_id: int | None, owner: str, lease_seconds: float, limit: int
+) -> list[sqlite3.Row]:
+    """Lease the endpoint's `limit` longest-due deliveries that nobody holds; return them.
+
+    The read that picks them takes no lock, so a lane with nothing to do never queues for
+    the write lock; the claim itself re-checks every condition, so two workers reading the
+    same ids cannot both win one.
+    """
+    now = time.time()
+    ids = [
+        row[0]
+        for row in conn.execute(
+            f"SELECT id FROM deliveries WHERE endpoint_id IS ? AND {_ACTIVE_SQL}"  # noqa: S608
+            " AND next_attempt_at <= ? AND (lease_until IS NULL OR lease_until < ?)"
+            " ORDER BY next_attempt_at LIMIT ?",
+            (endpoint_id, now, now, limit),
+        )
+    ]
+    return claim(conn, ids, owner, lease_seconds)
+
+
+def extend_lease(conn: sqlite3.Connection, ids: list[int], owner: str, until: float) -> None:
+    with transaction(conn):
+        conn.execute(
+            f"UPDATE deliveries SET lease_until = ? WHERE id IN ({','.join('?' for _ in ids)})"  # noqa: S608
+            " AND lease_owner = ?",
+            (until, *ids, owner),
+        )
+
+
+def due_endpoints(conn: sqlite3.Connection) -> list[int | None]:
+    """The endpoints (None for deleted ones) with a delivery that is due and that nobody holds.
+
+    One indexed look-up per endpoint, however many deliveries wait, so it is cheap enough
+    to ask many times a second.
+    """
+    now = time.time()
+    waiting = (
+        "SELECT 1 FROM deliveries d WHERE d.endpoint_id IS {} AND d."  # noqa: S608
+        + _ACTIVE_SQL
+        + " AND d.next_attempt_at <= ? AND (d.lease_until IS NULL OR d.lease_until < ?)"
+    )
+    found: list[int | None] = [
+        row[0]
+        for row in conn.execute(
+            f"SELECT e.id FROM endpoints e WHERE EXISTS ({waiting.format('e.id')})",  # noqa: S608 (our SQL)
+            (now, now),
+        )
+    ]
+    if conn.execute(f"SELECT EXISTS ({waiting.format('NULL')})", (now, now)).fetchone()[0]:  # noqa: S608
+        found.append(None)
+    return found
+
+
+def record_attempt(conn: sqlite3.Connection, delivery: sqlite3.Row, at: float, outcome) -> None:
+    """Keep one attempt's outcome in the history. Call inside a transaction."""
+    conn.execute(
+        "INSERT INTO attempts (delivery_id, endpoint_id, attempted_at, duration_ms, status_code, ok, error,"
+        " response_body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            delivery["id"],
+            delivery["endpoint_id"],
+            at,
+            outcome.duration_ms,
+            outcome.status_code,
+            int(outcome.ok),
+            outcome.error,
+            outcome.response_body,
+        ),
+    )
+
+
+def finish(
+    conn: sqlite3.Connection,
+    delivery_id: int,
+    owner: str,
+    state: str,
+    attempts: int,
+    next_at: float,
+    outcome,
+) -> bool:
+    """Move a leased delivery on after an attempt and release it. Call inside a transaction.
+
+    Only while `owner` still holds the lease: if it ran out, another worker owns the row
+    now and this returns False.
+    """
+    return (
+        conn.execute(
+            "UPDATE deliveries SET state = ?, attempts = ?, next_attempt_at = ?, lease_owner = NULL,"
+            " lease_until = NULL, last_status_code = ?, last_error = ?, last_duration_ms = ?, updated_at = ?"
+            " WHERE id = ? AND lease_owner = ?",
+            (
+                state,
+                attempts,
+                next_at,
+                outcome.status_code,
+                outcome.error,
+                outcome.duration_ms,
+                time.time(),
+                delivery_id,
+                owner,
+            ),
+        ).rowcount
+        > 0
+    )
+
+
+def fail_leased(
+    conn: sqlite3.Connection, owner: str, reason: str, *, ids: list[int] | None = None, endpoint_id=None
+) -> int:
+    """End deliveries `owner` holds as failed: those `ids`, or all of one endpoint's. Call inside
+    a transaction."""
+    now = time.time()
+    if ids is not None:
+        return conn.executemany(
+            "UPDATE deliveries SET state = 'failed', last_error = ?, lease_owner = NULL, lease_until = NULL,"
+            " updated_at = ? WHERE id = ? AND lease_owner = ?",
+            [(reason, now, delivery_id, owner) for delivery_id in ids],
+        ).rowcount
+    return conn.execute(
+        "UPDATE deliveries SET state = 'failed', last_error = ?, lease_owner = NULL, lease_until = NULL,"  # noqa: S608
+        f" updated_at = ? WHERE endpoint_id = ? AND lease_owner = ? AND {_ACTIVE_SQL}",
+        (reason, now, endpoint_id, owner),
+    ).rowcount
+
+
+def fail_waiting(conn: sqlite3.Connection, endpoint_id: int, reason: str) -> int:
+    """End the endpoint's pending and retrying deliveries as failed. Call inside a transaction.
+
+    A delivery a worker is sending right now is left to it: its outcome is recorded, and if
+    that calls for a retry, the next claim finds the endpoint gone and fails it then.
+    """
+    now = time.time()
+    return conn.execute(
+        "UPDATE deliveries SET state = 'failed', last_error = ?, lease_owner = NULL, lease_until = NULL,"  # noqa: S608
+        f" updated_at = ? WHERE endpoint_id = ? AND {_ACTIVE_SQL}"
+        " AND (lease_until IS NULL OR lease_until < ?)",
+        (reason, now, endpoint_id, now),
+    ).rowcount
+
+
+def redeliver(
+    conn: sqlite3.Connection,
+    *,
+    ids: list[int] | None = None,
+    failed_only: bool = True,
+    since: float | None = None,
+    endpoint_id: int | None = None,
+) -> int:
+    """Start a fresh retry cycle for finished deliveries; returns how many.
+
+    failed_only=False also replays delivered ones (a receiver that lost data). Deliveries
+    still pending or retrying are left alone: they are on their way already.
+    """
+    clauses = ["state IN ('failed')" if failed_only else "state IN ('failed', 'delivered')", "endpoint_id IS NOT NULL"]
+    params: list = []
+    if ids is not None:
+        clauses.append(f"id IN ({','.join('?' for _ in ids)})")
+        params += ids
+    else:
+        clauses.append("webhook_id IS NOT NULL")  # a test send is redone by sending a new test
+    if since is not None:
+        clauses.append("created_at >= ?")
+        params.append(since)
+    if endpoint_id is not None:
+        clauses.append("endpoint_id = ?")
+        params.append(endpoint_id)
+    clauses.append("endpoint_id IN (SELECT id FROM endpoints WHERE enabled = 1)")
+    where = " AND ".join(clauses)  # every clause is ours; values go in as parameters
+    sql = f"UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?, lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE {where}"  # noqa: E501, S608
+    now = time.time()
+    with transaction(conn):
+        return conn.execute(sql, (now, now, *params)).rowcount
