@@ -19,7 +19,7 @@ from typing import Any
 import outbox
 import safe_http
 from db import transaction
-from events import EVENT_NAMES
+from events import SELECTABLE_NAMES
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 (a prefix, not a secret)
 # Standard Webhooks secrets are 24 to 64 random bytes; we generate 32.
@@ -77,10 +77,10 @@ def clean_events(names: Any) -> list[str]:
     if isinstance(names, str):
         names = names.split(",")
     cleaned = sorted({str(n).strip() for n in names if str(n).strip()})
-    unknown = [n for n in cleaned if n not in EVENT_NAMES and not EXTRA_EVENT_RE.fullmatch(n)]
+    unknown = [n for n in cleaned if n not in SELECTABLE_NAMES and not EXTRA_EVENT_RE.fullmatch(n)]
     if unknown:
         raise EndpointError(
-            "events", f"unknown event {unknown[0]!r}; known: {', '.join(EVENT_NAMES)}, whatsapp.<field>"
+            "events", f"unknown event {unknown[0]!r}; known: {', '.join(SELECTABLE_NAMES)}, whatsapp.<field>"
         )
     return cleaned
 

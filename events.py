@@ -44,6 +44,13 @@ EVENT_GROUPS = {
     "account": ["account.updated", "account.quality_event"],
 }
 EVENT_NAMES = [name for names in EVENT_GROUPS.values() for name in names]
+# Drawn beside the Meta events (SPEC 3): contact events in the intake transaction, operational
+# ones by the gateway itself, sent only to endpoints that name them.
+CONTACT_EVENTS = ["contact.created", "contact.updated"]
+OPERATIONAL_EVENTS = ["endpoint.disabled", "endpoint.recovered", "delivery.failed", "gateway.silent"]
+# What the settings page offers as checkboxes, by group.
+SELECTABLE_GROUPS = {**EVENT_GROUPS, "contact": CONTACT_EVENTS, "operational": OPERATIONAL_EVENTS}
+SELECTABLE_NAMES = [name for names in SELECTABLE_GROUPS.values() for name in names]
 
 MEDIA_TYPES = frozenset({"image", "video", "audio", "voice", "document", "sticker"})
 ACCOUNT_UPDATED_FIELDS = frozenset(

@@ -22,12 +22,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from db import transaction
+from events import OPERATIONAL_EVENTS, event_id_for, iso
 
 ACTIVE = ("pending", "retrying")
 _ACTIVE_SQL = "state IN ('pending', 'retrying')"
 
 # Sent only to endpoints that name them: an empty filter selects every other event.
-OPERATIONAL = frozenset({"endpoint.disabled", "endpoint.recovered", "delivery.failed", "gateway.silent"})
+OPERATIONAL = frozenset(OPERATIONAL_EVENTS)
 
 
 @dataclass(frozen=True)
@@ -332,3 +333,27 @@ def redeliver(
     now = time.time()
     with transaction(conn):
         return conn.execute(sql, (now, now, *params)).rowcount
+
+
+def publish(
+    conn: sqlite3.Connection,
+    name: str,
+    data: dict,
+    *,
+    dedupe_key: str,
+    exclude_endpoint: int | None = None,
+) -> str | None:
+    """Store an event the gateway or an API client makes (not drawn from a Meta webhook) and
+    fan it out. Call inside a transaction.
+
+    The body is flat like every event: `event`, `event_id`, `timestamp`, `received_at`, then
+    `data`'s keys. `dedupe_key` makes a repeat a no-op (give one that names the occurrence,
+    e.g. the failed delivery's id); its event_id comes from it. Returns the event_id, or None
+    when it was a duplicate.
+    """
+    now = time.time()
+    event_id = event_id_for(dedupe_key)
+    body = {"event": name, "event_id": event_id, "timestamp": int(now), "received_at": iso(now), **data}
+    text = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+    new, _ = add_events(conn, [NewEvent(event_id, name, dedupe_key, text)], now, exclude_endpoint=exclude_endpoint)
+    return event_id if new else None

@@ -31,7 +31,7 @@ from flask import (
 import delivery
 import endpoints
 from db import get_db
-from events import EVENT_GROUPS, EVENT_NAMES, iso
+from events import SELECTABLE_GROUPS, SELECTABLE_NAMES, iso
 
 bp = Blueprint("settings", __name__)
 
@@ -68,8 +68,8 @@ def form_values(row: sqlite3.Row | None = None) -> dict[str, Any]:
         events = form_events()
         return {
             "url": request.form.get("url", ""),
-            "events": [n for n in events if n in EVENT_NAMES],
-            "other_events": ", ".join(n for n in events if n not in EVENT_NAMES),
+            "events": [n for n in events if n in SELECTABLE_NAMES],
+            "other_events": ", ".join(n for n in events if n not in SELECTABLE_NAMES),
             "format": request.form.get("format", "events"),
         }
     if row is None:
@@ -77,8 +77,8 @@ def form_values(row: sqlite3.Row | None = None) -> dict[str, Any]:
     chosen = endpoints.as_dict(row)["events"]
     return {
         "url": row["url"],
-        "events": [n for n in chosen if n in EVENT_NAMES],
-        "other_events": ", ".join(n for n in chosen if n not in EVENT_NAMES),
+        "events": [n for n in chosen if n in SELECTABLE_NAMES],
+        "other_events": ", ".join(n for n in chosen if n not in SELECTABLE_NAMES),
         "format": row["format"],
     }
 
@@ -93,7 +93,7 @@ def settings_page(add_errors: dict[str, str] | None = None, status: int = 200):
             verify_token=meta["verify_token"],
             app_secret_set=bool(meta["app_secret"]),
             endpoints=[endpoints.as_dict(row) for row in endpoints.list_all(conn)],
-            groups=EVENT_GROUPS,
+            groups=SELECTABLE_GROUPS,
             formats=endpoints.FORMATS,
             values=form_values(),
             errors=add_errors or {},
@@ -155,7 +155,7 @@ def edit(endpoint_id: int):
             "edit.html",
             endpoint=endpoints.as_dict(row),
             values=form_values(row),
-            groups=EVENT_GROUPS,
+            groups=SELECTABLE_GROUPS,
             formats=endpoints.FORMATS,
             errors=errors,
         ),

@@ -398,9 +398,9 @@ def test_add_with_other_events_bearer_token_and_own_secret(admin, conn, receiver
 
 def test_event_checkboxes_are_grouped_by_kind(admin):
     html = admin.get("/settings").text
-    for kind in ("Message", "Template", "Account"):
+    for kind in ("Message", "Template", "Account", "Contact", "Operational"):
         assert f'<p class="group-name">{kind}</p>' in html
-    assert html.count('type="checkbox" name="events"') == 8
+    assert html.count('type="checkbox" name="events"') == 14
 
 
 def test_edit_changes_url_events_format_and_token(app, admin, conn, make_receiver):
