@@ -3,8 +3,6 @@ temporary database per test, plus a real Redis server and real HTTP receivers.""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import os
 import socket
@@ -23,9 +21,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import db  # noqa: E402
 import embedded_redis  # noqa: E402
+import endpoints  # noqa: E402
+import intake  # noqa: E402
 import jobs  # noqa: E402
 import worker  # noqa: E402
 from app import create_app  # noqa: E402
+from db import get_db  # noqa: E402
 from receiver import Receiver  # noqa: E402
 
 APP_SECRET = "test-app-secret"
@@ -35,7 +36,55 @@ ADMIN_PASSWORD = "test-admin-password"
 
 def sign(raw: bytes, secret: str = APP_SECRET) -> str:
     """The X-Hub-Signature-256 value Meta would send for `raw`."""
-    return "sha256=" + hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
+    return intake.meta_signature(secret, raw)
+
+
+def text_message(wamid: str = "wamid.HBgLMTU1NTAxMjM0NTY3FQIAEhgUM0VCMEE", text: str = "Hello") -> dict:
+    """A text message webhook as Meta documents it."""
+    return {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {
+                "id": "102290129340398",
+                "changes": [
+                    {
+                        "field": "messages",
+                        "value": {
+                            "messaging_product": "whatsapp",
+                            "metadata": {"display_phone_number": "15550783881", "phone_number_id": "106540352242922"},
+                            "contacts": [{"profile": {"name": "Sheena Nelson"}, "wa_id": "16505551234"}],
+                            "messages": [
+                                {
+                                    "from": "16505551234",
+                                    "id": wamid,
+                                    "timestamp": "1749416383",
+                                    "type": "text",
+                                    "text": {"body": text},
+                                }
+                            ],
+                        },
+                    }
+                ],
+            }
+        ],
+    }
+
+
+@pytest.fixture
+def add_endpoint(app):
+    """add_endpoint(url, **fields): an endpoint stored as the settings page would store it."""
+
+    def add(url: str, **fields):
+        with app.app_context():
+            return endpoints.create(get_db(), app.config["WAHOOK"], url, **fields)
+
+    return add
+
+
+def cli_json(runner, *args):
+    """Run `flask --app app ARGS` and return (exit code, the JSON it printed)."""
+    result = runner.invoke(args=list(args))
+    return result.exit_code, json.loads(result.output)
 
 
 def instance_sections(tmp_path: Path, redis_url: str) -> dict:

@@ -16,10 +16,9 @@ import db
 import endpoints
 import monitor
 from app import create_app
-from conftest import ADMIN_PASSWORD, instance_sections, wait_until
+from conftest import ADMIN_PASSWORD, instance_sections, text_message, wait_until
 from db import get_db
 from receiver import Behaviour
-from test_intake import text_message
 
 HOSTILE_TEXT = "<script>alert(1)</script><img src=x onerror=alert(2)>"
 HOSTILE_NAME = '<b onmouseover="alert(3)">Eve</b>'
@@ -58,11 +57,6 @@ def element(html: str, element_id: str) -> str:
 def snapshot(conn) -> dict:
     tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
     return {t: [tuple(r) for r in conn.execute(f"SELECT * FROM {t} ORDER BY rowid")] for t in tables}  # noqa: S608
-
-
-def add_endpoint(app, url: str, **fields):
-    with app.app_context():
-        return endpoints.create(get_db(), app.config["WAHOOK"], url, **fields)
 
 
 @pytest.fixture
@@ -231,8 +225,8 @@ def test_public_pages_need_no_session(client):
 
 
 @pytest.mark.parametrize("path", POST_FORMS)
-def test_every_form_refuses_a_post_without_a_valid_token(app, admin, conn, receiver, post_webhook, path):
-    add_endpoint(app, receiver.url)
+def test_every_form_refuses_a_post_without_a_valid_token(app, admin, conn, receiver, post_webhook, path, add_endpoint):
+    add_endpoint(receiver.url)
     post_webhook(text_message())
     conn.execute("UPDATE deliveries SET state = 'failed'")  # so the redeliver forms would act
     before = snapshot(conn)
@@ -309,8 +303,8 @@ def test_intake_and_health_neither_read_nor_renew_the_session(admin, post_webhoo
     assert admin.get("/monitor").status_code == 200  # still logged in
 
 
-def test_pages_have_no_inline_script_or_style(admin, app, receiver, post_webhook):
-    add_endpoint(app, receiver.url)
+def test_pages_have_no_inline_script_or_style(admin, app, receiver, post_webhook, add_endpoint):
+    add_endpoint(receiver.url)
     post_webhook(text_message())
     for path in ("/login", "/monitor", "/settings", "/events", "/events/1", "/settings/endpoints/1"):
         html = admin.get(path).text
@@ -328,9 +322,11 @@ def hostile_message() -> dict:
     return body
 
 
-def test_what_customers_sent_is_escaped_everywhere(app, admin, post_webhook, receiver, running_worker, conn):
+def test_what_customers_sent_is_escaped_everywhere(
+    app, admin, post_webhook, receiver, running_worker, conn, add_endpoint
+):
     receiver.behaviour = Behaviour(status=500, body=HOSTILE_TEXT.encode())  # a receiver echoing it back
-    add_endpoint(app, receiver.url)
+    add_endpoint(receiver.url)
     assert post_webhook(hostile_message()).status_code == 200
     wait_until(lambda: conn.execute("SELECT count(*) FROM attempts").fetchone()[0], message="an attempt")
     pages = {path: admin.get(path).text for path in ("/events", "/events/1", "/monitor")}
@@ -403,9 +399,9 @@ def test_event_checkboxes_are_grouped_by_kind(admin):
     assert html.count('type="checkbox" name="events"') == 14
 
 
-def test_edit_changes_url_events_format_and_token(app, admin, conn, make_receiver):
+def test_edit_changes_url_events_format_and_token(app, admin, conn, make_receiver, add_endpoint):
     first, second = make_receiver(), make_receiver()
-    endpoint = add_endpoint(app, first.url, bearer_token="old-token")
+    endpoint = add_endpoint(first.url, bearer_token="old-token")
     form = admin.get(f"/settings/endpoints/{endpoint['id']}").text
     assert f'value="{first.url}"' in form and "old-token" not in form
     response = post_form(
@@ -424,8 +420,8 @@ def test_edit_changes_url_events_format_and_token(app, admin, conn, make_receive
     assert endpoints.get(conn, endpoint["id"])["bearer_token"] == ""
 
 
-def test_disable_and_enable(app, admin, conn, receiver):
-    endpoint = add_endpoint(app, receiver.url)
+def test_disable_and_enable(app, admin, conn, receiver, add_endpoint):
+    endpoint = add_endpoint(receiver.url)
     post_form(admin, f"/settings/endpoints/{endpoint['id']}/disable")
     row = endpoints.get(conn, endpoint["id"])
     assert row["enabled"] == 0 and row["disabled_reason"].startswith("by the admin")
@@ -437,8 +433,8 @@ def test_disable_and_enable(app, admin, conn, receiver):
     assert row["enabled"] == 1 and row["disabled_reason"] == ""
 
 
-def test_delete_asks_first(app, admin, conn, receiver):
-    endpoint = add_endpoint(app, receiver.url)
+def test_delete_asks_first(app, admin, conn, receiver, add_endpoint):
+    endpoint = add_endpoint(receiver.url)
     confirm = admin.get(f"/settings/endpoints/{endpoint['id']}/delete")
     assert confirm.status_code == 200 and "cannot be undone" in confirm.text
     assert endpoints.get(conn, endpoint["id"]) is not None  # looking is not deleting
@@ -448,8 +444,8 @@ def test_delete_asks_first(app, admin, conn, receiver):
     assert admin.get(f"/settings/endpoints/{endpoint['id']}/delete").status_code == 404
 
 
-def test_new_secret_is_shown_once(app, admin, conn, receiver):
-    endpoint = add_endpoint(app, receiver.url)
+def test_new_secret_is_shown_once(app, admin, conn, receiver, add_endpoint):
+    endpoint = add_endpoint(receiver.url)
     assert "stops working" in admin.get(f"/settings/endpoints/{endpoint['id']}/secret").text
     assert endpoints.get(conn, endpoint["id"])["secret"] == endpoint["secret"]
     response = post_form(admin, f"/settings/endpoints/{endpoint['id']}/secret")
@@ -482,7 +478,7 @@ def test_url_errors_are_shown_next_to_the_field(tmp_path, redis_url, url, words)
     db.close_all()
 
 
-def test_other_field_errors_are_shown_next_to_their_fields(app, admin, receiver, conn):
+def test_other_field_errors_are_shown_next_to_their_fields(app, admin, receiver, conn, add_endpoint):
     for data, field in (
         ({"bearer_token": "a b"}, "bearer_token"),
         ({"secret": "plain"}, "secret"),
@@ -490,15 +486,15 @@ def test_other_field_errors_are_shown_next_to_their_fields(app, admin, receiver,
     ):
         response = post_form(admin, "/settings/endpoints", {"url": receiver.url, **data})
         assert response.status_code == 400 and element(response.text, f"{field}-error")
-    endpoint = add_endpoint(app, receiver.url)
+    endpoint = add_endpoint(receiver.url)
     response = post_form(admin, f"/settings/endpoints/{endpoint['id']}", {"url": "ftp://x"})
     assert response.status_code == 400 and element(response.text, "url-error")
     assert endpoints.get(conn, endpoint["id"])["url"] == receiver.url
 
 
-def test_send_test_shows_the_outcome(app, admin, receiver):
+def test_send_test_shows_the_outcome(app, admin, receiver, add_endpoint):
     receiver.behaviour = Behaviour(status=200, body=b"thanks, got it")
-    endpoint = add_endpoint(app, receiver.url)
+    endpoint = add_endpoint(receiver.url)
     response = post_form(admin, f"/settings/endpoints/{endpoint['id']}/test", follow_redirects=True)
     outcome = element(response.text, "test-outcome")
     assert "Test delivered" in outcome and "HTTP 200" in outcome and "thanks, got it" in response.text
@@ -507,13 +503,13 @@ def test_send_test_shows_the_outcome(app, admin, receiver):
     assert "test-outcome" not in admin.get("/settings").text  # shown once
 
 
-def test_send_test_shows_a_failure(app, admin, receiver):
+def test_send_test_shows_a_failure(app, admin, receiver, add_endpoint):
     receiver.behaviour = Behaviour(status=500, body=b"<h1>broken</h1>")
-    failing = add_endpoint(app, receiver.url)
+    failing = add_endpoint(receiver.url)
     html = post_form(admin, f"/settings/endpoints/{failing['id']}/test", follow_redirects=True).text
     assert "Test failed" in element(html, "test-outcome") and "HTTP 500" in html
     assert "&lt;h1&gt;broken&lt;/h1&gt;" in html
-    down = add_endpoint(app, "http://127.0.0.1:9/hook")
+    down = add_endpoint("http://127.0.0.1:9/hook")
     html = post_form(admin, f"/settings/endpoints/{down['id']}/test", follow_redirects=True).text
     assert "no answer" in element(html, "test-outcome") and "refused" in html
 
@@ -532,12 +528,18 @@ def states(conn) -> dict[str, int]:
 
 
 def test_monitor_numbers_for_real_deliveries_and_redelivery(
-    app, admin, conn, post_webhook, make_receiver, running_worker
+    app,
+    admin,
+    conn,
+    post_webhook,
+    make_receiver,
+    running_worker,
+    add_endpoint,
 ):
     good, bad = make_receiver(), make_receiver()
     bad.behaviour = Behaviour(status=500, body=b"down for maintenance")
-    healthy = add_endpoint(app, good.url)
-    failing = add_endpoint(app, bad.url)
+    healthy = add_endpoint(good.url)
+    failing = add_endpoint(bad.url)
     post_webhook(text_message("wamid.A"))
     post_webhook(text_message("wamid.B"))
     wait_until(lambda: states(conn) == {"delivered": 2, "failed": 2}, timeout=20, message="2 delivered, 2 failed")
@@ -581,8 +583,8 @@ def test_monitor_numbers_for_real_deliveries_and_redelivery(
     assert len(bad.requests) == 8
 
 
-def test_rates_chart_and_streak_for_known_attempt_times(app, conn, post_webhook, receiver):
-    endpoint = add_endpoint(app, receiver.url)
+def test_rates_chart_and_streak_for_known_attempt_times(app, conn, post_webhook, receiver, add_endpoint):
+    endpoint = add_endpoint(receiver.url)
     post_webhook(text_message())
     delivery_id = conn.execute("SELECT id FROM deliveries").fetchone()[0]
     now = time.time()
@@ -641,10 +643,12 @@ def status_update(wamid: str) -> dict:
     return body
 
 
-def test_event_log_lists_webhooks_newest_first_with_their_deliveries(app, admin, conn, post_webhook, make_receiver):
+def test_event_log_lists_webhooks_newest_first_with_their_deliveries(
+    app, admin, conn, post_webhook, make_receiver, add_endpoint
+):
     events_receiver, meta_receiver = make_receiver(), make_receiver()
-    add_endpoint(app, events_receiver.url, events="message.received")
-    add_endpoint(app, meta_receiver.url, format="meta")
+    add_endpoint(events_receiver.url, events="message.received")
+    add_endpoint(meta_receiver.url, format="meta")
     post_webhook(text_message("wamid.FIRST", text="first message"))
     post_webhook(status_update("wamid.FIRST"))
     post_webhook({"object": "page", "entry": []})
@@ -684,8 +688,8 @@ def test_event_detail_shows_raw_body_and_events_as_formatted_json(app, admin, co
     assert admin.get("/events/99999999999999999999999").status_code == 404
 
 
-def test_redeliver_from_the_event_detail_returns_there(app, admin, conn, post_webhook, receiver):
-    add_endpoint(app, receiver.url)
+def test_redeliver_from_the_event_detail_returns_there(app, admin, conn, post_webhook, receiver, add_endpoint):
+    add_endpoint(receiver.url)
     post_webhook(text_message())
     conn.execute("UPDATE deliveries SET state = 'failed'")
     response = post_form(admin, "/monitor/redeliver/1", {"next": "/events/1"})
@@ -696,8 +700,8 @@ def test_redeliver_from_the_event_detail_returns_there(app, admin, conn, post_we
     assert response.location == "/monitor"
 
 
-def test_test_events_break_nothing(app, admin, receiver):
-    endpoint = add_endpoint(app, receiver.url)
+def test_test_events_break_nothing(app, admin, receiver, add_endpoint):
+    endpoint = add_endpoint(receiver.url)
     post_form(admin, f"/settings/endpoints/{endpoint['id']}/test")
     events = admin.get("/events")
     assert events.status_code == 200 and "Test events sent from the settings page (1)" in events.text
@@ -707,8 +711,8 @@ def test_test_events_break_nothing(app, admin, receiver):
     assert admin.get("/monitor").status_code == 200
 
 
-def test_event_log_and_attempts_are_paged(app, admin, conn, post_webhook, receiver):
-    add_endpoint(app, receiver.url)
+def test_event_log_and_attempts_are_paged(app, admin, conn, post_webhook, receiver, add_endpoint):
+    add_endpoint(receiver.url)
     for n in range(23):
         post_webhook(text_message(f"wamid.PAGE{n}"))
     with db.transaction(conn):

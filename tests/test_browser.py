@@ -16,9 +16,8 @@ import requests
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 import db
-from conftest import ADMIN_PASSWORD, ROOT, sign, wait_until
+from conftest import ADMIN_PASSWORD, ROOT, sign, text_message, wait_until
 from receiver import Behaviour
-from test_intake import text_message
 
 pytestmark = pytest.mark.browser
 

@@ -1,14 +1,16 @@
-"""`flask --app app simulate KIND` against a real gunicorn, and history pruning."""
+"""The command line: `endpoint`, `deliveries retry` and `simulate KIND` against a real gunicorn."""
 
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
+from standardwebhooks.webhooks import Webhook
 
+import endpoints
 import samples
-import worker
+from conftest import cli_json, text_message, wait_until
+from receiver import Behaviour
 
 
 def test_simulate_posts_a_signed_sample_that_becomes_an_event(processes, runner, conn):
@@ -56,18 +58,78 @@ def test_every_sample_kind_is_offered():
     assert {"text", "image", "status", "template"} <= set(samples.KINDS)
 
 
-def test_prune_removes_only_what_is_older_than_retention(post_webhook, conn):
-    from test_intake import text_message
+def test_cli_endpoint_add_list_test_remove(runner, receiver):
+    code, added = cli_json(
+        runner,
+        "endpoint",
+        "add",
+        receiver.url,
+        "--events",
+        "message.received,template.status_changed",
+        "--bearer-token",
+        "abc",
+    )
+    assert code == 0 and added["id"] == 1 and added["secret"].startswith("whsec_")
+    assert len(endpoints.secret_key_bytes(added["secret"])) == 32
+    assert added["events"] == ["message.received", "template.status_changed"]
+    code, listed = cli_json(runner, "endpoint", "list")
+    assert listed[0]["url"] == receiver.url and added["secret"] not in json.dumps(listed)
+    code, outcome = cli_json(runner, "endpoint", "test", "1")
+    assert code == 0 and outcome["ok"] is True and outcome["status_code"] == 200 and outcome["error"] is None
+    (got,) = receiver.wait_for(1)
+    assert json.loads(got.body)["event"] == "webhook.test"
+    Webhook(added["secret"]).verify(got.body, {k.lower(): v for k, v in got.headers.items()})
+    assert cli_json(runner, "endpoint", "remove", "1") == (0, {"removed": 1})
+    assert cli_json(runner, "endpoint", "list") == (0, [])
 
-    post_webhook(text_message("wamid.OLD"))
-    post_webhook(text_message("wamid.NEW"))
-    old = time.time() - 31 * 86400
-    conn.execute("UPDATE webhooks SET received_at = ? WHERE id = 1", (old,))
-    conn.execute("INSERT INTO rejections (minute, reason, count) VALUES (?, 'wrong signature', 3)", (int(old // 60),))
-    conn.execute("INSERT INTO login_failures (remote_addr, at) VALUES ('203.0.113.9', ?)", (time.time() - 7200,))
-    conn.execute("INSERT INTO login_failures (remote_addr, at) VALUES ('203.0.113.9', ?)", (time.time() - 10,))
-    assert worker.prune(conn, 30) >= 3
-    assert conn.execute("SELECT count(*) FROM login_failures").fetchone()[0] == 1  # the recent one counts still
-    kept = [json.loads(r[0])["message_id"] for r in conn.execute("SELECT body FROM events")]
-    assert kept == ["wamid.NEW"]
-    assert conn.execute("SELECT count(*) FROM rejections").fetchone()[0] == 0
+
+def test_cli_endpoint_test_reports_a_failure(runner, receiver):
+    receiver.behaviour = Behaviour(status=500)
+    cli_json(runner, "endpoint", "add", receiver.url)
+    code, outcome = cli_json(runner, "endpoint", "test", "1")
+    assert code == 1 and outcome == {
+        "ok": False,
+        "status_code": 500,
+        "duration_ms": outcome["duration_ms"],
+        "error": "HTTP 500",
+    }
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (["--secret", "plain"], "secret"),
+        (["--secret", "whsec_!!!"], "secret"),
+        (["--secret", "whsec_c2hvcnQ="], "secret"),
+        (["--events", "message.recieved"], "events"),
+        (["--bearer-token", "a b"], "bearer_token"),
+    ],
+)
+def test_cli_endpoint_add_refuses_bad_values(runner, receiver, args, field):
+    code, answer = cli_json(runner, "endpoint", "add", receiver.url, *args)
+    assert code == 1 and answer["field"] == field and answer["error"]
+    assert cli_json(runner, "endpoint", "list") == (0, [])
+
+
+def test_cli_refuses_unknown_ids_and_bad_times(runner):
+    assert cli_json(runner, "endpoint", "remove", "42") == (1, {"error": "no endpoint 42"})
+    assert cli_json(runner, "endpoint", "test", "42") == (1, {"error": "no endpoint 42"})
+    code, answer = cli_json(runner, "deliveries", "retry", "--since", "yesterday")
+    assert code == 1 and answer["field"] == "since"
+
+
+def test_cli_given_secret_is_used(runner, receiver):
+    secret = endpoints.generate_secret()
+    code, added = cli_json(runner, "endpoint", "add", receiver.url, "--secret", secret)
+    assert code == 0 and added["secret"] == secret
+
+
+def test_cli_replay_since_resends_delivered_events(post_webhook, receiver, add_endpoint, running_worker, runner, conn):
+    add_endpoint(receiver.url)
+    post_webhook(text_message())
+    receiver.wait_for(1)
+    wait_until(lambda: conn.execute("SELECT state FROM deliveries").fetchone()[0] == "delivered", message="delivered")
+    code, answer = cli_json(runner, "deliveries", "retry", "--since", "2000-01-01T00:00:00Z")
+    assert answer == {"requeued": 1}
+    first, again = receiver.wait_for(2)
+    assert first.headers["X-Webhook-Id"] == again.headers["X-Webhook-Id"]

@@ -22,19 +22,9 @@ import jobs
 import outbox
 import safe_http
 import worker
-from conftest import wait_until
+from conftest import text_message, wait_until
 from db import get_db
 from receiver import Behaviour
-from test_intake import text_message
-
-
-@pytest.fixture
-def add_endpoint(app):
-    def add(url: str, **fields):
-        with app.app_context():
-            return endpoints.create(get_db(), app.config["WAHOOK"], url, **fields)
-
-    return add
 
 
 def run_rq_burst(app) -> None:
@@ -362,88 +352,6 @@ def test_worker_killed_mid_attempt_loses_nothing(processes, post_webhook, receiv
 
 
 # --- the CLI ---------------------------------------------------------------------------------------------
-
-
-def cli_json(runner, *args):
-    result = runner.invoke(args=list(args))
-    return result.exit_code, json.loads(result.output)
-
-
-def test_cli_endpoint_add_list_test_remove(runner, receiver):
-    code, added = cli_json(
-        runner,
-        "endpoint",
-        "add",
-        receiver.url,
-        "--events",
-        "message.received,template.status_changed",
-        "--bearer-token",
-        "abc",
-    )
-    assert code == 0 and added["id"] == 1 and added["secret"].startswith("whsec_")
-    assert len(endpoints.secret_key_bytes(added["secret"])) == 32
-    assert added["events"] == ["message.received", "template.status_changed"]
-    code, listed = cli_json(runner, "endpoint", "list")
-    assert listed[0]["url"] == receiver.url and added["secret"] not in json.dumps(listed)
-    code, outcome = cli_json(runner, "endpoint", "test", "1")
-    assert code == 0 and outcome["ok"] is True and outcome["status_code"] == 200 and outcome["error"] is None
-    (got,) = receiver.wait_for(1)
-    assert json.loads(got.body)["event"] == "webhook.test"
-    Webhook(added["secret"]).verify(got.body, {k.lower(): v for k, v in got.headers.items()})
-    assert cli_json(runner, "endpoint", "remove", "1") == (0, {"removed": 1})
-    assert cli_json(runner, "endpoint", "list") == (0, [])
-
-
-def test_cli_endpoint_test_reports_a_failure(runner, receiver):
-    receiver.behaviour = Behaviour(status=500)
-    cli_json(runner, "endpoint", "add", receiver.url)
-    code, outcome = cli_json(runner, "endpoint", "test", "1")
-    assert code == 1 and outcome == {
-        "ok": False,
-        "status_code": 500,
-        "duration_ms": outcome["duration_ms"],
-        "error": "HTTP 500",
-    }
-
-
-@pytest.mark.parametrize(
-    ("args", "field"),
-    [
-        (["--secret", "plain"], "secret"),
-        (["--secret", "whsec_!!!"], "secret"),
-        (["--secret", "whsec_c2hvcnQ="], "secret"),
-        (["--events", "message.recieved"], "events"),
-        (["--bearer-token", "a b"], "bearer_token"),
-    ],
-)
-def test_cli_endpoint_add_refuses_bad_values(runner, receiver, args, field):
-    code, answer = cli_json(runner, "endpoint", "add", receiver.url, *args)
-    assert code == 1 and answer["field"] == field and answer["error"]
-    assert cli_json(runner, "endpoint", "list") == (0, [])
-
-
-def test_cli_refuses_unknown_ids_and_bad_times(runner):
-    assert cli_json(runner, "endpoint", "remove", "42") == (1, {"error": "no endpoint 42"})
-    assert cli_json(runner, "endpoint", "test", "42") == (1, {"error": "no endpoint 42"})
-    code, answer = cli_json(runner, "deliveries", "retry", "--since", "yesterday")
-    assert code == 1 and answer["field"] == "since"
-
-
-def test_cli_given_secret_is_used(runner, receiver):
-    secret = endpoints.generate_secret()
-    code, added = cli_json(runner, "endpoint", "add", receiver.url, "--secret", secret)
-    assert code == 0 and added["secret"] == secret
-
-
-def test_cli_replay_since_resends_delivered_events(post_webhook, receiver, add_endpoint, running_worker, runner, conn):
-    add_endpoint(receiver.url)
-    post_webhook(text_message())
-    receiver.wait_for(1)
-    wait_until(lambda: delivery_row(conn)["state"] == "delivered", message="delivered")
-    code, answer = cli_json(runner, "deliveries", "retry", "--since", "2000-01-01T00:00:00Z")
-    assert answer == {"requeued": 1}
-    first, again = receiver.wait_for(2)
-    assert first.headers["X-Webhook-Id"] == again.headers["X-Webhook-Id"]
 
 
 # --- found in review --------------------------------------------------------------------------------------

@@ -11,9 +11,8 @@ import threading
 import requests
 
 import endpoints
-from conftest import sign, wait_until
+from conftest import sign, text_message, wait_until
 from db import get_db
-from test_intake import text_message
 
 TOTAL = 300
 

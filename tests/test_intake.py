@@ -12,40 +12,9 @@ import requests
 
 import db
 from app import create_app
-from conftest import APP_SECRET, VERIFY_TOKEN, sign
+from conftest import APP_SECRET, VERIFY_TOKEN, sign, text_message
 
 URL = "/api/webhooks/whatsapp"
-
-
-def text_message(wamid: str = "wamid.HBgLMTU1NTAxMjM0NTY3FQIAEhgUM0VCMEE", text: str = "Hello") -> dict:
-    """A text message webhook as Meta documents it."""
-    return {
-        "object": "whatsapp_business_account",
-        "entry": [
-            {
-                "id": "102290129340398",
-                "changes": [
-                    {
-                        "field": "messages",
-                        "value": {
-                            "messaging_product": "whatsapp",
-                            "metadata": {"display_phone_number": "15550783881", "phone_number_id": "106540352242922"},
-                            "contacts": [{"profile": {"name": "Sheena Nelson"}, "wa_id": "16505551234"}],
-                            "messages": [
-                                {
-                                    "from": "16505551234",
-                                    "id": wamid,
-                                    "timestamp": "1749416383",
-                                    "type": "text",
-                                    "text": {"body": text},
-                                }
-                            ],
-                        },
-                    }
-                ],
-            }
-        ],
-    }
 
 
 def counts(conn) -> tuple[int, int, int]:
