@@ -1,5 +1,5 @@
 """The admin pages in a real browser: headless Chromium (Debian's package, else Playwright's
-own; browser_setup finds or installs one) driven by Playwright, against real gunicorn and
+own; provision finds or installs one) driven by Playwright, against real gunicorn and
 worker processes and a local receiver.
 
 Screenshots of every page land in test-output/screenshots/ for a person to look at.
@@ -15,8 +15,8 @@ import pytest
 import requests
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-import browser_setup
 import db
+import provision
 from conftest import ADMIN_PASSWORD, ROOT, Processes, instance_sections, sign, text_message, wait_until
 from receiver import Behaviour
 
@@ -39,8 +39,8 @@ STEP_TIMEOUT_MS = 10_000
 @pytest.fixture(scope="module")
 def browser():
     try:
-        executable = browser_setup.chromium_executable()
-    except browser_setup.NoBrowser as exc:
+        executable = provision.chromium_executable()
+    except provision.Missing as exc:
         pytest.fail(str(exc), pytrace=False)
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, timeout=30_000)

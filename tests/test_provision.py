@@ -1,4 +1,4 @@
-"""How the browser tests get their Chromium (tests/browser_setup.py), decided on a PATH
+"""How the browser tests get their Chromium (tests/provision.py), decided on a PATH
 without the machine's own chromium, with a stand-in apt-get and sudo that really run
 (and fail as the real ones do), and Playwright's real download pointed at a closed port."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import browser_setup
+import provision
 from conftest import free_port
 
 FAKE_CHROMIUM = "#!/bin/sh\necho 'Chromium 140.0 built on Debian'\n"
@@ -39,10 +39,12 @@ class Machine:
         }
 
     def apt_get(self, works: bool) -> None:
-        """An apt-get that logs its arguments; it installs a chromium into bin, or fails as
-        apt-get does on a machine whose package lists lack it."""
-        install = f"printf '{FAKE_CHROMIUM}' > {self.bin}/chromium; /bin/chmod +x {self.bin}/chromium"
-        fail = "echo 'E: Unable to locate package chromium' >&2; exit 100"
+        """An apt-get that logs its arguments; it installs the package's command into bin
+        (a stand-in that prints a version), or fails as apt-get does on a machine whose
+        package lists lack it."""
+        command = f"{self.bin}/$5"  # install -y -qq --no-install-recommends PACKAGE
+        install = f"printf '{FAKE_CHROMIUM}' > {command}; /bin/chmod +x {command}"
+        fail = 'echo "E: Unable to locate package $5" >&2; exit 100'
         executable(
             self.bin / "apt-get",
             f'#!/bin/sh\necho "$(id -u) $DEBIAN_FRONTEND $*" >> {self.log}\n'
@@ -66,13 +68,13 @@ def machine(tmp_path):
 def test_chromium_on_path_is_used_without_installing_anything(machine):
     chromium = executable(machine.bin / "chromium", FAKE_CHROMIUM)
     machine.apt_get(works=True)
-    assert browser_setup.chromium_executable(machine.env, euid=0) == str(chromium)
+    assert provision.chromium_executable(machine.env, euid=0) == str(chromium)
     assert machine.apt_calls() == []
 
 
 def test_root_without_chromium_installs_debians_package(machine):
     machine.apt_get(works=True)
-    found = browser_setup.chromium_executable(machine.env, euid=0)
+    found = provision.chromium_executable(machine.env, euid=0)
     assert found == str(machine.bin / "chromium")
     calls = machine.apt_calls()
     assert [c.split(" ", 2)[2] for c in calls] == ["update -qq", "install -y -qq --no-install-recommends chromium"]
@@ -82,7 +84,7 @@ def test_root_without_chromium_installs_debians_package(machine):
 def test_a_user_with_passwordless_sudo_installs_through_it(machine):
     machine.apt_get(works=True)
     machine.sudo(allowed=True)
-    assert browser_setup.chromium_executable(machine.env, euid=1000) == str(machine.bin / "chromium")
+    assert provision.chromium_executable(machine.env, euid=1000) == str(machine.bin / "chromium")
     assert len(machine.apt_calls()) == 2
 
 
@@ -91,16 +93,16 @@ def test_a_user_who_cannot_install_packages_does_not_run_apt(machine, sudo):
     machine.apt_get(works=True)
     if sudo != "absent":
         machine.sudo(allowed=False)
-    with pytest.raises(browser_setup.NoBrowser) as raised:
-        browser_setup.chromium_executable(machine.env, euid=1000)
+    with pytest.raises(provision.Missing) as raised:
+        provision.chromium_executable(machine.env, euid=1000)
     assert machine.apt_calls() == []
-    assert raised.value.args[0] == browser_setup.HOW_TO_GET_ONE
+    assert raised.value.args[0] == provision.HOW_TO_GET_CHROMIUM
 
 
 def test_when_nothing_works_one_line_says_how_to_get_a_browser(machine):
     machine.apt_get(works=False)
-    with pytest.raises(browser_setup.NoBrowser) as raised:
-        browser_setup.chromium_executable(machine.env, euid=0)
+    with pytest.raises(provision.Missing) as raised:
+        provision.chromium_executable(machine.env, euid=0)
     message = str(raised.value)
     assert "\n" not in message
     assert "apt-get install chromium" in message and "playwright install chromium" in message
@@ -108,10 +110,10 @@ def test_when_nothing_works_one_line_says_how_to_get_a_browser(machine):
 
 
 def test_playwrights_own_browser_is_used_when_downloaded(machine):
-    assert browser_setup.playwright_chromium(machine.env) is None
+    assert provision.playwright_chromium(machine.env) is None
     # Where Playwright keeps a downloaded Chromium, with a stand-in put there.
     where = subprocess.run(
-        [sys.executable, "-c", browser_setup.PLAYWRIGHT_PATH],
+        [sys.executable, "-c", provision.PLAYWRIGHT_PATH],
         env=machine.env,
         capture_output=True,
         text=True,
@@ -121,5 +123,22 @@ def test_playwrights_own_browser_is_used_when_downloaded(machine):
     expected.parent.mkdir(parents=True)
     executable(expected, FAKE_CHROMIUM)
     machine.apt_get(works=True)
-    assert browser_setup.chromium_executable(machine.env, euid=0) == str(expected)
+    assert provision.chromium_executable(machine.env, euid=0) == str(expected)
+    assert machine.apt_calls() == []
+
+
+def test_openssl_on_path_is_used_and_otherwise_installed_by_root(machine):
+    machine.apt_get(works=True)
+    assert provision.openssl_command(machine.env, euid=0) == str(machine.bin / "openssl")
+    assert [c.split(" ", 2)[2] for c in machine.apt_calls()][-1].endswith("--no-install-recommends openssl")
+    calls = len(machine.apt_calls())
+    assert provision.openssl_command(machine.env, euid=0) == str(machine.bin / "openssl")
+    assert len(machine.apt_calls()) == calls  # found this time: nothing run
+
+
+def test_no_openssl_and_no_right_to_install_is_one_line(machine):
+    machine.apt_get(works=True)
+    with pytest.raises(provision.Missing) as raised:
+        provision.openssl_command(machine.env, euid=1000)
+    assert str(raised.value) == provision.HOW_TO_GET_OPENSSL
     assert machine.apt_calls() == []

@@ -1,11 +1,13 @@
-"""Find the Chromium the browser tests drive, installing one when the machine has none.
+"""What the test suite needs from the machine beyond Python, found or installed on first use,
+so `make test` works on a machine with only Python 3.11+.
 
-In order: Debian's `chromium` on PATH; Playwright's own Chromium when already downloaded;
-Debian's package installed with apt-get when this user may install packages (root, or
-sudo without a password); Playwright's own download. Only when all of these fail is there
-an error, of one line, saying how to get a browser. `make test` needs nothing else.
+Chromium for the browser tests, in order: Debian's `chromium` on PATH; Playwright's own
+Chromium when already downloaded; Debian's package installed with apt-get when this user may
+install packages (root, or sudo without a password); Playwright's own download. The
+`openssl` command for the TLS tests: on PATH, else Debian's package the same way. Only
+when all of these fail is there an error, of one line, saying how to get it.
 
-Run as a script it prints the browser it found (or the error) and exits 0 (or 1).
+Run as a script it provisions both and prints what it found (or the error).
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ import subprocess
 import sys
 
 INSTALL_TIMEOUT = 900  # seconds; apt-get on a slow mirror takes a few minutes
-HOW_TO_GET_ONE = (
+HOW_TO_GET_CHROMIUM = (
     "the browser tests need Chromium and none could be installed: as root run"
     " `apt-get install chromium`, or run `.venv/bin/python -m playwright install chromium`"
+)
+HOW_TO_GET_OPENSSL = (
+    "the TLS tests need the openssl command and it could not be installed: as root run `apt-get install openssl`"
 )
 PLAYWRIGHT_PATH = (
     "from playwright.sync_api import sync_playwright\n"
@@ -27,13 +32,13 @@ PLAYWRIGHT_PATH = (
 )
 
 
-class NoBrowser(Exception):
-    """No Chromium could be found or installed; the message says how to get one."""
+class Missing(Exception):
+    """A tool could not be found or installed; the message says how to get it."""
 
 
 def note(message: str) -> None:
     """Progress for the person waiting: pytest captures stderr, so write past it."""
-    print(f"browser setup: {message}", file=sys.__stderr__, flush=True)
+    print(f"provisioning: {message}", file=sys.__stderr__, flush=True)
 
 
 def debian_chromium(env: dict[str, str]) -> str | None:
@@ -83,15 +88,17 @@ def run_quietly(args: list[str], env: dict[str, str]) -> bool:
     return done.returncode == 0
 
 
-def install_with_apt(prefix: list[str], env: dict[str, str]) -> str | None:
-    note("installing Debian's chromium with apt-get (once; a minute or two)")
+def apt_install(package: str, env: dict[str, str], euid: int) -> bool:
+    """Install a Debian package when this user may; False when not allowed or it failed."""
+    prefix = apt_prefix(env, euid)
+    if prefix is None:
+        return False
+    note(f"installing Debian's {package} with apt-get (once; a minute or two)")
     apt_env = {**env, "DEBIAN_FRONTEND": "noninteractive"}
     apt = shutil.which("apt-get", path=env.get("PATH", "")) or "apt-get"
     if not run_quietly([*prefix, apt, "update", "-qq"], apt_env):
-        return None
-    if not run_quietly([*prefix, apt, "install", "-y", "-qq", "--no-install-recommends", "chromium"], apt_env):
-        return None
-    return debian_chromium(env)
+        return False
+    return run_quietly([*prefix, apt, "install", "-y", "-qq", "--no-install-recommends", package], apt_env)
 
 
 def install_with_playwright(env: dict[str, str]) -> str | None:
@@ -102,7 +109,7 @@ def install_with_playwright(env: dict[str, str]) -> str | None:
 
 
 def chromium_executable(env: dict[str, str] | None = None, euid: int | None = None) -> str:
-    """The path of a Chromium to launch, installing one if needed; NoBrowser when none can be had.
+    """The path of a Chromium to launch, installing one if needed; Missing when none can be had.
 
     `env` (PATH above all) and `euid` default to this process's own.
     """
@@ -111,17 +118,30 @@ def chromium_executable(env: dict[str, str] | None = None, euid: int | None = No
     found = debian_chromium(env) or playwright_chromium(env)
     if found:
         return found
-    prefix = apt_prefix(env, euid)
-    if prefix is not None:
-        found = install_with_apt(prefix, env)
+    if apt_install("chromium", env, euid):
+        found = debian_chromium(env)
     found = found or install_with_playwright(env)
     if found:
         return found
-    raise NoBrowser(HOW_TO_GET_ONE)
+    raise Missing(HOW_TO_GET_CHROMIUM)
+
+
+def openssl_command(env: dict[str, str] | None = None, euid: int | None = None) -> str:
+    """The path of the openssl command, installing Debian's package if needed; Missing when it cannot."""
+    env = dict(os.environ if env is None else env)
+    euid = os.geteuid() if euid is None else euid
+    path = env.get("PATH", "")
+    found = shutil.which("openssl", path=path)
+    if found is None and apt_install("openssl", env, euid):
+        found = shutil.which("openssl", path=path)
+    if found is None:
+        raise Missing(HOW_TO_GET_OPENSSL)
+    return found
 
 
 if __name__ == "__main__":
     try:
         print(chromium_executable())
-    except NoBrowser as exc:
+        print(openssl_command())
+    except Missing as exc:
         sys.exit(f"wahook: {exc}")
