@@ -18,7 +18,7 @@ import endpoints
 import runstate
 import samples
 from app import create_app
-from conftest import Processes, cli_json, instance_sections, text_message, wait_until
+from conftest import ROOT, Processes, cli_json, instance_sections, text_message, wait_until
 from receiver import Behaviour
 
 
@@ -216,3 +216,26 @@ def test_cli_replay_since_resends_delivered_events(post_webhook, receiver, add_e
     assert answer == {"requeued": 1}
     first, again = receiver.wait_for(2)
     assert first.headers["X-Webhook-Id"] == again.headers["X-Webhook-Id"]
+
+
+def test_wahook_script_runs_the_cli_from_any_folder_without_an_active_venv(tmp_path):
+    # A relative WAHOOK_CONFIG is taken from where the command was typed, as a user means it.
+    (tmp_path / "config.toml").write_text('[storage]\ndatabase = "data/here.db"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WAHOOK_", "VIRTUAL_ENV"))}
+    env["PATH"] = "/usr/local/bin:/usr/bin:/bin"  # no venv on PATH
+    env["WAHOOK_CONFIG"] = "config.toml"
+    done = subprocess.run(
+        [str(ROOT / "wahook"), "endpoint", "list"], cwd=tmp_path, env=env, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == []
+    assert (tmp_path / "data" / "here.db").exists()
+    bad = subprocess.run(
+        [str(ROOT / "wahook"), "endpoint", "remove", "7"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert bad.returncode == 1 and json.loads(bad.stdout) == {"error": "no endpoint 7"}
