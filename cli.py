@@ -158,7 +158,8 @@ def simulate(kind: str, url: str | None) -> None:
     """Post a signed sample Meta webhook of KIND to the intake, to see events without Meta.
 
     It is signed with meta.app_secret when set, else with the install's local simulate key
-    (data folder), which the intake always accepts.
+    (data folder), which the intake always accepts; also with that key when the config file
+    changed since `make run` started, as the server may still hold an older App secret.
     """
     secret = config()["meta"]["app_secret"] or current_app.config["WAHOOK_SIMULATE_KEY"]
     target, info = simulate_target()
@@ -167,6 +168,9 @@ def simulate(kind: str, url: str | None) -> None:
     if info and runstate.changed_since(Path(info.get("config") or ""), info.get("config_fingerprint")):
         warning = runstate.stale_config_message(Path(info["config"]))
         click.echo(f"warning: {warning}", err=True)
+        # The server still runs with the App secret it read at start, which may not be the
+        # file's any more; the local key it accepts whatever that was.
+        secret = current_app.config["WAHOOK_SIMULATE_KEY"]
     raw = json.dumps(samples.sample(kind)).encode()
     signature = intake.meta_signature(secret, raw)
     try:
