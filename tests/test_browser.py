@@ -17,7 +17,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 import db
 import provision
-from conftest import ADMIN_PASSWORD, ROOT, Processes, instance_sections, sign, text_message, wait_until
+from conftest import ADMIN_PASSWORD, ROOT, sign, text_message, wait_until
 from receiver import Behaviour
 
 pytestmark = pytest.mark.browser
@@ -224,41 +224,34 @@ def test_pages_fit_a_phone(browser, server, database, receiver):
     assert errors == [], errors
 
 
-def test_monitor_says_meta_is_refused_until_the_app_secret_is_set(browser, tmp_path, redis_url):
+def test_monitor_says_meta_is_refused_until_the_app_secret_is_set(browser, fresh_processes, tmp_path):
     # A fresh install: no App secret. A simulated webhook (signed with the local key) gets in,
     # one signed as Meta would is refused, and the monitor says why and what to do.
-    sections = instance_sections(tmp_path, redis_url)
-    sections["meta"]["app_secret"] = ""
-    fresh = Processes(tmp_path, sections)
-    try:
-        base = fresh.start_web(workers=1)
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        local_key = (tmp_path / "data" / "simulate_key").read_text().strip()
-        raw = json.dumps(text_message("wamid.SIMULATED")).encode()
-        for secret, status in ((local_key, 200), ("what-meta-signs-with", 401)):
-            headers = {"Content-Type": "application/json", "X-Hub-Signature-256": sign(raw, secret)}
-            assert (
-                requests.post(base + "/api/webhooks/whatsapp", data=raw, headers=headers, timeout=5).status_code
-                == status
-            )
-        page, errors = new_page(browser, 1280, 900)
-        log_in(page, base)
-        notice = page.locator("#app-secret-notice")
-        expect(notice).to_contain_text("Meta's App secret is not set")
-        expect(notice).to_contain_text("refused with 401")
-        expect(notice).to_contain_text(str(fresh.config_path))
-        expect(notice).to_contain_text("./wahook simulate")
-        expect(page.locator("#rejected-hour")).to_have_text("1")
-        expect(page.locator("#config-stale-notice")).to_have_count(0)
-        shot(page, "monitor-app-secret-not-set")
+    base = fresh_processes.start_web(workers=1)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    local_key = (tmp_path / "data" / "simulate_key").read_text().strip()
+    raw = json.dumps(text_message("wamid.SIMULATED")).encode()
+    for secret, status in ((local_key, 200), ("what-meta-signs-with", 401)):
+        headers = {"Content-Type": "application/json", "X-Hub-Signature-256": sign(raw, secret)}
+        assert (
+            requests.post(base + "/api/webhooks/whatsapp", data=raw, headers=headers, timeout=5).status_code == status
+        )
+    page, errors = new_page(browser, 1280, 900)
+    log_in(page, base)
+    notice = page.locator("#app-secret-notice")
+    expect(notice).to_contain_text("Meta's App secret is not set")
+    expect(notice).to_contain_text("refused with 401")
+    expect(notice).to_contain_text(str(fresh_processes.config_path))
+    expect(notice).to_contain_text("./wahook simulate")
+    expect(page.locator("#rejected-hour")).to_have_text("1")
+    expect(page.locator("#config-stale-notice")).to_have_count(0)
+    shot(page, "monitor-app-secret-not-set")
 
-        # The file edited while running: the page says the server still runs the old values.
-        text = fresh.config_path.read_text()
-        fresh.config_path.write_text(text.replace('app_secret = ""', 'app_secret = "now-set"'))
-        page.reload()
-        expect(page.locator("#config-stale-notice")).to_contain_text("still use the old values")
-        expect(page.locator("#app-secret-notice")).to_be_visible()  # still true of what runs
-        shot(page, "monitor-config-changed")
-        assert errors == [], errors
-    finally:
-        fresh.stop_all()
+    # The file edited while running: the page says the server still runs the old values.
+    text = fresh_processes.config_path.read_text()
+    fresh_processes.config_path.write_text(text.replace('app_secret = ""', 'app_secret = "now-set"'))
+    page.reload()
+    expect(page.locator("#config-stale-notice")).to_contain_text("still use the old values")
+    expect(page.locator("#app-secret-notice")).to_be_visible()  # still true of what runs
+    shot(page, "monitor-config-changed")
+    assert errors == [], errors

@@ -18,7 +18,7 @@ import endpoints
 import runstate
 import samples
 from app import create_app
-from conftest import ROOT, Processes, cli_json, instance_sections, text_message, wait_until
+from conftest import ROOT, cli_json, text_message, wait_until
 from receiver import Behaviour
 
 
@@ -45,22 +45,16 @@ def test_simulate_unknown_kind_lists_the_kinds(runner):
     assert "text" in result.output and "template" in result.output
 
 
-def test_simulate_on_a_fresh_install_gets_a_200_without_an_app_secret(tmp_path, redis_url, monkeypatch):
+def test_simulate_on_a_fresh_install_gets_a_200_without_an_app_secret(fresh_processes, monkeypatch):
     # Meta's App secret not set yet: simulate signs with the install's local key, and the
     # web server of the same install (another process) accepts it.
-    sections = instance_sections(tmp_path, redis_url)
-    sections["meta"]["app_secret"] = ""
-    processes = Processes(tmp_path, sections)
-    try:
-        base = processes.start_web(workers=1)
-        monkeypatch.setenv("WAHOOK_BIND", base.removeprefix("http://"))
-        app = create_app({"config_path": str(processes.config_path)})
-        result = app.test_cli_runner().invoke(args=["simulate", "text"])
-        assert result.exit_code == 0, result.output
-        assert json.loads(result.stdout)["status_code"] == 200
-    finally:
-        processes.stop_all()
-        db.close_all()
+    base = fresh_processes.start_web(workers=1)
+    monkeypatch.setenv("WAHOOK_BIND", base.removeprefix("http://"))
+    app = create_app({"config_path": str(fresh_processes.config_path)})
+    result = app.test_cli_runner().invoke(args=["simulate", "text"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["status_code"] == 200
+    db.close_all()
 
 
 def run_info(app, url: str, pid: int | None = None, fingerprint=None) -> None:
