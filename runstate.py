@@ -27,23 +27,33 @@ SESSION_KEY_FILE = "secret_key"
 
 
 def generated_key(path: Path) -> str:
-    """The key in `path`, generated there first (0600) when the file does not exist."""
+    """The key in `path`, generated there first (0600) when the file does not exist.
+
+    The key is written to a temporary file and linked into place, so a process starting at
+    the same moment finds either no file or the whole key, never an empty one.
+    """
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(secrets.token_urlsafe(48))
         try:
-            # O_EXCL: when two processes start at once, one writes and the other reads.
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.link(temp, path)
         except FileExistsError:
-            pass
-        else:
-            with os.fdopen(fd, "w", encoding="ascii") as f:
-                f.write(secrets.token_urlsafe(48))
+            pass  # another process was first: use its key
+        finally:
+            temp.unlink()
     return path.read_text(encoding="ascii").strip()
 
 
 def simulate_key(data_dir: Path) -> str:
-    """The install's local key for signing simulated webhooks."""
-    return generated_key(data_dir / SIMULATE_KEY_FILE)
+    """The install's local key for signing simulated webhooks; "" (no such key, nothing
+    accepted with it) when the data folder cannot hold one, e.g. a read-only folder."""
+    try:
+        return generated_key(data_dir / SIMULATE_KEY_FILE)
+    except (OSError, UnicodeDecodeError):
+        return ""
 
 
 def fingerprint(path: Path | None) -> dict[str, Any] | None:

@@ -12,6 +12,7 @@ import pytest
 import requests
 
 import db
+import runstate
 from app import create_app
 from conftest import APP_SECRET, VERIFY_TOKEN, sign, text_message
 
@@ -379,3 +380,25 @@ def test_chunked_body_under_the_limit_is_accepted(processes, conn):
     )
     assert response.status_code == 200
     assert counts(conn)[:2] == (1, 1)
+
+
+def test_processes_starting_together_share_one_whole_simulate_key(tmp_path):
+    # Web workers start at the same moment: each must read the same, complete key.
+    keys: list[str] = []
+    threads = [threading.Thread(target=lambda: keys.append(runstate.simulate_key(tmp_path / "d"))) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(keys)) == 1 and len(keys[0]) >= 40
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["simulate_key"]
+
+
+def test_an_empty_or_unreadable_simulate_key_accepts_nothing(tmp_path, redis_url):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "simulate_key").write_bytes(b"\xff\xfe")
+    app = local_key_app(tmp_path, redis_url)
+    assert app.config["WAHOOK_SIMULATE_KEY"] == ""
+    raw = json.dumps(text_message()).encode()
+    response = app.test_client().post(URL, data=raw, headers={"X-Hub-Signature-256": sign(raw, "")})
+    assert response.status_code == 401
