@@ -284,3 +284,13 @@ def processes(tmp_path, redis_url):
     started = Processes(tmp_path, instance_sections(tmp_path, redis_url))
     yield started
     started.stop_all()
+
+
+@pytest.fixture
+def fresh_processes(tmp_path, redis_url):
+    """Like `processes`, for a fresh install: Meta's App secret not set yet."""
+    sections = instance_sections(tmp_path, redis_url)
+    sections["meta"]["app_secret"] = ""
+    started = Processes(tmp_path, sections)
+    yield started
+    started.stop_all()
