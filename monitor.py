@@ -19,6 +19,7 @@ import endpoints
 import health
 import jobs
 import outbox
+import silence
 from auth import safe_next
 from db import get_db
 
@@ -236,6 +237,7 @@ def index():
         failed_total=failed_total,
         intake=intake_summary(conn, now),
         open_total=sum(e.pending + e.retrying for e in health_rows),
+        quiet=silence.state(conn, current_app.config["WAHOOK"], now),
     )
 
 

@@ -34,6 +34,7 @@ import embedded_redis
 import jobs
 import outbox
 import safe_http
+import silence
 from config import ConfigError, load_config
 
 log = logging.getLogger("wahook.worker")
@@ -277,7 +278,8 @@ def prune(conn, retention_days: int) -> int:
 
 
 def sweep(dispatcher: Dispatcher) -> None:
-    """Every second: pump what is due; every few seconds: heartbeat; every hour: prune."""
+    """Every second: pump what is due and look for a silent Meta; every few seconds: heartbeat;
+    every hour: prune."""
     started = time.time()
     last_beat = last_prune = 0.0
     while not dispatcher.stopping.is_set():
@@ -288,6 +290,7 @@ def sweep(dispatcher: Dispatcher) -> None:
                 heartbeat(conn, dispatcher.name, started)
                 last_beat = now
             dispatcher.pump()
+            silence.check(conn, dispatcher.config)
             if now - last_prune >= PRUNE_INTERVAL:
                 prune(conn, dispatcher.config["storage"]["retention_days"])
                 last_prune = now
