@@ -7,15 +7,13 @@ import json
 import os
 import shutil
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 
 import requests
 
 import db
-from conftest import ROOT, Processes, cli_json, instance_sections, sign, text_message, wait_until
+from conftest import Processes, cli_json, instance_sections, sign, text_message, wait_until
 from receiver import Behaviour
 
 
@@ -65,7 +63,7 @@ def test_backup_during_a_flood_then_restore(tmp_path, redis_url, receiver):
         app_conn = db.connect(sections["storage"]["database"])
         db.migrate(app_conn)
         base = live.start_web(workers=2)
-        code, out = run_cli(live, "endpoint", "add", receiver.url)
+        code, out = live.cli("endpoint", "add", receiver.url)
         assert code == 0, out
         live.start_worker()
         acked: list[tuple[float, str]] = []
@@ -88,7 +86,7 @@ def test_backup_during_a_flood_then_restore(tmp_path, redis_url, receiver):
         wait_until(lambda: len(acked) >= 40, timeout=30, message="a flood under way")
         started = time.time()
         target = tmp_path / "backup.db"
-        code, out = run_cli(live, "backup", str(target))
+        code, out = live.cli("backup", str(target))
         assert code == 0, out
         assert out["path"] == str(target)
         time.sleep(0.5)  # the flood goes on after the copy
@@ -136,16 +134,3 @@ def test_backup_during_a_flood_then_restore(tmp_path, redis_url, receiver):
         conn.close()
     finally:
         restored.stop_all()
-
-
-def run_cli(processes: Processes, *args: str) -> tuple[int, dict]:
-    """`flask --app app ARGS` as a separate process, the way a self-hoster runs it."""
-    result = subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "app", *args],
-        cwd=ROOT,
-        env=processes.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    return result.returncode, json.loads(result.stdout)
