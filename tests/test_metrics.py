@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import requests
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 import db
 import worker
 from app import create_app
-from conftest import instance_sections, sign, text_message, wait_until
+from conftest import ROOT, instance_sections, sign, text_message, wait_until
 from receiver import Behaviour
 
 
@@ -36,7 +38,8 @@ def scrape(client) -> dict:
 
 
 def test_known_traffic_with_two_web_processes(processes, add_endpoint, make_receiver):
-    """Post N, deliver N to one endpoint, fail N at the other after every retry: the counters say so."""
+    """Post N, deliver N to one endpoint, fail N at the other after every retry, with two web
+    processes and two workers: the counters say so, whichever process answers the scrape."""
     good, bad = make_receiver(), make_receiver()
     bad.behaviour = Behaviour(status=500)
     a = add_endpoint(good.url, events="message.received")
@@ -54,6 +57,7 @@ def test_known_traffic_with_two_web_processes(processes, add_endpoint, make_rece
         assert value(before, "wahook_deliveries", endpoint=str(a["id"]), state="pending") == n
         assert value(before, "wahook_oldest_pending_seconds", endpoint=str(a["id"])) > 0
         processes.start_worker()
+        processes.start_worker()  # two workers share the work; the totals are the database's
 
         def settled():
             found = samples(session.get(base + "/metrics", timeout=10).text)
@@ -170,3 +174,17 @@ def test_bearer_token(tmp_path, redis_url):
 def test_no_login_without_a_token(client):
     response = client.get("/metrics")
     assert response.status_code == 200 and "wahook_workers 0.0" in response.get_data(as_text=True)
+
+
+def test_alert_rules_parse_and_use_only_series_we_export(client, add_endpoint, post_webhook):
+    """deploy/prometheus-alerts.yml is valid YAML with the three alerts, each on series /metrics has."""
+    rules = yaml.safe_load((ROOT / "deploy" / "prometheus-alerts.yml").read_text(encoding="utf-8"))
+    alerts = {rule["alert"]: rule for group in rules["groups"] for rule in group["rules"]}
+    assert set(alerts) == {"WahookDeliveriesWaiting", "WahookEndpointFailing", "WahookMetaSilent"}
+    add_endpoint("http://127.0.0.1:9/hook")
+    assert post_webhook(text_message()).status_code == 200
+    exported = {name for name, _ in scrape(client)}
+    for rule in alerts.values():
+        assert {"expr", "labels", "annotations"} <= rule.keys()
+        used = set(re.findall(r"wahook_\w+", rule["expr"]))
+        assert used and used <= exported, (rule["alert"], used - exported)
