@@ -56,7 +56,7 @@ CREATE TABLE IF NOT EXISTS metric_totals (
     label2 TEXT NOT NULL DEFAULT '',          -- result or state
     value INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (kind, label, label2)
-) WITHOUT ROWID;
+);
 INSERT OR IGNORE INTO metric_totals (kind, label, label2, value)
     SELECT 'webhooks', 'received', '', count(*) FROM webhooks;
 INSERT OR IGNORE INTO metric_totals (kind, label, label2, value)
