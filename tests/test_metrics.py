@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 import time
 
 import requests
@@ -28,6 +29,20 @@ def samples(text: str) -> dict[tuple, float]:
 
 def value(found: dict, name: str, **labels) -> float:
     return found[(name, tuple(sorted(labels.items())))]
+
+
+def assert_totals_match_a_recount(conn) -> None:
+    """The deliveries gauge the triggers keep equals counting the rows now."""
+    kept = {
+        (row[0], row[1]): row[2]
+        for row in conn.execute("SELECT label, label2, value FROM metric_totals WHERE kind = 'deliveries'")
+        if row[2]
+    }
+    counted = {
+        (str(row[0]), row[1]): row[2]
+        for row in conn.execute("SELECT coalesce(endpoint_id, 0), state, count(*) FROM deliveries GROUP BY 1, 2")
+    }
+    assert kept == counted
 
 
 def scrape(client) -> dict:
@@ -76,6 +91,9 @@ def test_known_traffic_with_two_web_processes(processes, add_endpoint, make_rece
     assert value(found, "wahook_delivery_attempts_total", endpoint=str(b["id"]), result="failure") == 3 * n
     assert value(found, "wahook_deliveries", endpoint=str(a["id"]), state="delivered") == n
     assert value(found, "wahook_deliveries", endpoint=str(a["id"]), state="pending") == 0
+    conn = sqlite3.connect(processes.tmp_path / "data" / "wahook.db")
+    assert_totals_match_a_recount(conn)
+    conn.close()
     assert value(found, "wahook_oldest_pending_seconds", endpoint=str(a["id"])) == 0
     assert abs(value(found, "wahook_last_meta_webhook_timestamp_seconds") - time.time()) < 120
     assert len(good.requests) == n
@@ -107,13 +125,20 @@ def test_counters_survive_pruning_and_deliveries_follow_their_rows(client, conn,
     assert value(after, "wahook_events_total", event="message.received") == 3
     assert value(after, "wahook_delivery_attempts_total", endpoint=str(endpoint["id"]), result="failure") == 3
     assert value(after, "wahook_deliveries", endpoint=str(endpoint["id"]), state="pending") == 0
+    assert_totals_match_a_recount(conn)
     assert ("wahook_last_meta_webhook_timestamp_seconds", ()) not in after
 
 
-def test_a_deleted_endpoint_leaves_the_gauges(client, runner, add_endpoint, post_webhook):
+def test_a_deleted_endpoint_leaves_the_gauges(client, conn, runner, add_endpoint, post_webhook):
     endpoint = add_endpoint("http://127.0.0.1:9/hook")
+    other = add_endpoint("http://127.0.0.1:9/other")
     assert post_webhook(text_message()).status_code == 200
+    conn.execute("UPDATE deliveries SET state = 'failed' WHERE endpoint_id = ?", (other["id"],))
+    assert runner.invoke(args=["deliveries", "retry"]).exit_code == 0  # failed -> pending again
+    assert_totals_match_a_recount(conn)
     assert runner.invoke(args=["endpoint", "remove", str(endpoint["id"])]).exit_code == 0
+    assert runner.invoke(args=["endpoint", "remove", str(other["id"])]).exit_code == 0
+    assert_totals_match_a_recount(conn)  # failed, then moved to no endpoint
     found = scrape(client)
     assert not [key for key in found if key[0] == "wahook_deliveries"]
     assert value(found, "wahook_events_total", event="message.received") == 1
