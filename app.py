@@ -16,6 +16,7 @@ import cli
 import db
 import health
 import intake
+import metrics
 import runstate
 from config import DEFAULTS, ConfigError, load_config
 
@@ -52,6 +53,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     db.connection(config.database_path)  # create and migrate now, not on the first request
     app.register_blueprint(intake.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(metrics.bp)
     admin.init_app(app)
     cli.init_app(app)
     return app

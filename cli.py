@@ -1,4 +1,4 @@
-"""Command line: `./wahook endpoint|deliveries|simulate ...` (the same as `flask --app app ...`).
+"""Command line: `./wahook endpoint|deliveries|simulate|backup ...` (the same as `flask --app app ...`).
 
 Every command prints JSON on stdout, so it can be piped into jq or a script. A refused
 value prints {"error": ..., "field": ...} and exits 1.
@@ -18,6 +18,7 @@ import requests
 from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
 
+import backup
 import delivery
 import endpoints
 import intake
@@ -188,7 +189,21 @@ def simulate(kind: str, url: str | None) -> None:
         sys.exit(1)
 
 
+@click.command("backup")
+@with_appcontext
+@click.argument("path")
+def backup_command(path: str) -> None:
+    """Copy the database to PATH (a new file) while everything runs; the copy is opened and
+    checked (integrity_check, counts) before it is put at PATH."""
+    try:
+        written, size, _ = backup.take(config().database_path, path)
+    except backup.BackupError as exc:
+        refuse(str(exc), "path")
+    emit({"path": str(written), "bytes": size})
+
+
 def init_app(app: Flask) -> None:
     app.cli.add_command(endpoint_cli)
     app.cli.add_command(deliveries_cli)
     app.cli.add_command(simulate)
+    app.cli.add_command(backup_command)

@@ -218,4 +218,7 @@ def store(conn: sqlite3.Connection, raw: bytes, body: dict, drawn: list, receive
         new_names, made = outbox.add_events(conn, new, received_at, webhook=(webhook_id, webhook_public_id))
         if len(new_names) != len(drawn):
             conn.execute("UPDATE webhooks SET event_count = ? WHERE id = ?", (len(new_names), webhook_id))
+    log.info(
+        "webhook stored: %d new events, %d deliveries", len(new_names), made, extra={"webhook_id": webhook_public_id}
+    )
     return made

@@ -32,8 +32,10 @@ import db
 import delivery
 import embedded_redis
 import jobs
+import logs
 import outbox
 import safe_http
+import silence
 from config import ConfigError, load_config
 
 log = logging.getLogger("wahook.worker")
@@ -112,6 +114,7 @@ class Lane:
                     conn, self.dispatcher.config, self.sender, self.endpoint_id, claimed, self.dispatcher.name
                 )
                 if results:
+                    log_outcomes(self.endpoint_id, results)
                     self.slow = any(o.duration_ms > SLOW_SECONDS * 1000 for _, o in results)
                     if not self.known:
                         self.known = True
@@ -131,6 +134,24 @@ class Lane:
         for thread in self.threads:
             thread.join(timeout=1)
         self.sender.close()
+
+
+def log_outcomes(endpoint_id: int | None, results: list) -> None:
+    """One line per attempt with the ids involved: a failure at warning, a success at debug."""
+    for row, outcome in results:
+        public_id = row["message_id"]  # an event's id, or the Meta webhook's for the meta format
+        ids = {
+            "delivery_id": row["id"],
+            "endpoint_id": endpoint_id,
+            "event_id" if public_id.startswith("evt_") else "webhook_id": public_id,
+            "status_code": outcome.status_code,
+        }
+        if outcome.ok:
+            log.debug("delivered %s", row["event_name"], extra=ids)
+        else:
+            log.warning(
+                "delivery attempt failed: %s", row["event_name"], extra={**ids, "attempts": row["attempts"] + 1}
+            )
 
 
 class Dispatcher:
@@ -277,7 +298,8 @@ def prune(conn, retention_days: int) -> int:
 
 
 def sweep(dispatcher: Dispatcher) -> None:
-    """Every second: pump what is due; every few seconds: heartbeat; every hour: prune."""
+    """Every second: pump what is due and look for a silent Meta; every few seconds: heartbeat;
+    every hour: prune."""
     started = time.time()
     last_beat = last_prune = 0.0
     while not dispatcher.stopping.is_set():
@@ -288,6 +310,7 @@ def sweep(dispatcher: Dispatcher) -> None:
                 heartbeat(conn, dispatcher.name, started)
                 last_beat = now
             dispatcher.pump()
+            silence.check(conn, dispatcher.config)
             if now - last_prune >= PRUNE_INTERVAL:
                 prune(conn, dispatcher.config["storage"]["retention_days"])
                 last_prune = now
@@ -319,8 +342,7 @@ def run_rq(config) -> None:
 
 def main() -> int:
     # make run sets WAHOOK_LOG_LEVEL=warning so its own output stays short.
-    level = os.environ.get("WAHOOK_LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(level=level, format="%(asctime)s worker %(levelname)s %(message)s")
+    logs.configure("worker")
     try:
         config = load_config()
     except ConfigError as exc:

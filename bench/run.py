@@ -7,7 +7,7 @@ status webhooks, each with new wamids; deliveries go to a fast asyncio receiver 
 
     BENCH_QUICK=1     fewer and shorter rounds, for trying a change (a minute or two; the full
                       run takes five or six)
-    BENCH_ONLY=a,b    only these measures: receiver, intake, drain, latency, burst, outage
+    BENCH_ONLY=a,b    only these measures: receiver, intake, drain, latency, burst, outage, metrics
     BENCH_ROOT=dir    measure the wahook checkout in `dir` instead of this one (before/after)
 """
 
@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable
 
+import metrics_scrape
 import scenarios as sc
 
 MB = 1024 * 1024
@@ -146,6 +147,19 @@ def run_outage(ws: sc.Workspace, plan: sc.Plan, table: Table) -> None:
     )
 
 
+def run_metrics(ws: sc.Workspace, plan: sc.Plan, table: Table) -> None:
+    stored = 1_000_000
+    got = metrics_scrape.measure(ws.root / "metrics", stored, rounds=max(10, plan.rounds * 10))
+    table.add(
+        f"metrics: one GET /metrics scrape, {got['stored']:,} deliveries stored ({got['series']} samples)",
+        f"median {got['ours_ms']:.1f} ms, worst {got['worst_ms']:.1f} ms",
+        f"counting deliveries by endpoint and state: {got['naive_ms']:.0f} ms",
+        f"{got['naive_ms'] / got['ours_ms']:.0f}x faster",
+        "< 50 ms",
+        got["ours_ms"] < 50,
+    )
+
+
 MEASURES: dict[str, Callable[[sc.Workspace, sc.Plan, Table], None]] = {
     "receiver": run_receiver,
     "intake": run_intake,
@@ -153,6 +167,7 @@ MEASURES: dict[str, Callable[[sc.Workspace, sc.Plan, Table], None]] = {
     "latency": run_latency,
     "burst": run_burst,
     "outage": run_outage,
+    "metrics": run_metrics,
 }
 
 

@@ -266,6 +266,18 @@ class Processes:
         self.children.append(process)
         return process
 
+    def cli(self, *args: str) -> tuple[int, dict]:
+        """`flask --app app ARGS` as a separate process on this config; (exit code, its JSON)."""
+        result = subprocess.run(
+            [sys.executable, "-m", "flask", "--app", "app", *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        return result.returncode, json.loads(result.stdout)
+
     def stop_all(self) -> None:
         for process in self.children:
             if process.poll() is None:

@@ -194,7 +194,7 @@ POST_FORMS = [
     "/monitor/redeliver/1",
     "/monitor/redeliver-failed",
 ]
-PUBLIC_RULES = {"/login", "/healthz", "/api/webhooks/whatsapp", "/static/<path:filename>"}
+PUBLIC_RULES = {"/login", "/healthz", "/metrics", "/api/webhooks/whatsapp", "/static/<path:filename>"}
 
 
 def rule_pattern(rule: str) -> re.Pattern:
