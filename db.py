@@ -235,7 +235,10 @@ def statements(script: str) -> Iterator[str]:
 
 def migrate(conn: sqlite3.Connection, migrations: list[tuple[int, str]] | None = None) -> int:
     """Bring the database to the newest version; return that version. Safe to repeat."""
-    steps = [(1, SCHEMA_PATH.read_text(encoding="utf-8"))] + (MIGRATIONS if migrations is None else migrations)
+    # By number, whatever order the list was written in: a version skipped here would never run.
+    steps = [(1, SCHEMA_PATH.read_text(encoding="utf-8"))] + sorted(
+        MIGRATIONS if migrations is None else migrations, key=lambda step: step[0]
+    )
     for version, script in steps:
         with transaction(conn):
             # Read inside the write lock: another process may have migrated meanwhile.
