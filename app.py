@@ -50,7 +50,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.config.update(test_config)
 
     db.init_app(app)
-    db.connection(config.database_path)  # create and migrate now, not on the first request
+    db.connection(config.database)  # create and migrate now, not on the first request
     app.register_blueprint(intake.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(metrics.bp)

@@ -44,6 +44,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+# storage.database starting with one of these selects PostgreSQL (see db.py).
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
 class ConfigError(Exception):
     """A configuration problem, worded for the person who wrote the file."""
 
@@ -54,14 +58,22 @@ class Config:
 
     sections: dict[str, dict[str, Any]]
     path: Path | None  # the file it came from, None when only defaults and overrides
-    database_path: Path
+    database_path: Path  # SQLite's file; with PostgreSQL, where that file would be (see data_dir)
+    database_url: str = ""  # storage.database when it is a PostgreSQL URL
+
+    @property
+    def database(self) -> str:
+        """What db.connection opens: the PostgreSQL URL, else the SQLite file's path."""
+        return self.database_url or str(self.database_path)
 
     def __getitem__(self, section: str) -> dict[str, Any]:
         return self.sections[section]
 
     @property
     def data_dir(self) -> Path:
-        """The folder holding the database; the embedded Redis and generated keys live here too."""
+        """The folder holding the database; the embedded Redis and generated keys live here too.
+
+        With PostgreSQL it is `data` next to the config file: each machine keeps its own."""
         return self.database_path.parent
 
     @property
@@ -177,7 +189,9 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any]
         merge(overrides, sections)
     _check_limits(sections)
     base = found.parent if found else Path.cwd()
-    database = Path(sections["storage"]["database"]).expanduser()
+    setting = sections["storage"]["database"]
+    url = setting if setting.startswith(POSTGRES_SCHEMES) else ""
+    database = Path(DEFAULTS["storage"]["database"] if url else setting).expanduser()
     if not database.is_absolute():
         database = base / database
-    return Config(sections=sections, path=found, database_path=database)
+    return Config(sections=sections, path=found, database_path=database, database_url=url)

@@ -1,12 +1,20 @@
-"""SQLite access: one reused connection per thread, explicit transactions, and migrations.
+"""Database access: one reused connection per thread, explicit transactions, and migrations.
+
+`storage.database` is a SQLite file (the default) or a PostgreSQL URL. Everything above
+this module writes SQLite's SQL and calls `connection`, `transaction` and `Error` here;
+pg.py translates for PostgreSQL in one place. The few questions whose SQL cannot be
+shared (the database's change counter, JSON paths) are functions here with one answer
+per engine.
 
 `schema.sql` is version 1. Each later change is appended to `MIGRATIONS` with the next
-number and is applied in one transaction together with `PRAGMA user_version`, so a crash
-half way leaves the old version, never a mix. Every process migrates at start.
+number and is applied in one transaction together with the version (`PRAGMA user_version`,
+or the `wahook_schema` table on PostgreSQL), so a crash half way leaves the old version,
+never a mix. Every process migrates at start.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -16,8 +24,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import click
+import psycopg
 from flask import Flask, current_app
 from flask.cli import with_appcontext
+
+import pg
+from config import POSTGRES_SCHEMES
+from pg import StorageError
 
 SCHEMA_PATH = Path(__file__).with_name("schema.sql")
 
@@ -122,13 +135,34 @@ BUSY_FIRST_PAUSE = 0.00005  # seconds; doubled after each busy try
 BUSY_MAX_PAUSE = 0.002
 WAL_CHECKPOINT_PAGES = 4000  # 16 MB of WAL with 4 KiB pages
 
+# What a failed statement raises on either engine, and what callers answer 503 for.
+Error = (sqlite3.Error, psycopg.Error, StorageError)
+Connection = sqlite3.Connection | pg.Connection
+Row = sqlite3.Row | pg.Row
+
 _local = threading.local()
 _migrated: set[str] = set()
 _migrate_lock = threading.Lock()
 
 
-def connect(path: str | os.PathLike) -> sqlite3.Connection:
-    """Open a new connection with the pragmas every wahook connection uses.
+def is_postgres(database: str | os.PathLike) -> bool:
+    return str(database).startswith(POSTGRES_SCHEMES)
+
+
+def engine(conn: Connection) -> str:
+    """ "postgresql" or "sqlite", for the few places whose SQL differs (claims)."""
+    return getattr(conn, "engine", "sqlite")
+
+
+def connect(database: str | os.PathLike) -> Connection:
+    """Open a new connection: PostgreSQL for a URL, else SQLite (see connect_sqlite)."""
+    if is_postgres(database):
+        return pg.connect(str(database))
+    return connect_sqlite(database)
+
+
+def connect_sqlite(path: str | os.PathLike) -> sqlite3.Connection:
+    """Open a new SQLite connection with the pragmas every wahook connection uses.
 
     isolation_level=None leaves transactions to `transaction()`, which takes the write
     lock up front (BEGIN IMMEDIATE): a deferred transaction that upgrades later can fail
@@ -150,20 +184,25 @@ def connect(path: str | os.PathLike) -> sqlite3.Connection:
     return conn
 
 
-def connection(path: str | os.PathLike) -> sqlite3.Connection:
-    """This thread's connection to `path`, opened and migrated on first use.
+def connection(database: str | os.PathLike) -> Connection:
+    """This thread's connection to `database`, opened and migrated on first use.
 
     Reused across requests and jobs: opening a connection and setting its pragmas on
-    every request costs more than the request's own work. A forked child opens its own.
+    every request costs more than the request's own work. A forked child opens its own,
+    and a PostgreSQL connection the server dropped is replaced on the next call.
     """
-    key = str(path)
+    key = str(database)
     cache = getattr(_local, "conns", None)
     if cache is None or getattr(_local, "pid", None) != os.getpid():
         cache = _local.conns = {}
         _local.pid = os.getpid()
     conn = cache.get(key)
+    if conn is not None and not getattr(conn, "usable", True):
+        with contextlib.suppress(Exception):
+            conn.close()
+        conn = None
     if conn is None:
-        conn = cache[key] = connect(path)
+        conn = cache[key] = connect(database)
         with _migrate_lock:
             if key not in _migrated:
                 migrate(conn)
@@ -174,18 +213,23 @@ def connection(path: str | os.PathLike) -> sqlite3.Connection:
 def close_all() -> None:
     """Close this thread's connections (tests and shutdown)."""
     for conn in getattr(_local, "conns", {}).values():
-        conn.close()
+        with contextlib.suppress(Exception):
+            conn.close()
     _local.conns = {}
 
 
-def begin(conn: sqlite3.Connection) -> None:
+def begin(conn: Connection) -> None:
     """BEGIN IMMEDIATE, waiting for the write lock in steps of a fraction of a millisecond.
 
     SQLite's own busy handler sleeps 1 ms, then 2, 5, 10...: several times what a
     transaction here holds the lock for, so two web processes that collide would both sit
     idle. So the first try does not wait, and then we poll, briefly at first, for at most
-    as long as busy_timeout would have waited.
+    as long as busy_timeout would have waited. PostgreSQL locks rows, not the database:
+    a plain BEGIN, and each statement waits for the rows it needs.
     """
+    if engine(conn) == "postgresql":
+        conn.execute("BEGIN")
+        return
     conn.execute("PRAGMA busy_timeout = 0")
     try:
         deadline = None
@@ -208,16 +252,22 @@ def begin(conn: sqlite3.Connection) -> None:
 
 
 @contextmanager
-def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+def transaction(conn: Connection) -> Iterator[Connection]:
     """BEGIN IMMEDIATE ... COMMIT, rolled back if the block raises."""
     begin(conn)
     try:
         yield conn
     except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
+        rollback(conn)
         raise
     conn.execute("COMMIT")
+
+
+def rollback(conn: Connection) -> None:
+    """End an open transaction; a connection that is gone has nothing left to end."""
+    with contextlib.suppress(*Error):
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
 
 
 def statements(script: str) -> Iterator[str]:
@@ -233,13 +283,19 @@ def statements(script: str) -> Iterator[str]:
         yield buffer
 
 
-def migrate(conn: sqlite3.Connection, migrations: list[tuple[int, str]] | None = None) -> int:
-    """Bring the database to the newest version; return that version. Safe to repeat."""
-    # By number, whatever order the list was written in: a version skipped here would never run.
-    steps = [(1, SCHEMA_PATH.read_text(encoding="utf-8"))] + sorted(
+def steps(migrations: list[tuple[int, str]] | None = None) -> list[tuple[int, str]]:
+    """(version, SQLite SQL) from schema.sql up, by number, whatever order the list was
+    written in: a version skipped here would never run."""
+    return [(1, SCHEMA_PATH.read_text(encoding="utf-8"))] + sorted(
         MIGRATIONS if migrations is None else migrations, key=lambda step: step[0]
     )
-    for version, script in steps:
+
+
+def migrate(conn: Connection, migrations: list[tuple[int, str]] | None = None) -> int:
+    """Bring the database to the newest version; return that version. Safe to repeat."""
+    if engine(conn) == "postgresql":
+        return pg.migrate(conn, steps(migrations))
+    for version, script in steps(migrations):
         with transaction(conn):
             # Read inside the write lock: another process may have migrated meanwhile.
             if conn.execute("PRAGMA user_version").fetchone()[0] >= version:
@@ -250,26 +306,43 @@ def migrate(conn: sqlite3.Connection, migrations: list[tuple[int, str]] | None =
     return conn.execute("PRAGMA user_version").fetchone()[0]
 
 
-def get_db() -> sqlite3.Connection:
+def data_version(conn: Connection) -> int:
+    """A number that changes when another connection commits (workers poll it to wake)."""
+    if engine(conn) == "postgresql":
+        return pg.data_version(conn)
+    return conn.execute("PRAGMA data_version").fetchone()[0]
+
+
+def json_values(conn: Connection, column: str, paths: list[str]) -> str:
+    """SQL for a JSON array text of the values at these dotted paths of a JSON text column
+    (NULL on SQLite when the text is not JSON; wahook only stores JSON there)."""
+    if engine(conn) == "postgresql":
+        return pg.json_values(column, paths)
+    listed = ", ".join(f"'$.{p}'" for p in paths)
+    return f"CASE WHEN json_valid({column}) THEN json_extract({column}, {listed}) END"
+
+
+def get_db() -> Connection:
     """The current app's database connection for this thread."""
-    return connection(current_app.config["WAHOOK"].database_path)
+    return connection(current_app.config["WAHOOK"].database)
 
 
 def _end_request(exc: BaseException | None) -> None:
     # The connection stays open for the next request; a transaction must not.
     conns = getattr(_local, "conns", {})
-    conn = conns.get(str(current_app.config["WAHOOK"].database_path))
-    if conn is not None and conn.in_transaction:
-        conn.execute("ROLLBACK")
+    conn = conns.get(current_app.config["WAHOOK"].database)
+    if conn is not None:
+        rollback(conn)
 
 
 @click.command("init-db")
 @with_appcontext
 def init_db_command() -> None:
     """Create the database and apply every pending migration."""
-    path = current_app.config["WAHOOK"].database_path
-    version = migrate(connection(path))
-    click.echo(f"database {path} at schema version {version}")
+    config = current_app.config["WAHOOK"]
+    version = migrate(connection(config.database))
+    shown = pg.redacted(config.database_url) if config.database_url else config.database_path
+    click.echo(f"database {shown} at schema version {version}")
 
 
 def init_app(app: Flask) -> None:

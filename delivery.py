@@ -16,10 +16,10 @@ import hashlib
 import hmac
 import json
 import secrets
-import sqlite3
 import time
 from dataclasses import dataclass
 
+import db
 import endpoints
 import outbox
 import safe_http
@@ -70,7 +70,7 @@ def signature_headers(secret: str, message_id: str, timestamp: int, body: bytes)
     }
 
 
-def payloads(conn: sqlite3.Connection, deliveries: list[sqlite3.Row]) -> dict[int, bytes]:
+def payloads(conn: db.Connection, deliveries: list[db.Row]) -> dict[int, bytes]:
     """The exact bytes to POST for each delivery: the event's JSON, or the original Meta body for
     meta format. Two queries for a whole batch: {delivery id: bytes}, pruned ones left out."""
     wanted: dict[tuple[str, int], list[int]] = {}
@@ -95,7 +95,7 @@ def payloads(conn: sqlite3.Connection, deliveries: list[sqlite3.Row]) -> dict[in
     return found
 
 
-def build_headers(endpoint: sqlite3.Row, delivery: sqlite3.Row, body: bytes) -> dict[str, str]:
+def build_headers(endpoint: db.Row, delivery: db.Row, body: bytes) -> dict[str, str]:
     headers = {
         "Content-Type": "application/json",
         "User-Agent": USER_AGENT,
@@ -123,9 +123,7 @@ def retry_after_seconds(value: str | None) -> float | None:
         return None
 
 
-def send(
-    sender: safe_http.Sender, endpoint: sqlite3.Row, delivery: sqlite3.Row, body: bytes, timeout: float
-) -> Outcome:
+def send(sender: safe_http.Sender, endpoint: db.Row, delivery: db.Row, body: bytes, timeout: float) -> Outcome:
     """One HTTP attempt; every way it can go wrong comes back as an Outcome."""
     started = time.monotonic()
     try:
@@ -148,7 +146,7 @@ def send(
     return Outcome(False, code, response.duration_ms, error, text, retry_after)
 
 
-def next_step(config, delivery: sqlite3.Row, outcome: Outcome, now: float) -> tuple[str, int, float]:
+def next_step(config, delivery: db.Row, outcome: Outcome, now: float) -> tuple[str, int, float]:
     """(state, attempts in this cycle, next attempt time) after `outcome`."""
     attempts = delivery["attempts"] + 1
     if outcome.ok:
@@ -163,7 +161,7 @@ def next_step(config, delivery: sqlite3.Row, outcome: Outcome, now: float) -> tu
     return "retrying", attempts, now + delay
 
 
-def record(conn: sqlite3.Connection, config, owner: str, results: list[tuple[sqlite3.Row, Outcome]]) -> None:
+def record(conn: db.Connection, config, owner: str, results: list[tuple[db.Row, Outcome]]) -> None:
     """Store the attempts and move each delivery on, in one transaction for the batch."""
     now = time.time()
     gone: dict[int, str] = {}
@@ -180,20 +178,20 @@ def record(conn: sqlite3.Connection, config, owner: str, results: list[tuple[sql
             outbox.fail_leased(conn, owner, f"endpoint disabled: {reason}", endpoint_id=endpoint_id)
 
 
-def fail_unsendable(conn: sqlite3.Connection, owner: str, deliveries: list[sqlite3.Row], reason: str) -> None:
+def fail_unsendable(conn: db.Connection, owner: str, deliveries: list[db.Row], reason: str) -> None:
     """End deliveries that cannot be sent at all (endpoint deleted or disabled, payload pruned)."""
     with transaction(conn):
         outbox.fail_leased(conn, owner, reason, ids=[d["id"] for d in deliveries])
 
 
 def deliver_claimed(
-    conn: sqlite3.Connection,
+    conn: db.Connection,
     config,
     sender: safe_http.Sender,
     endpoint_id: int | None,
-    claimed: list[sqlite3.Row],
+    claimed: list[db.Row],
     owner: str,
-) -> list[tuple[sqlite3.Row, Outcome]]:
+) -> list[tuple[db.Row, Outcome]]:
     """Send and record deliveries of one endpoint that `owner` has leased, one after another.
 
     The lease covers one attempt; before each further attempt of a slow batch the whole
@@ -233,7 +231,7 @@ def deliver_claimed(
     return results
 
 
-def send_test(conn: sqlite3.Connection, config, endpoint_id: int) -> Outcome:
+def send_test(conn: db.Connection, config, endpoint_id: int) -> Outcome:
     """Deliver a signed `webhook.test` event to one endpoint now, in this process.
 
     It is stored like any delivery (so it shows on the monitor) but gets no retries:

@@ -12,10 +12,10 @@ import binascii
 import json
 import re
 import secrets
-import sqlite3
 import time
 from typing import Any
 
+import db
 import outbox
 import safe_http
 from db import transaction
@@ -124,7 +124,7 @@ def check_fields(config, values: dict[str, Any]) -> dict[str, Any]:
     return cleaned
 
 
-def as_dict(row: sqlite3.Row, show_secret: bool = False) -> dict[str, Any]:
+def as_dict(row: db.Row, show_secret: bool = False) -> dict[str, Any]:
     """An endpoint as the CLI prints it and the pages show it."""
     return {
         "id": row["id"],
@@ -139,15 +139,15 @@ def as_dict(row: sqlite3.Row, show_secret: bool = False) -> dict[str, Any]:
     }
 
 
-def get(conn: sqlite3.Connection, endpoint_id: int) -> sqlite3.Row | None:
+def get(conn: db.Connection, endpoint_id: int) -> db.Row | None:
     return conn.execute("SELECT * FROM endpoints WHERE id = ?", (endpoint_id,)).fetchone()
 
 
-def list_all(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+def list_all(conn: db.Connection) -> list[db.Row]:
     return conn.execute("SELECT * FROM endpoints ORDER BY id").fetchall()
 
 
-def create(conn: sqlite3.Connection, config, url: str, **fields: Any) -> sqlite3.Row:
+def create(conn: db.Connection, config, url: str, **fields: Any) -> db.Row:
     """Add an endpoint; a secret is generated unless one is given. Raises EndpointError."""
     values = check_fields(config, {"url": url, **fields})
     values.setdefault("secret", generate_secret())
@@ -157,13 +157,13 @@ def create(conn: sqlite3.Connection, config, url: str, **fields: Any) -> sqlite3
     columns = ", ".join(values)
     with transaction(conn):
         endpoint_id = conn.execute(
-            f"INSERT INTO endpoints ({columns}) VALUES ({', '.join('?' for _ in values)})",  # noqa: S608 (names are ours)
+            f"INSERT INTO endpoints ({columns}) VALUES ({', '.join('?' for _ in values)}) RETURNING id",  # noqa: S608
             tuple(values.values()),
-        ).lastrowid
+        ).fetchone()[0]
     return get(conn, endpoint_id)
 
 
-def update(conn: sqlite3.Connection, config, endpoint_id: int, **fields: Any) -> sqlite3.Row:
+def update(conn: db.Connection, config, endpoint_id: int, **fields: Any) -> db.Row:
     """Change some fields of an endpoint. Raises EndpointError, or KeyError if it is gone."""
     values = check_fields(config, fields)
     values["updated_at"] = time.time()
@@ -178,7 +178,7 @@ def update(conn: sqlite3.Connection, config, endpoint_id: int, **fields: Any) ->
     return get(conn, endpoint_id)
 
 
-def rotate_secret(conn: sqlite3.Connection, endpoint_id: int) -> str:
+def rotate_secret(conn: db.Connection, endpoint_id: int) -> str:
     """Give the endpoint a new generated secret and return it (shown once, in full)."""
     secret = generate_secret()
     with transaction(conn):
@@ -189,7 +189,7 @@ def rotate_secret(conn: sqlite3.Connection, endpoint_id: int) -> str:
     return secret
 
 
-def mark_disabled(conn: sqlite3.Connection, endpoint_id: int, reason: str) -> None:
+def mark_disabled(conn: db.Connection, endpoint_id: int, reason: str) -> None:
     """Stop sending to an endpoint (a 410 from it, or the admin), failing what was waiting.
     Call inside a transaction; `disable` is the same in one of its own."""
     conn.execute(
@@ -199,12 +199,12 @@ def mark_disabled(conn: sqlite3.Connection, endpoint_id: int, reason: str) -> No
     outbox.fail_waiting(conn, endpoint_id, f"endpoint disabled: {reason}")
 
 
-def disable(conn: sqlite3.Connection, endpoint_id: int, reason: str) -> None:
+def disable(conn: db.Connection, endpoint_id: int, reason: str) -> None:
     with transaction(conn):
         mark_disabled(conn, endpoint_id, reason)
 
 
-def remove(conn: sqlite3.Connection, endpoint_id: int) -> bool:
+def remove(conn: db.Connection, endpoint_id: int) -> bool:
     """Delete an endpoint. Its waiting deliveries end as failed; the history stays."""
     with transaction(conn):
         outbox.fail_waiting(conn, endpoint_id, "endpoint deleted")

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sqlite3
 from typing import Any
 
 from flask import Blueprint, Response, abort, render_template, request
 
+import db
 from db import get_db
 
 bp = Blueprint("eventlog", __name__)
@@ -69,15 +69,14 @@ def summary(name: str, fields: dict[str, Any]) -> str:
     return text if len(text) <= SUMMARY_CHARS else text[: SUMMARY_CHARS - 1] + "…"
 
 
-def events_of(conn: sqlite3.Connection, webhook_ids: list[int], full: bool = False) -> dict[int, list[dict]]:
+def events_of(conn: db.Connection, webhook_ids: list[int], full: bool = False) -> dict[int, list[dict]]:
     """The events of these webhooks, each with its deliveries, grouped by webhook row id."""
     if not webhook_ids:
         return {}
     marks = ",".join("?" for _ in webhook_ids)
-    paths = ", ".join(f"'$.{p}'" for p in SUMMARY_PATHS)
     rows = conn.execute(
         f"SELECT id, event_id, webhook_id, name, created_at, {'body' if full else 'NULL AS body'},"  # noqa: S608
-        f" CASE WHEN json_valid(body) THEN json_extract(body, {paths}) END AS fields"
+        f" {db.json_values(conn, 'body', list(SUMMARY_PATHS))} AS fields"
         f" FROM events WHERE webhook_id IN ({marks}) ORDER BY id",
         webhook_ids,
     ).fetchall()
@@ -100,10 +99,10 @@ def events_of(conn: sqlite3.Connection, webhook_ids: list[int], full: bool = Fal
     return grouped
 
 
-def deliveries_of(conn: sqlite3.Connection, webhook_ids: list[int]) -> dict[tuple[str, int], list[sqlite3.Row]]:
+def deliveries_of(conn: db.Connection, webhook_ids: list[int]) -> dict[tuple[str, int], list[db.Row]]:
     """Deliveries keyed by ("event", event row id), or ("webhook", webhook row id) for the meta format."""
     marks = ",".join("?" for _ in webhook_ids)
-    result: dict[tuple[str, int], list[sqlite3.Row]] = {}
+    result: dict[tuple[str, int], list[db.Row]] = {}
     for row in conn.execute(
         "SELECT d.*, e.enabled AS endpoint_enabled FROM deliveries d LEFT JOIN endpoints e"  # noqa: S608 (placeholders)
         f" ON e.id = d.endpoint_id WHERE d.webhook_id IN ({marks}) ORDER BY d.id",
@@ -114,7 +113,7 @@ def deliveries_of(conn: sqlite3.Connection, webhook_ids: list[int]) -> dict[tupl
     return result
 
 
-def find_webhook(conn: sqlite3.Connection, ref: str) -> sqlite3.Row | None:
+def find_webhook(conn: db.Connection, ref: str) -> db.Row | None:
     """A webhook by its row id (`/events/12`) or its public id (`/events/whk_…`)."""
     column = "id" if ref.isdigit() else "webhook_id"
     if column == "id" and len(ref) > 18:

@@ -14,12 +14,12 @@ import logging
 import math
 import re
 import secrets
-import sqlite3
 import time
 
 from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+import db
 import events as meta_events
 import jobs
 import outbox
@@ -86,10 +86,10 @@ def count_rejection(reason: str) -> None:
         with transaction(conn):
             conn.execute(
                 "INSERT INTO rejections (minute, reason, count) VALUES (?, ?, 1)"
-                " ON CONFLICT (minute, reason) DO UPDATE SET count = count + 1",
+                " ON CONFLICT (minute, reason) DO UPDATE SET count = rejections.count + 1",
                 (int(time.time() // 60), reason),
             )
-    except sqlite3.Error as exc:
+    except db.Error as exc:
         log.warning("could not count a rejected signature: %s", exc)
 
 
@@ -163,7 +163,7 @@ def receive() -> Response:
         drawn = []
     try:
         new_deliveries = store(get_db(), raw, body, drawn, received_at)
-    except sqlite3.Error as exc:
+    except db.Error as exc:
         log.error("could not store a webhook, answering 503 so Meta retries: %s", exc)
         return text("storage unavailable, retry later", 503)
     if new_deliveries:
@@ -176,7 +176,7 @@ def encode_event(body: dict) -> str:
     return meta_events.storable(json.dumps(body, ensure_ascii=False, separators=(",", ":")))
 
 
-def store(conn: sqlite3.Connection, raw: bytes, body: dict, drawn: list, received_at: float) -> int:
+def store(conn: db.Connection, raw: bytes, body: dict, drawn: list, received_at: float) -> int:
     """Write the webhook, its new events and their deliveries in one transaction.
 
     Returns how many deliveries were created. A duplicate event (its dedupe key is
@@ -201,7 +201,7 @@ def store(conn: sqlite3.Connection, raw: bytes, body: dict, drawn: list, receive
     with transaction(conn):
         webhook_id = conn.execute(
             "INSERT INTO webhooks (webhook_id, received_at, object, fields, event_count, body)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
+            " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
             (
                 webhook_public_id,
                 received_at,
@@ -210,7 +210,7 @@ def store(conn: sqlite3.Connection, raw: bytes, body: dict, drawn: list, receive
                 len(drawn),
                 raw,
             ),
-        ).lastrowid
+        ).fetchone()[0]
         new = [
             outbox.NewEvent(event.body["event_id"], event.name, event.dedupe_key, text_body)
             for event, text_body in zip(drawn, encoded, strict=True)

@@ -122,7 +122,7 @@ def wake(config) -> bool:
     Redis is down the sweeper catches up."""
     url = redis_url(config)
     started = time.monotonic()
-    quiet = (url, str(config.database_path))
+    quiet = (url, config.database)
     if started < _quiet_until.get(quiet, 0.0):
         return True  # the key had not expired: whoever set it sees this commit
     if started < _down_until.get(url, 0.0):

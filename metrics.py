@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import sqlite3
 import time
 from collections.abc import Iterator
 
@@ -22,6 +21,7 @@ from flask import Blueprint, Response, current_app, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+import db
 import silence
 from db import get_db
 
@@ -33,11 +33,11 @@ DELIVERY_STATES = ("pending", "retrying", "delivered", "failed")
 ATTEMPT_RESULTS = ("success", "failure")
 
 
-def totals(conn: sqlite3.Connection, kind: str) -> list[sqlite3.Row]:
+def totals(conn: db.Connection, kind: str) -> list[db.Row]:
     return conn.execute("SELECT label, label2, value FROM metric_totals WHERE kind = ?", (kind,)).fetchall()
 
 
-def collect(conn: sqlite3.Connection, config, now: float | None = None) -> Iterator[Metric]:
+def collect(conn: db.Connection, config, now: float | None = None) -> Iterator[Metric]:
     """Every wahook series, as prometheus_client metric families."""
     now = time.time() if now is None else now
     endpoint_ids = [str(row[0]) for row in conn.execute("SELECT id FROM endpoints ORDER BY id")]
@@ -111,20 +111,22 @@ def collect(conn: sqlite3.Connection, config, now: float | None = None) -> Itera
 class _Scrape:
     """The one-off registry prometheus_client's writer asks for metric families."""
 
-    def __init__(self, conn: sqlite3.Connection, config) -> None:
+    def __init__(self, conn: db.Connection, config) -> None:
         self.conn, self.config = conn, config
 
     def collect(self) -> Iterator[Metric]:
         return collect(self.conn, self.config)
 
 
-def render(conn: sqlite3.Connection, config) -> bytes:
+def render(conn: db.Connection, config) -> bytes:
     """The exposition text of every series, read in one snapshot of the database."""
-    conn.execute("BEGIN")  # one read transaction: the numbers agree with each other
+    # One read transaction: the numbers agree with each other (on PostgreSQL, one snapshot
+    # needs REPEATABLE READ; READ COMMITTED takes a new one per statement).
+    conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ" if db.engine(conn) == "postgresql" else "BEGIN")
     try:
         return generate_latest(_Scrape(conn, config))  # type: ignore[arg-type]
     finally:
-        conn.execute("ROLLBACK")
+        db.rollback(conn)
 
 
 def authorized(token: str) -> bool:
@@ -152,7 +154,7 @@ def scrape() -> Response:
         )
     try:
         body = render(get_db(), config)
-    except sqlite3.Error as exc:
+    except db.Error as exc:
         log.error("metrics could not be read: %s", exc)
         return Response(f"database unavailable: {exc}\n", status=503, mimetype="text/plain")
     return Response(body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -8,13 +8,13 @@ the intake's last webhook from `webhooks` and forged or broken signatures from
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 
+import db
 import endpoints
 import health
 import jobs
@@ -49,8 +49,8 @@ class EndpointHealth:
     failed: int = 0
     streak: int = 0  # failed attempts since the last success
     failing_since: float | None = None
-    last_attempt: sqlite3.Row | None = None
-    last_error: sqlite3.Row | None = None  # the newest failed attempt of the last day
+    last_attempt: db.Row | None = None
+    last_error: db.Row | None = None  # the newest failed attempt of the last day
 
     @property
     def state(self) -> str:
@@ -64,15 +64,17 @@ class EndpointHealth:
         return "healthy"
 
 
-def endpoint_health(conn: sqlite3.Connection, now: float) -> list[EndpointHealth]:
+def endpoint_health(conn: db.Connection, now: float) -> list[EndpointHealth]:
     """Each configured endpoint's rates, open deliveries, failure streak and last error."""
     rows = {
         row["id"]: EndpointHealth(row["id"], row["url"], bool(row["enabled"]), row["disabled_reason"])
         for row in endpoints.list_all(conn)
     }
     for row in conn.execute(
-        "SELECT endpoint_id, count(*) AS day_total, sum(ok) AS day_ok, sum(attempted_at >= ?) AS hour_total,"
-        " sum(ok AND attempted_at >= ?) AS hour_ok FROM attempts WHERE attempted_at >= ? GROUP BY endpoint_id",
+        "SELECT endpoint_id, count(*) AS day_total, sum(ok) AS day_ok,"
+        " sum(CASE WHEN attempted_at >= ? THEN 1 ELSE 0 END) AS hour_total,"
+        " sum(CASE WHEN ok <> 0 AND attempted_at >= ? THEN 1 ELSE 0 END) AS hour_ok"
+        " FROM attempts WHERE attempted_at >= ? GROUP BY endpoint_id",
         (now - HOUR, now - HOUR, now - DAY),
     ):
         if row["endpoint_id"] in rows:
@@ -131,13 +133,13 @@ def nice_top(value: int) -> int:
         step *= 10
 
 
-def chart(conn: sqlite3.Connection, now: float) -> Chart:
+def chart(conn: db.Connection, now: float) -> Chart:
     this_minute = int(now // 60)
     first = this_minute - CHART_MINUTES + 1
     counts = {
         row[0]: (row[1], row[2])
         for row in conn.execute(
-            "SELECT CAST(attempted_at / 60 AS INTEGER) AS minute, sum(ok), sum(1 - ok) FROM attempts"
+            "SELECT CAST(attempted_at AS BIGINT) / 60 AS minute, sum(ok), sum(1 - ok) FROM attempts"
             " WHERE attempted_at >= ? GROUP BY minute",
             (first * 60,),
         )
@@ -166,7 +168,7 @@ def chart(conn: sqlite3.Connection, now: float) -> Chart:
     return result
 
 
-def recent_attempts(conn: sqlite3.Connection, before: int | None) -> tuple[list[sqlite3.Row], int | None]:
+def recent_attempts(conn: db.Connection, before: int | None) -> tuple[list[db.Row], int | None]:
     """A page of attempts, newest first, and the id to pass as `before` for the next page."""
     where, params = ("WHERE a.id < ?", [before]) if before else ("", [])
     rows = conn.execute(
@@ -180,7 +182,7 @@ def recent_attempts(conn: sqlite3.Connection, before: int | None) -> tuple[list[
     return rows, rows[-1]["id"] if more else None
 
 
-def failed_deliveries(conn: sqlite3.Connection) -> tuple[list[sqlite3.Row], int]:
+def failed_deliveries(conn: db.Connection) -> tuple[list[db.Row], int]:
     rows = conn.execute(
         "SELECT d.*, e.enabled AS endpoint_enabled FROM deliveries d LEFT JOIN endpoints e ON e.id = d.endpoint_id"
         " WHERE d.state = 'failed' ORDER BY d.updated_at DESC, d.id DESC LIMIT ?",
@@ -190,7 +192,7 @@ def failed_deliveries(conn: sqlite3.Connection) -> tuple[list[sqlite3.Row], int]
     return rows, total
 
 
-def intake_summary(conn: sqlite3.Connection, now: float) -> dict[str, Any]:
+def intake_summary(conn: db.Connection, now: float) -> dict[str, Any]:
     """The last Meta webhook and the signatures refused in the last hour and day."""
 
     def rejected(seconds: int) -> int:
@@ -209,7 +211,7 @@ def intake_summary(conn: sqlite3.Connection, now: float) -> dict[str, Any]:
     }
 
 
-def worker_summary(conn: sqlite3.Connection, now: float) -> dict[str, Any]:
+def worker_summary(conn: db.Connection, now: float) -> dict[str, Any]:
     row = conn.execute(
         "SELECT count(*), max(seen_at) FROM workers WHERE seen_at >= ?", (now - health.WORKER_SILENCE_LIMIT,)
     ).fetchone()

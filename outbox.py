@@ -16,11 +16,11 @@ transaction" leave the transaction to the caller, so one commit can cover more t
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import db
 from db import transaction
 from events import OPERATIONAL_EVENTS, event_id_for, iso
 
@@ -58,7 +58,7 @@ def selects(wanted: Iterable[str], name: str) -> bool:
     return any(entry.endswith(".*") and name.startswith(entry[:-1]) for entry in wanted)
 
 
-def targets(conn: sqlite3.Connection) -> list[Target]:
+def targets(conn: db.Connection) -> list[Target]:
     """Every enabled endpoint with its filter, read once per transaction that fans out."""
     return [
         Target(row["id"], row["url"], row["format"], frozenset(json.loads(row["events"] or "[]")))
@@ -77,7 +77,7 @@ class NewEvent:
 
 
 def add_events(
-    conn: sqlite3.Connection,
+    conn: db.Connection,
     new: list[NewEvent],
     created_at: float,
     *,
@@ -121,7 +121,7 @@ def add_events(
     return new_names, len(rows)
 
 
-def add_event_row(conn: sqlite3.Connection, event: NewEvent, created_at: float, webhook_row: int | None = None):
+def add_event_row(conn: db.Connection, event: NewEvent, created_at: float, webhook_row: int | None = None):
     """Store one event without fanning it out; its row id, or None for a duplicate."""
     inserted = conn.execute(
         "INSERT INTO events (event_id, webhook_id, name, dedupe_key, created_at, body)"
@@ -132,8 +132,8 @@ def add_event_row(conn: sqlite3.Connection, event: NewEvent, created_at: float, 
 
 
 def add_leased(
-    conn: sqlite3.Connection, endpoint_id: int, url: str, event_row: int, event: NewEvent, owner: str, until: float
-) -> sqlite3.Row:
+    conn: db.Connection, endpoint_id: int, url: str, event_row: int, event: NewEvent, owner: str, until: float
+) -> db.Row:
     """A delivery that `owner` holds from the start (a test send): no worker may take it. Call
     inside a transaction."""
     now = time.time()
@@ -144,7 +144,7 @@ def add_leased(
     ).fetchone()
 
 
-def claim(conn: sqlite3.Connection, ids: list[int], owner: str, lease_seconds: float) -> list[sqlite3.Row]:
+def claim(conn: db.Connection, ids: list[int], owner: str, lease_seconds: float) -> list[db.Row]:
     """Take the leases of those `ids` that are due and not leased by anyone; return them."""
     if not ids:
         return []
@@ -160,28 +160,36 @@ def claim(conn: sqlite3.Connection, ids: list[int], owner: str, lease_seconds: f
 
 
 def claim_next(
-    conn: sqlite3.Connection, endpoint_id: int | None, owner: str, lease_seconds: float, limit: int
-) -> list[sqlite3.Row]:
+    conn: db.Connection, endpoint_id: int | None, owner: str, lease_seconds: float, limit: int
+) -> list[db.Row]:
     """Lease the endpoint's `limit` longest-due deliveries that nobody holds; return them.
 
     The read that picks them takes no lock, so a lane with nothing to do never queues for
     the write lock; the claim itself re-checks every condition, so two workers reading the
     same ids cannot both win one.
+
+    On PostgreSQL it is one statement instead: rows another worker is claiming right now
+    are skipped (FOR UPDATE SKIP LOCKED), so workers on several machines never queue
+    behind each other's claims.
     """
     now = time.time()
-    ids = [
-        row[0]
-        for row in conn.execute(
-            f"SELECT id FROM deliveries WHERE endpoint_id IS ? AND {_ACTIVE_SQL}"  # noqa: S608
-            " AND next_attempt_at <= ? AND (lease_until IS NULL OR lease_until < ?)"
-            " ORDER BY next_attempt_at LIMIT ?",
-            (endpoint_id, now, now, limit),
-        )
-    ]
+    due = (
+        f"SELECT id FROM deliveries WHERE endpoint_id IS ? AND {_ACTIVE_SQL}"  # noqa: S608
+        " AND next_attempt_at <= ? AND (lease_until IS NULL OR lease_until < ?)"
+        " ORDER BY next_attempt_at LIMIT ?"
+    )
+    if db.engine(conn) == "postgresql":
+        with transaction(conn):
+            return conn.execute(
+                f"UPDATE deliveries SET lease_owner = ?, lease_until = ? WHERE id IN ({due} FOR UPDATE SKIP LOCKED)"  # noqa: S608
+                " RETURNING *",
+                (owner, now + lease_seconds, endpoint_id, now, now, limit),
+            ).fetchall()
+    ids = [row[0] for row in conn.execute(due, (endpoint_id, now, now, limit))]
     return claim(conn, ids, owner, lease_seconds)
 
 
-def extend_lease(conn: sqlite3.Connection, ids: list[int], owner: str, until: float) -> None:
+def extend_lease(conn: db.Connection, ids: list[int], owner: str, until: float) -> None:
     with transaction(conn):
         conn.execute(
             f"UPDATE deliveries SET lease_until = ? WHERE id IN ({','.join('?' for _ in ids)})"  # noqa: S608
@@ -190,7 +198,7 @@ def extend_lease(conn: sqlite3.Connection, ids: list[int], owner: str, until: fl
         )
 
 
-def due_endpoints(conn: sqlite3.Connection) -> list[int | None]:
+def due_endpoints(conn: db.Connection) -> list[int | None]:
     """The endpoints (None for deleted ones) with a delivery that is due and that nobody holds.
 
     One indexed look-up per endpoint, however many deliveries wait, so it is cheap enough
@@ -214,7 +222,7 @@ def due_endpoints(conn: sqlite3.Connection) -> list[int | None]:
     return found
 
 
-def record_attempt(conn: sqlite3.Connection, delivery: sqlite3.Row, at: float, outcome) -> None:
+def record_attempt(conn: db.Connection, delivery: db.Row, at: float, outcome) -> None:
     """Keep one attempt's outcome in the history. Call inside a transaction."""
     conn.execute(
         "INSERT INTO attempts (delivery_id, endpoint_id, attempted_at, duration_ms, status_code, ok, error,"
@@ -233,7 +241,7 @@ def record_attempt(conn: sqlite3.Connection, delivery: sqlite3.Row, at: float, o
 
 
 def finish(
-    conn: sqlite3.Connection,
+    conn: db.Connection,
     delivery_id: int,
     owner: str,
     state: str,
@@ -267,9 +275,7 @@ def finish(
     )
 
 
-def fail_leased(
-    conn: sqlite3.Connection, owner: str, reason: str, *, ids: list[int] | None = None, endpoint_id=None
-) -> int:
+def fail_leased(conn: db.Connection, owner: str, reason: str, *, ids: list[int] | None = None, endpoint_id=None) -> int:
     """End deliveries `owner` holds as failed: those `ids`, or all of one endpoint's. Call inside
     a transaction."""
     now = time.time()
@@ -286,7 +292,7 @@ def fail_leased(
     ).rowcount
 
 
-def fail_waiting(conn: sqlite3.Connection, endpoint_id: int, reason: str) -> int:
+def fail_waiting(conn: db.Connection, endpoint_id: int, reason: str) -> int:
     """End the endpoint's pending and retrying deliveries as failed. Call inside a transaction.
 
     A delivery a worker is sending right now is left to it: its outcome is recorded, and if
@@ -302,7 +308,7 @@ def fail_waiting(conn: sqlite3.Connection, endpoint_id: int, reason: str) -> int
 
 
 def redeliver(
-    conn: sqlite3.Connection,
+    conn: db.Connection,
     *,
     ids: list[int] | None = None,
     failed_only: bool = True,
@@ -336,7 +342,7 @@ def redeliver(
 
 
 def publish(
-    conn: sqlite3.Connection,
+    conn: db.Connection,
     name: str,
     data: dict,
     *,

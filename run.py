@@ -366,7 +366,9 @@ def run(launcher: Launcher) -> int:
     check_port_free(host, port)
 
     try:
-        db.connection(config.database_path)  # creates it and applies pending migrations
+        db.connection(config.database)  # creates it and applies pending migrations
+    except db.StorageError as exc:
+        raise LaunchError(str(exc)) from None
     except Exception as exc:
         raise LaunchError(f"cannot open the database {config.database_path}: {exc}") from None
     finally:

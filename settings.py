@@ -12,7 +12,6 @@ across a redirect.
 from __future__ import annotations
 
 import os
-import sqlite3
 import time
 from typing import Any
 
@@ -28,6 +27,7 @@ from flask import (
     url_for,
 )
 
+import db
 import delivery
 import endpoints
 from db import get_db
@@ -48,7 +48,7 @@ def callback_url() -> str:
     return base.rstrip("/") + url_for("intake.receive")
 
 
-def endpoint_or_404(endpoint_id: int) -> sqlite3.Row:
+def endpoint_or_404(endpoint_id: int) -> db.Row:
     row = endpoints.get(get_db(), endpoint_id)
     if row is None:
         abort(404)
@@ -62,7 +62,7 @@ def form_events() -> list[str]:
     return names
 
 
-def form_values(row: sqlite3.Row | None = None) -> dict[str, Any]:
+def form_values(row: db.Row | None = None) -> dict[str, Any]:
     """What the add or edit form shows: the endpoint's values, or what was just typed."""
     if request.method == "POST":
         events = form_events()

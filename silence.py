@@ -8,10 +8,10 @@ is read from the database when asked.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import dataclass
 
+import db
 import outbox
 from db import transaction
 from events import iso
@@ -32,7 +32,7 @@ class Quiet:
         return f"gateway.silent:{self.since!r}"
 
 
-def state(conn: sqlite3.Connection, config, now: float | None = None) -> Quiet:
+def state(conn: db.Connection, config, now: float | None = None) -> Quiet:
     """Whether Meta has been quiet for `meta.silence_hours` while an endpoint is enabled."""
     hours = float(config["meta"]["silence_hours"])
     if hours <= 0:
@@ -46,7 +46,7 @@ def state(conn: sqlite3.Connection, config, now: float | None = None) -> Quiet:
     return Quiet(hours, since, now - since >= hours * 3600)
 
 
-def check(conn: sqlite3.Connection, config, now: float | None = None) -> str | None:
+def check(conn: db.Connection, config, now: float | None = None) -> str | None:
     """Send `gateway.silent` once per silent period; the new event's id, or None.
 
     A read first, so a gateway that stays silent for days does not take the write lock
@@ -66,6 +66,6 @@ def check(conn: sqlite3.Connection, config, now: float | None = None) -> str | N
         )
 
 
-def health_value(conn: sqlite3.Connection, config) -> str:
+def health_value(conn: db.Connection, config) -> str:
     """/healthz's "meta": "silent" or "ok" (a quiet Meta is an alarm, not an outage)."""
     return "silent" if state(conn, config).silent else "ok"

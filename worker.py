@@ -103,7 +103,7 @@ class Lane:
                 size = 1 if self.slow else FAST_BATCH
             claimed: list = []
             try:
-                conn = db.connection(self.dispatcher.config.database_path)
+                conn = db.connection(self.dispatcher.config.database)
                 claimed = outbox.claim_next(conn, self.endpoint_id, self.dispatcher.name, self.lease, size)
                 # A full batch: there is likely more, for another thread, once an attempt has
                 # shown the endpoint answers at all (a first 410 should end everything at once).
@@ -174,7 +174,7 @@ class Dispatcher:
         with self.pump_lock:
             if self.stopping.is_set():
                 return 0
-            conn = db.connection(self.config.database_path)
+            conn = db.connection(self.config.database)
             found = outbox.due_endpoints(conn)
             for endpoint_id in found:
                 lane = self.lanes.get(endpoint_id)
@@ -206,7 +206,7 @@ class Dispatcher:
         """While awake: pump whenever the database changed. Renew the wake key while there is
         work; once there has been none for AWAKE_IDLE, stop renewing, and stop watching only
         when the key has surely expired, since until then commits rely on this watch."""
-        conn = db.connect(self.config.database_path)  # its own: data_version counts others' commits
+        conn = db.connect(self.config.database)  # its own: data_version counts others' commits
         try:
             while not self.stopping.is_set():
                 if not self.awake.wait(0.5):
@@ -215,7 +215,7 @@ class Dispatcher:
                 last_found = renewed = time.monotonic()
                 while not self.stopping.wait(WATCH_INTERVAL):
                     now = time.monotonic()
-                    changed = conn.execute("PRAGMA data_version").fetchone()[0]
+                    changed = db.data_version(conn)
                     if changed != version:
                         version = changed
                         if self.pump():
@@ -304,7 +304,7 @@ def sweep(dispatcher: Dispatcher) -> None:
     last_beat = last_prune = 0.0
     while not dispatcher.stopping.is_set():
         try:
-            conn = db.connection(dispatcher.config.database_path)
+            conn = db.connection(dispatcher.config.database)
             now = time.monotonic()
             if now - last_beat >= HEARTBEAT_INTERVAL:
                 heartbeat(conn, dispatcher.name, started)
@@ -348,7 +348,7 @@ def main() -> int:
     except ConfigError as exc:
         print(f"wahook: configuration error: {exc}", file=sys.stderr)
         return 2
-    db.connection(config.database_path)
+    db.connection(config.database)
     if config.redis_embedded:
         embedded_redis.ensure_running(config.data_dir)
     dispatcher = Dispatcher(config)
@@ -359,7 +359,7 @@ def main() -> int:
     run_rq(config)
     dispatcher.stop()
     try:
-        conn = db.connection(config.database_path)
+        conn = db.connection(config.database)
         with db.transaction(conn):
             conn.execute("DELETE FROM workers WHERE name = ?", (dispatcher.name,))
     except Exception as exc:

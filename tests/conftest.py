@@ -1,5 +1,8 @@
 """Shared fixtures, in the manner of Flask's tutorial: `app`, `client` and `runner` over a
-temporary database per test, plus a real Redis server and real HTTP receivers."""
+temporary database per test, plus a real Redis server and real HTTP receivers.
+
+A test module or test marked `engines` runs once per database engine: SQLite, and a real
+PostgreSQL server the run starts itself (tests/pgserver.py). Unmarked tests use SQLite."""
 
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ import jobs  # noqa: E402
 import worker  # noqa: E402
 from app import create_app  # noqa: E402
 from db import get_db  # noqa: E402
+from pgserver import Server as PostgresServer  # noqa: E402
 from receiver import Receiver  # noqa: E402
 
 APP_SECRET = "test-app-secret"
@@ -87,11 +91,43 @@ def cli_json(runner, *args):
     return result.exit_code, json.loads(result.output)
 
 
-def instance_sections(tmp_path: Path, redis_url: str) -> dict:
+ENGINES = ("sqlite", "postgresql")
+
+
+def pytest_generate_tests(metafunc) -> None:
+    # Only tests marked `engines` pay for the second run; the rest keep their plain ids. A
+    # test about one engine's own behaviour in a marked module says which: engines("sqlite").
+    marker = metafunc.definition.get_closest_marker("engines")
+    if "engine" in metafunc.fixturenames and marker:
+        metafunc.parametrize("engine", marker.args or ENGINES)
+
+
+@pytest.fixture
+def engine() -> str:
+    return "sqlite"
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory):
+    """A real PostgreSQL server for the whole run, started on first use."""
+    server = PostgresServer(tmp_path_factory.mktemp("postgres"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def database(engine, tmp_path, request) -> str:
+    """storage.database for this test: a SQLite file in its folder, or a fresh PostgreSQL database."""
+    if engine == "postgresql":
+        return request.getfixturevalue("postgres_server").new_database()
+    return str(tmp_path / "data" / "wahook.db")
+
+
+def instance_sections(tmp_path: Path, redis_url: str, database: str | None = None) -> dict:
     """Config sections for a test instance: its own database, the test Redis, local receivers allowed."""
     return {
         "meta": {"app_secret": APP_SECRET, "verify_token": VERIFY_TOKEN},
-        "storage": {"database": str(tmp_path / "data" / "wahook.db")},
+        "storage": {"database": database or str(tmp_path / "data" / "wahook.db")},
         "redis": {"url": redis_url},
         "delivery": {"allow_http": True, "allow_private_urls": True, "timeout": 2, "retry_schedule": [1, 1]},
         "admin": {"password": ADMIN_PASSWORD, "secret_key": "test-secret-key"},
@@ -108,8 +144,8 @@ def redis_url(tmp_path_factory) -> str:
 
 
 @pytest.fixture
-def app(tmp_path, redis_url):
-    sections = instance_sections(tmp_path, redis_url)
+def app(tmp_path, redis_url, database):
+    sections = instance_sections(tmp_path, redis_url, database)
     application = create_app({"TESTING": True, "config_path": str(tmp_path / "config.toml"), **sections})
     jobs.redis_connection(application.config["WAHOOK"]).flushall()
     yield application
@@ -129,7 +165,7 @@ def runner(app):
 @pytest.fixture
 def conn(app):
     """The test database, for assertions about what was stored."""
-    return db.connection(app.config["WAHOOK"].database_path)
+    return db.connection(app.config["WAHOOK"].database)
 
 
 @pytest.fixture
@@ -291,17 +327,17 @@ class Processes:
 
 
 @pytest.fixture
-def processes(tmp_path, redis_url):
+def processes(tmp_path, redis_url, database):
     """Start real gunicorn and worker processes on this test's config (see Processes)."""
-    started = Processes(tmp_path, instance_sections(tmp_path, redis_url))
+    started = Processes(tmp_path, instance_sections(tmp_path, redis_url, database))
     yield started
     started.stop_all()
 
 
 @pytest.fixture
-def fresh_processes(tmp_path, redis_url):
+def fresh_processes(tmp_path, redis_url, database):
     """Like `processes`, for a fresh install: Meta's App secret not set yet."""
-    sections = instance_sections(tmp_path, redis_url)
+    sections = instance_sections(tmp_path, redis_url, database)
     sections["meta"]["app_secret"] = ""
     started = Processes(tmp_path, sections)
     yield started

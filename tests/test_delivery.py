@@ -373,7 +373,7 @@ def test_a_batch_that_slows_down_keeps_its_leases_until_recorded(
     sender = safe_http.Sender(allow_http=True, allow_private=True)
     batch = threading.Thread(
         target=lambda: delivery.deliver_claimed(
-            db.connect(config.database_path), config, sender, claimed[0]["endpoint_id"], claimed, owner
+            db.connect(config.database), config, sender, claimed[0]["endpoint_id"], claimed, owner
         )
     )
     batch.start()

