@@ -206,18 +206,18 @@ def due_endpoints(conn: db.Connection) -> list[int | None]:
     """
     now = time.time()
     waiting = (
-        "SELECT 1 FROM deliveries d WHERE d.endpoint_id IS {} AND d."  # noqa: S608
+        "SELECT 1 FROM deliveries d WHERE d.endpoint_id {} AND d."  # noqa: S608
         + _ACTIVE_SQL
         + " AND d.next_attempt_at <= ? AND (d.lease_until IS NULL OR d.lease_until < ?)"
     )
     found: list[int | None] = [
         row[0]
         for row in conn.execute(
-            f"SELECT e.id FROM endpoints e WHERE EXISTS ({waiting.format('e.id')})",  # noqa: S608 (our SQL)
+            f"SELECT e.id FROM endpoints e WHERE EXISTS ({waiting.format('= e.id')})",  # noqa: S608 (our SQL)
             (now, now),
         )
     ]
-    if conn.execute(f"SELECT EXISTS ({waiting.format('NULL')})", (now, now)).fetchone()[0]:  # noqa: S608
+    if conn.execute(f"SELECT EXISTS ({waiting.format('IS NULL')})", (now, now)).fetchone()[0]:  # noqa: S608
         found.append(None)
     return found
 

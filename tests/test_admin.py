@@ -20,6 +20,8 @@ from conftest import ADMIN_PASSWORD, instance_sections, text_message, wait_until
 from db import get_db
 from receiver import Behaviour
 
+pytestmark = pytest.mark.engines
+
 HOSTILE_TEXT = "<script>alert(1)</script><img src=x onerror=alert(2)>"
 HOSTILE_NAME = '<b onmouseover="alert(3)">Eve</b>'
 TOKEN_RE = re.compile(r'name="csrf_token" value="([^"]+)"')

@@ -21,6 +21,8 @@ from app import create_app
 from conftest import ROOT, cli_json, text_message, wait_until
 from receiver import Behaviour
 
+pytestmark = pytest.mark.engines
+
 
 def test_simulate_posts_a_signed_sample_that_becomes_an_event(processes, runner, conn):
     base = processes.start_web(workers=1)

@@ -26,6 +26,8 @@ from conftest import text_message, wait_until
 from db import get_db
 from receiver import Behaviour
 
+pytestmark = pytest.mark.engines
+
 
 def run_rq_burst(app) -> None:
     """Run queued drain jobs the way RQ's own tests do: a SimpleWorker in burst mode."""

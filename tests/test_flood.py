@@ -8,11 +8,14 @@ import os
 import signal
 import threading
 
+import pytest
 import requests
 
 import endpoints
 from conftest import sign, text_message, wait_until
 from db import get_db
+
+pytestmark = pytest.mark.engines
 
 TOTAL = 300
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 import time
 
+import pytest
 import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
@@ -16,6 +16,8 @@ import worker
 from app import create_app
 from conftest import ROOT, instance_sections, sign, text_message, wait_until
 from receiver import Behaviour
+
+pytestmark = pytest.mark.engines
 
 
 def samples(text: str) -> dict[tuple, float]:
@@ -52,7 +54,7 @@ def scrape(client) -> dict:
     return samples(response.get_data(as_text=True))
 
 
-def test_known_traffic_with_two_web_processes(processes, add_endpoint, make_receiver):
+def test_known_traffic_with_two_web_processes(processes, database, add_endpoint, make_receiver):
     """Post N, deliver N to one endpoint, fail N at the other after every retry, with two web
     processes and two workers: the counters say so, whichever process answers the scrape."""
     good, bad = make_receiver(), make_receiver()
@@ -91,7 +93,7 @@ def test_known_traffic_with_two_web_processes(processes, add_endpoint, make_rece
     assert value(found, "wahook_delivery_attempts_total", endpoint=str(b["id"]), result="failure") == 3 * n
     assert value(found, "wahook_deliveries", endpoint=str(a["id"]), state="delivered") == n
     assert value(found, "wahook_deliveries", endpoint=str(a["id"]), state="pending") == 0
-    conn = sqlite3.connect(processes.tmp_path / "data" / "wahook.db")
+    conn = db.connect(database)
     assert_totals_match_a_recount(conn)
     conn.close()
     assert value(found, "wahook_oldest_pending_seconds", endpoint=str(a["id"])) == 0
@@ -152,13 +154,13 @@ def test_oldest_pending_age(client, conn, add_endpoint, post_webhook):
     assert 600 <= age < 700
 
 
-def test_migration_counts_what_was_stored_before_it(tmp_path):
+def test_migration_counts_what_was_stored_before_it(database):
     """A database from before the totals existed starts with them equal to its rows."""
-    conn = db.connect(tmp_path / "old.db")
+    conn = db.connect(database)
     db.migrate(conn, [m for m in db.MIGRATIONS if m[0] < 9])
     now = time.time()
     conn.execute("INSERT INTO endpoints (url, secret, created_at, updated_at) VALUES ('u', 's', ?, ?)", (now, now))
-    conn.execute("INSERT INTO webhooks (webhook_id, received_at, body) VALUES ('whk_1', ?, x'00')", (now,))
+    conn.execute("INSERT INTO webhooks (webhook_id, received_at, body) VALUES ('whk_1', ?, ?)", (now, b"\0"))
     conn.execute("INSERT INTO rejections (minute, reason, count) VALUES (1, 'wrong signature', 4)")
     conn.execute("INSERT INTO events (event_id, name, created_at, body) VALUES ('evt_1', 'a.b', ?, '{}')", (now,))
     conn.execute(

@@ -10,6 +10,8 @@ import endpoints
 import outbox
 from db import transaction
 
+pytestmark = pytest.mark.engines
+
 
 @pytest.mark.parametrize(
     ("wanted", "name", "chosen"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
 import requests
 
 import db
@@ -16,6 +17,8 @@ from app import create_app
 from conftest import Processes, instance_sections, sign, text_message, wait_until
 from events import iso
 from test_admin import login, make_app
+
+pytestmark = pytest.mark.engines
 
 
 def test_a_short_window_with_real_processes(tmp_path, redis_url, make_receiver):

@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
+
 import worker
 from conftest import text_message
+
+pytestmark = pytest.mark.engines
 
 
 def test_prune_removes_only_what_is_older_than_retention(post_webhook, conn):
