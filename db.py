@@ -313,6 +313,18 @@ def data_version(conn: Connection) -> int:
     return conn.execute("PRAGMA data_version").fetchone()[0]
 
 
+def tables(conn: Connection) -> list[str]:
+    """wahook's tables, oldest first (parents before the tables that refer to them)."""
+    if engine(conn) == "postgresql":
+        sql = (
+            "SELECT relname FROM pg_class WHERE relkind = 'r' AND relnamespace = current_schema()::regnamespace"
+            " AND relname <> 'wahook_schema' ORDER BY oid"
+        )
+    else:
+        sql = "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY rowid"
+    return [row[0] for row in conn.execute(sql)]
+
+
 def json_values(conn: Connection, column: str, paths: list[str]) -> str:
     """SQL for a JSON array text of the values at these dotted paths of a JSON text column
     (NULL on SQLite when the text is not JSON; wahook only stores JSON there)."""

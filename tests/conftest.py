@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -108,11 +110,14 @@ def engine() -> str:
 
 
 @pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory):
-    """A real PostgreSQL server for the whole run, started on first use."""
-    server = PostgresServer(tmp_path_factory.mktemp("postgres"))
+def postgres_server():
+    """A real PostgreSQL server for the whole run, started on first use. Its folder is its own,
+    not under pytest's numbered temporary folders, which a later run may remove while it runs."""
+    folder = Path(tempfile.mkdtemp(prefix="wahook-postgres-"))
+    server = PostgresServer(folder / "data")
     yield server
     server.stop()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

@@ -57,8 +57,7 @@ def element(html: str, element_id: str) -> str:
 
 
 def snapshot(conn) -> dict:
-    tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-    return {t: [tuple(r) for r in conn.execute(f"SELECT * FROM {t} ORDER BY rowid")] for t in tables}  # noqa: S608
+    return {t: [tuple(r) for r in conn.execute(f"SELECT * FROM {t} ORDER BY 1, 2, 3")] for t in db.tables(conn)}  # noqa: S608
 
 
 @pytest.fixture
