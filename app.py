@@ -18,6 +18,7 @@ import cli
 import db
 import health
 import intake
+import media_route
 from config import DEFAULTS, ConfigError, load_config
 
 
@@ -60,6 +61,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(intake.bp)
     app.register_blueprint(health.bp)
     admin.init_app(app)
+    media_route.init_app(app)
     cli.init_app(app)
     return app
 

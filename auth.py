@@ -53,8 +53,8 @@ CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "object-src 'none'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
 )
-# Reachable without a session: Meta, health checks, the login page and its stylesheet.
-PUBLIC_BLUEPRINTS = frozenset({"intake", "health"})
+# Reachable without a session: Meta, health checks, signed media links, the login page and its stylesheet.
+PUBLIC_BLUEPRINTS = frozenset({"intake", "health", "media"})  # media: the link is its own proof
 PUBLIC_ENDPOINTS = frozenset({"auth.login", "static"})
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
