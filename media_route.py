@@ -72,6 +72,14 @@ def serve(token: str) -> Response:
     return response
 
 
+@bp.get("/media/")
+@bp.get("/media/<path:rest>")
+def not_a_link(rest: str = "") -> Response:
+    """Anything under /media/ that is not one token: a slash, an encoded one (%2f), dots. Answered
+    here rather than by the login redirect every unknown admin address gets."""
+    return _text("not a media link", 404)
+
+
 @admin_bp.post("/settings/media/check-token")
 def check_token() -> Response:
     """One Graph call with the access token; the outcome is shown on the settings page."""
