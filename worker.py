@@ -26,6 +26,7 @@ import socket
 import sys
 import threading
 import time
+from pathlib import Path
 
 import redis
 from rq import SimpleWorker
@@ -258,7 +259,7 @@ def heartbeat(conn, name: str, started_at: float) -> None:
         )
 
 
-def prune(conn, retention_days: int, media_folder=None) -> int:
+def prune(conn, retention_days: int, media_folder: Path | None = None) -> int:
     """Delete history older than the retention period, in small transactions. Returns rows deleted.
 
     Media rows and files go with the last webhook that refers to them (media_store.prune);
