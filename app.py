@@ -6,9 +6,7 @@ the worker) reads no config and opens no database.
 
 from __future__ import annotations
 
-import secrets
 import sys
-from pathlib import Path
 from typing import Any
 
 from flask import Flask
@@ -26,17 +24,7 @@ def secret_key(config) -> str:
     """admin.secret_key, else a key generated once into the data folder and kept there."""
     if config["admin"]["secret_key"]:
         return config["admin"]["secret_key"]
-    path: Path = config.data_dir / "secret_key"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            # O_EXCL: when two web workers start at once, one writes and the other reads.
-            with path.open("x", encoding="ascii") as f:
-                path.chmod(0o600)
-                f.write(secrets.token_urlsafe(48))
-        except FileExistsError:
-            pass
-    return path.read_text(encoding="ascii").strip()
+    return config.generated_secret("secret_key")
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:

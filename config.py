@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import secrets
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,20 @@ class Config:
     def data_dir(self) -> Path:
         """The folder holding the database; the embedded Redis and generated keys live here too."""
         return self.database_path.parent
+
+    def generated_secret(self, name: str) -> str:
+        """A random key of this installation: made once into the data folder (mode 0600), then read."""
+        path = self.data_dir / name
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                # O_EXCL: when two processes start at once, one writes and the other reads.
+                with path.open("x", encoding="ascii") as f:
+                    path.chmod(0o600)
+                    f.write(secrets.token_urlsafe(48))
+            except FileExistsError:
+                pass
+        return path.read_text(encoding="ascii").strip()
 
     @property
     def redis_embedded(self) -> bool:

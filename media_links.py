@@ -17,10 +17,7 @@ import hmac
 import logging
 import os
 import re
-import secrets
 import time
-from functools import lru_cache
-from pathlib import Path
 
 from flask import has_request_context, request
 
@@ -45,23 +42,15 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-@lru_cache(maxsize=8)
-def _key_at(path: Path) -> bytes:
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            # O_EXCL: when two processes start at once, one writes and the other reads.
-            with path.open("x", encoding="ascii") as f:
-                path.chmod(0o600)
-                f.write(secrets.token_urlsafe(48))
-        except FileExistsError:
-            pass
-    return path.read_text(encoding="ascii").strip().encode("ascii")
+_keys: dict[str, bytes] = {}
 
 
 def installation_key(config) -> bytes:
     """This installation's link key, made on first use and kept in the data folder."""
-    return _key_at(config.data_dir / KEY_FILE)
+    where = str(config.data_dir)
+    if where not in _keys:
+        _keys[where] = config.generated_secret(KEY_FILE).encode("ascii")
+    return _keys[where]
 
 
 def _sign(key: bytes, payload: str) -> str:

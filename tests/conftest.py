@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -175,16 +176,25 @@ def post_webhook(client):
     return post
 
 
-@pytest.fixture
-def running_worker(app):
-    """The worker's dispatcher and sweeper in this process, as worker.py runs them."""
+@contextmanager
+def worker_in_process(app):
+    """The worker's dispatcher and sweeper in this process, as worker.py runs them, for `app`."""
     dispatcher = worker.Dispatcher(app.config["WAHOOK"])
     jobs.set_drain_handler(dispatcher.on_drain_job)
     sweeper = threading.Thread(target=worker.sweep, args=(dispatcher,), daemon=True)
     sweeper.start()
-    yield dispatcher
-    dispatcher.stop(grace=0.5)
-    jobs.set_drain_handler(None)
+    try:
+        yield dispatcher
+    finally:
+        dispatcher.stop(grace=0.5)
+        jobs.set_drain_handler(None)
+
+
+@pytest.fixture
+def running_worker(app):
+    """The worker's dispatcher and sweeper in this process, as worker.py runs them."""
+    with worker_in_process(app) as dispatcher:
+        yield dispatcher
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-import time
 
 import psutil
 import pytest
@@ -14,10 +13,17 @@ import requests
 
 import db
 import endpoints
-import jobs
 import media_store
-import worker
-from conftest import GRAPH_TOKEN, Processes, instance_sections, media_message, sign, text_message, wait_until
+from conftest import (
+    GRAPH_TOKEN,
+    Processes,
+    instance_sections,
+    media_message,
+    sign,
+    text_message,
+    wait_until,
+    worker_in_process,
+)
 from db import get_db
 from graph_stub import Media
 
@@ -32,13 +38,8 @@ def conn(media_app):
 
 @pytest.fixture
 def media_worker(media_app):
-    dispatcher = worker.Dispatcher(media_app.config["WAHOOK"])
-    jobs.set_drain_handler(dispatcher.on_drain_job)
-    sweeper = threading.Thread(target=worker.sweep, args=(dispatcher,), daemon=True)
-    sweeper.start()
-    yield dispatcher
-    dispatcher.stop(grace=0.5)
-    jobs.set_drain_handler(None)
+    with worker_in_process(media_app) as dispatcher:
+        yield dispatcher
 
 
 def post(app, body: dict) -> None:
@@ -77,28 +78,27 @@ def test_a_failed_download_is_retried_on_the_schedule_then_given_up(media_app, c
 
 
 def test_media_and_deliveries_do_not_wait_for_each_other(media_app, conn, graph, media_worker, make_receiver):
+    # Stalls well past the sweeper's second, so a heavily loaded machine cannot blur the point.
+    media_app.config["WAHOOK"]["delivery"]["timeout"] = 6
     slow, fast = make_receiver(), make_receiver()
-    slow.behaviour.delay = 1.5  # an endpoint that takes its time
+    slow.behaviour.delay = 4  # an endpoint that takes its time over every delivery
     with media_app.app_context():
         endpoints.create(get_db(), media_app.config["WAHOOK"], slow.url)
-    # A download that stalls most of its timeout must not hold up a delivery...
-    graph.media["8004"] = Media(PICTURE, stall=1.9)
+    # A download that stalls must not hold up a delivery...
+    graph.media["8004"] = Media(PICTURE, stall=4)
     post(media_app, media_message("8004"))
     wait_until(lambda: "file" in graph.media["8004"].hits, timeout=5, message="the stalled download to start")
     with media_app.app_context():
         endpoints.create(get_db(), media_app.config["WAHOOK"], fast.url)
     post(media_app, text_message("wamid.FAST"))
-    # Without a drain job here the sweeper finds it within its second, well inside the stall.
     wait_until(lambda: any(b"wamid.FAST" in r.body for r in fast.requests), timeout=5, message="the delivery")
     assert state(conn, "8004") == "pending"  # the download is still stalled meanwhile
-    wait_until(lambda: state(conn, "8004") == "downloaded", timeout=5, message="the stalled download")
+    wait_until(lambda: state(conn, "8004") == "downloaded", timeout=8, message="the stalled download")
     # ...and a slow endpoint must not hold up a download.
     graph.media["8005"] = Media(PICTURE)
-    started = time.monotonic()
     post(media_app, media_message("8005"))
     wait_until(lambda: state(conn, "8005") == "downloaded", timeout=5, message="the download")
-    assert time.monotonic() - started < 1.0
-    assert len(slow.requests) < 3  # the slow endpoint is still working through its deliveries
+    assert not any(b"wamid.media8005" in r.body for r in slow.requests)  # its delivery is still on its way
 
 
 class PeakRSS:
