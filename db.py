@@ -73,7 +73,7 @@ CREATE TABLE IF NOT EXISTS media_refs (
     media INTEGER NOT NULL REFERENCES media (id) ON DELETE CASCADE,
     webhook_id INTEGER NOT NULL REFERENCES webhooks (id) ON DELETE CASCADE,
     PRIMARY KEY (media, webhook_id)
-) WITHOUT ROWID;
+);
 CREATE INDEX IF NOT EXISTS media_refs_webhook ON media_refs (webhook_id);
 """,
     ),
