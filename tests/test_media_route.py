@@ -200,7 +200,7 @@ def test_the_monitor_shows_the_media_row(client, conn, graph):
     assert 'id="media-downloaded">1<' in page
     assert 'id="media-failed">1<' in page
     assert 'id="media-pending">1<' in page
-    assert f'id="media-bytes">{len(PICTURE)}<' in page
+    assert f'id="media-bytes" title="{len(PICTURE)} bytes">76.8 kB<' in page
     assert "Graph has no such media (404)" in page
 
 
