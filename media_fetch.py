@@ -90,10 +90,11 @@ def _scrub(text: str, token: str) -> str:
     return text.replace(token, "[token]") if token else text
 
 
-def graph_get(config, path: str) -> dict:
-    """GET `{meta.graph_url}{path}` with the access token; its JSON object, or MediaError."""
+def graph_get(config, path: str, timeout: float | None = None) -> dict:
+    """GET `{meta.graph_url}{path}` with the access token, within `timeout` (default
+    delivery.timeout) seconds; its JSON object, or MediaError."""
     token = config["meta"]["access_token"]
-    timeout = float(config["delivery"]["timeout"])
+    timeout = float(config["delivery"]["timeout"]) if timeout is None else timeout
     url = config["meta"]["graph_url"].rstrip("/") + path
     # The Graph URL is the admin's own setting: its scheme and address are not second-guessed.
     conn, response = _open(url, token, allow_http=True, allow_private=True, timeout=timeout)
@@ -151,9 +152,11 @@ def _whole(value) -> int | None:
         return None
 
 
-def download(config, media_id: str, expected_sha256: str, folder: Path) -> Fetched:
-    """Fetch `media_id` into `folder`, named by its hex sha256. Raises MediaError."""
-    info = graph_get(config, f"/{media_id}")
+def download(config, media_id: str, expected_sha256: str, folder: Path, cap: float = DOWNLOAD_CAP) -> Fetched:
+    """Fetch `media_id` into `folder`, named by its hex sha256, within `cap` seconds in all (each
+    step within delivery.timeout too). Raises MediaError."""
+    ends = time.monotonic() + cap
+    info = graph_get(config, f"/{media_id}", min(float(config["delivery"]["timeout"]), cap))
     url = info.get("url")
     if not isinstance(url, str) or not url:
         raise MediaError("Graph's answer has no download URL")
@@ -163,7 +166,7 @@ def download(config, media_id: str, expected_sha256: str, folder: Path) -> Fetch
         raise MediaError(f"the file is {announced} bytes, over media.max_bytes ({limit})", permanent=True)
     expected = str(info.get("sha256") or expected_sha256 or "")
     delivery = config["delivery"]
-    timeout = float(delivery["timeout"])
+    timeout = max(0.001, min(float(delivery["timeout"]), ends - time.monotonic()))
     token = config["meta"]["access_token"]
     conn, response = _open(
         url, token, allow_http=delivery["allow_http"], allow_private=delivery["allow_private_urls"], timeout=timeout
@@ -178,7 +181,7 @@ def download(config, media_id: str, expected_sha256: str, folder: Path) -> Fetch
         length = _whole(response.headers.get("Content-Length"))
         if length is not None and length > limit:
             raise MediaError(f"the file is {length} bytes, over media.max_bytes ({limit})", permanent=True)
-        digest, size = _stream(conn, response, temp, limit, announced, timeout)
+        digest, size = _stream(conn, response, temp, (limit, announced), timeout, (ends, cap))
         if expected and not hash_matches(expected, digest.digest()):
             raise MediaError(f"sha256 mismatch: Meta announced {expected[:64]}, the file is {digest.hexdigest()}")
         name = digest.hexdigest()
@@ -192,17 +195,18 @@ def download(config, media_id: str, expected_sha256: str, folder: Path) -> Fetch
         temp.unlink(missing_ok=True)
 
 
-def _stream(conn, response, temp: Path, limit: int, announced: int | None, timeout: float):
+def _stream(conn, response, temp: Path, sizes: tuple[int, int | None], timeout: float, ends: tuple[float, float]):
     """Copy the body to `temp` chunk by chunk; (sha256 object, size). Each read may wait `timeout`
-    seconds, the whole copy DOWNLOAD_CAP."""
+    seconds; `ends` is (the monotonic time the download must end by, its cap in seconds);
+    `sizes` is (media.max_bytes, the size Graph announced)."""
+    limit, announced = sizes
     digest, size = hashlib.sha256(), 0
-    started = time.monotonic()
     with open(temp, "xb") as out:
         while True:
             now = time.monotonic()
-            if now - started > DOWNLOAD_CAP:
-                raise MediaError(f"the download took longer than {DOWNLOAD_CAP:g} s")
-            conn.sock.deadline = min(now + timeout, started + DOWNLOAD_CAP)
+            if now > ends[0]:
+                raise MediaError(f"the download took longer than {ends[1]:g} s")
+            conn.sock.deadline = min(now + timeout, ends[0])
             chunk = response.read(CHUNK)
             if not chunk:
                 break

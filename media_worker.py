@@ -23,10 +23,10 @@ MEDIA_THREADS = 2  # downloads at once per worker
 LEASE = media_fetch.DOWNLOAD_CAP + 60  # a download ends (or fails) well within its lease
 
 
-def process(conn, config, row, owner: str) -> str:
-    """Download a claimed row and record the outcome. Returns the row's new state."""
+def process(conn, config, row, cap: float = media_fetch.DOWNLOAD_CAP) -> str:
+    """Download a claimed row within `cap` seconds and record the outcome. Returns the row's new state."""
     try:
-        fetched = media_fetch.download(config, row["media_id"], row["sha256"], media_store.media_dir(config))
+        fetched = media_fetch.download(config, row["media_id"], row["sha256"], media_store.media_dir(config), cap)
     except media_fetch.MediaError as exc:
         log.warning("media %s: %s", row["media_id"], exc.message)
         return media_store.record_failure(
@@ -38,15 +38,19 @@ def process(conn, config, row, owner: str) -> str:
 
 def obtain(conn, config, media_id: str, owner: str, wait: float) -> object:
     """The media row once it is finished (downloaded or failed), downloading it now if nobody
-    is; if someone else is, waiting up to `wait` seconds. None: still downloading elsewhere."""
+    is; if someone else is, waiting up to `wait` seconds. None: still downloading elsewhere.
+
+    A download made here may take `wait` seconds at most, so a web process is never stopped
+    by its own request timeout half way; one that takes longer is recorded as a retryable
+    failure, and the worker, which has DOWNLOAD_CAP, takes it up on the retry schedule."""
     deadline = time.monotonic() + wait
     while True:
         row = media_store.get(conn, media_id)
         if row is None or row["state"] in ("downloaded", "failed"):
             return row
-        claimed = media_store.claim(conn, owner, LEASE, media_id=media_id)
+        claimed = media_store.claim(conn, owner, wait + 60, media_id=media_id)
         if claimed is not None:
-            process(conn, config, claimed, owner)
+            process(conn, config, claimed, max(1.0, deadline - time.monotonic()))
             row = media_store.get(conn, media_id)
             if row is None or row["state"] != "pending":
                 return row
@@ -85,7 +89,7 @@ class MediaLane:
                 row = media_store.claim(conn, self.owner, LEASE)
                 if row is not None:
                     self.want()  # there may be more: the next thread (or this one) looks
-                    process(conn, self.config, row, self.owner)
+                    process(conn, self.config, row)
             except Exception:
                 # The lease runs out and the row is claimed again.
                 log.exception("a media download failed unexpectedly")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import time
 
 import pytest
 
@@ -156,3 +157,13 @@ def test_hash_matches_hex_and_base64():
     assert media_fetch.hash_matches(base64.b64encode(digest).decode(), digest)
     assert media_fetch.hash_matches(base64.urlsafe_b64encode(digest).decode().rstrip("="), digest)
     assert not media_fetch.hash_matches(hashlib.sha256(b"y").hexdigest(), digest)
+
+
+def test_a_cap_bounds_the_whole_download(config, folder, graph):
+    """The link downloads with a cap below gunicorn's request timeout (see media_worker.obtain)."""
+    graph.media["111"] = Media(PICTURE, stall=1.5)
+    started = time.monotonic()
+    with pytest.raises(MediaError, match="timed out|took longer") as failure:
+        download(config, "111", "", folder, cap=0.5)
+    assert time.monotonic() - started < 1.4
+    assert not failure.value.permanent

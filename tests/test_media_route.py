@@ -10,6 +10,7 @@ import pytest
 
 import db
 import media_links
+import media_route
 import media_store
 import worker
 from conftest import media_message, sign
@@ -209,3 +210,17 @@ def test_the_monitor_has_no_media_row_without_a_token(app):
     login(client)
     assert 'id="media-title"' not in client.get("/monitor").text
     assert "No access token is set" in client.get("/settings").text
+
+
+def test_a_slow_download_asked_for_by_a_link_gives_up_in_time_and_is_left_to_the_worker(
+    client, conn, graph, monkeypatch
+):
+    monkeypatch.setattr(media_route, "FETCH_WAIT", 0.5)
+    graph.media["5005"] = Media(PICTURE, stall=1.5)
+    post(client, media_message("5005"))
+    started = time.monotonic()
+    response = client.get(path_of(media_of(conn, "wamid.media5005")["url"]))
+    assert time.monotonic() - started < 1.4
+    assert response.status_code == 502 and "timed out" in response.text
+    row = media_store.get(conn, "5005")
+    assert (row["state"], row["lease_owner"]) == ("retrying", None)  # the worker takes it from here
