@@ -15,6 +15,7 @@ the token never), and the monitor's media row, both through template partials.
 
 from __future__ import annotations
 
+import re
 import time
 
 from flask import Blueprint, Flask, Response, current_app, flash, redirect, send_file, session, url_for
@@ -29,6 +30,8 @@ bp = Blueprint("media", __name__)
 admin_bp = Blueprint("media_admin", __name__)
 
 FETCH_WAIT = 20.0  # seconds a link waits for a download another process is making (gunicorn's limit is 30)
+MIME_TYPE = re.compile(r"[A-Za-z0-9][\w.+-]{0,126}/[A-Za-z0-9][\w.+-]{0,126}")
+UNSAFE_IN_NAME = re.compile(r"[\x00-\x1f\x7f/\\]")
 MEDIA_CSP = "sandbox; default-src 'none'; img-src 'self'; media-src 'self'; style-src 'unsafe-inline'"
 
 
@@ -56,10 +59,12 @@ def serve(token: str) -> Response:
     path = media_store.media_dir(config) / row["file"]
     if not path.is_file():
         return _text("the file is no longer on disk", 502)
-    name = row["filename"] or None
+    # Both come from the customer's message: a newline would break the header, a slash is no name.
+    name = UNSAFE_IN_NAME.sub("_", row["filename"]).strip(" .")[:200] or None
+    mime = row["mime_type"] if MIME_TYPE.fullmatch(row["mime_type"]) else "application/octet-stream"
     response = send_file(
         path,
-        mimetype=row["mime_type"] or "application/octet-stream",
+        mimetype=mime,
         download_name=name,
         as_attachment=False,
         conditional=True,

@@ -224,3 +224,23 @@ def test_a_slow_download_asked_for_by_a_link_gives_up_in_time_and_is_left_to_the
     assert response.status_code == 502 and "timed out" in response.text
     row = media_store.get(conn, "5005")
     assert (row["state"], row["lease_owner"]) == ("retrying", None)  # the worker takes it from here
+
+
+@pytest.mark.parametrize(
+    ("filename", "mime_type", "disposition", "content_type"),
+    [
+        ("Invoice 12.pdf", "application/pdf", 'inline; filename="Invoice 12.pdf"', "application/pdf"),
+        ("a\r\nSet-Cookie: x=1.pdf", "application/pdf", 'inline; filename="a__Set-Cookie: x=1.pdf"', "application/pdf"),
+        ("../../etc/passwd", "text/html\r\nX-Evil: 1", "inline; filename=_.._etc_passwd", "application/octet-stream"),
+    ],
+)
+def test_a_customers_file_name_and_type_cannot_break_the_headers(
+    client, conn, graph, filename, mime_type, disposition, content_type
+):
+    graph.media["5006"] = Media(PICTURE, mime_type="")
+    post(client, media_message("5006", "document", filename=filename, mime_type=mime_type))
+    response = client.get(path_of(media_of(conn, "wamid.media5006")["url"]))
+    assert response.status_code == 200 and response.data == PICTURE
+    assert response.headers["Content-Disposition"] == disposition
+    assert response.headers["Content-Type"] == content_type
+    assert "X-Evil" not in response.headers and "Set-Cookie" not in response.headers
