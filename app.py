@@ -16,6 +16,7 @@ import cli
 import db
 import health
 import intake
+import media_route
 import metrics
 import runstate
 from config import DEFAULTS, ConfigError, load_config
@@ -55,6 +56,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(health.bp)
     app.register_blueprint(metrics.bp)
     admin.init_app(app)
+    media_route.init_app(app)
     cli.init_app(app)
     return app
 

@@ -22,6 +22,8 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 import events as meta_events
 import jobs
+import media_links
+import media_store
 import outbox
 from db import get_db, transaction
 
@@ -161,6 +163,7 @@ def receive() -> Response:
         # A parser bug must not cost Meta's retries or the body: keep it raw, with no events.
         log.exception("could not draw events from a webhook; stored raw")
         drawn = []
+    media_links.attach(drawn, config, received_at)
     try:
         new_deliveries = store(get_db(), raw, body, drawn, received_at)
     except sqlite3.Error as exc:
@@ -216,6 +219,7 @@ def store(conn: sqlite3.Connection, raw: bytes, body: dict, drawn: list, receive
             for event, text_body in zip(drawn, encoded, strict=True)
         ]
         new_names, made = outbox.add_events(conn, new, received_at, webhook=(webhook_id, webhook_public_id))
+        media_store.track(conn, drawn, webhook_id, received_at)
         if len(new_names) != len(drawn):
             conn.execute("UPDATE webhooks SET event_count = ? WHERE id = ?", (len(new_names), webhook_id))
     log.info(
