@@ -16,35 +16,15 @@ import db
 import endpoints
 import monitor
 from app import create_app
-from conftest import ADMIN_PASSWORD, instance_sections, text_message, wait_until
+from conftest import ADMIN_PASSWORD, csrf_from, instance_sections, login, post_form, text_message, token, wait_until
 from db import get_db
 from receiver import Behaviour
 
 HOSTILE_TEXT = "<script>alert(1)</script><img src=x onerror=alert(2)>"
 HOSTILE_NAME = '<b onmouseover="alert(3)">Eve</b>'
-TOKEN_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
 # --- helpers ------------------------------------------------------------------------------------
-
-
-def csrf_from(html: str) -> str:
-    match = TOKEN_RE.search(html)
-    assert match, "page has no CSRF field"
-    return match.group(1)
-
-
-def login(client, password: str = ADMIN_PASSWORD, **kwargs):
-    token = csrf_from(client.get("/login", **kwargs).text)
-    return client.post("/login", data={"password": password, "csrf_token": token}, **kwargs)
-
-
-def token(client) -> str:
-    return csrf_from(client.get("/settings").text)
-
-
-def post_form(client, url: str, data: dict | None = None, **kwargs):
-    return client.post(url, data={"csrf_token": token(client), **(data or {})}, **kwargs)
 
 
 def element(html: str, element_id: str) -> str:
