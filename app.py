@@ -14,6 +14,7 @@ from typing import Any
 from flask import Flask
 
 import admin
+import api
 import cli
 import db
 import health
@@ -59,6 +60,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     db.connection(config.database_path)  # create and migrate now, not on the first request
     app.register_blueprint(intake.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(api.bp)
     admin.init_app(app)
     cli.init_app(app)
     return app

@@ -1,4 +1,4 @@
-"""Command line: `flask --app app endpoint|deliveries|simulate ...`.
+"""Command line: `flask --app app endpoint|deliveries|apikey|simulate|listen ...`.
 
 Every command prints JSON on stdout, so it can be piped into jq or a script. A refused
 value prints {"error": ..., "field": ...} and exits 1.
@@ -17,10 +17,12 @@ import requests
 from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
 
+import apikeys
 import delivery
 import endpoints
 import intake
 import jobs
+import listen
 import outbox
 import samples
 from db import get_db
@@ -41,6 +43,7 @@ def config():
 
 endpoint_cli = AppGroup("endpoint", help="Add, list, remove and test the endpoints events go to.")
 deliveries_cli = AppGroup("deliveries", help="Act on deliveries.")
+apikey_cli = AppGroup("apikey", help="Make, list and revoke keys for the publish, pull and stream API.")
 
 
 @endpoint_cli.command("add")
@@ -117,6 +120,33 @@ def deliveries_retry(failed: bool, since: str | None, endpoint_id: int | None) -
     emit({"requeued": count})
 
 
+@apikey_cli.command("add")
+@click.argument("name")
+@click.option("--scopes", default="publish,read", show_default=True, help="Comma-separated: publish, read.")
+def apikey_add(name: str, scopes: str) -> None:
+    """Make an API key; prints it with the full key, shown this once and stored only as a hash."""
+    try:
+        made, key = apikeys.create(get_db(), name, scopes)
+    except apikeys.ApiKeyError as exc:
+        refuse(exc.message, exc.field)
+    emit({**made.as_dict(), "key": key})
+
+
+@apikey_cli.command("list")
+def apikey_list() -> None:
+    """List API keys (never the keys themselves), with when each was last used."""
+    emit([key.as_dict() for key in apikeys.list_all(get_db())])
+
+
+@apikey_cli.command("revoke")
+@click.argument("key_id", type=int)
+def apikey_revoke(key_id: int) -> None:
+    """Revoke an API key: every request with it is refused (401) from now on."""
+    if not apikeys.revoke(get_db(), key_id):
+        refuse(f"no API key {key_id}")
+    emit({"revoked": key_id})
+
+
 @click.command("simulate")
 @with_appcontext
 @click.argument("kind", type=click.Choice(samples.KINDS))
@@ -150,4 +180,6 @@ def simulate(kind: str, url: str | None) -> None:
 def init_app(app: Flask) -> None:
     app.cli.add_command(endpoint_cli)
     app.cli.add_command(deliveries_cli)
+    app.cli.add_command(apikey_cli)
     app.cli.add_command(simulate)
+    app.cli.add_command(listen.listen)
