@@ -44,12 +44,17 @@ def say(message: str) -> None:
 
 def local_events(path, after: str | None, wanted: list[str]) -> Iterator[tuple[str, str, str]]:
     """(event_id, name, body) of each event committed to the database at `path` after `after`
-    (an event_id; None: from now on), as they come."""
+    (an event_id; None: from now on), as they come. The starting point is fixed on the call,
+    not on the first read, so an event committed in between is not missed."""
     conn = db.connection(path)
     try:
         after_row = feed.cursor_row(conn, after) if after else feed.latest_row(conn)
     except feed.UnknownCursor:
         raise Fatal(f"unknown event_id {after!r}: never stored, or pruned") from None
+    return _follow(conn, after_row, wanted)
+
+
+def _follow(conn, after_row: int, wanted: list[str]) -> Iterator[tuple[str, str, str]]:
     watcher = feed.Watcher(conn)
     more = True
     while True:
@@ -94,6 +99,7 @@ def remote_events(server: str, api_key: str, after: str | None, wanted: list[str
                 if got.status_code != 200:
                     raise requests.RequestException(f"HTTP {got.status_code}")
                 pause = 1.0
+                say(f"connected to {url}")
                 for event_id, name, data in parse_sse(got.iter_lines(decode_unicode=True)):
                     if name == "error":
                         continue
@@ -148,13 +154,17 @@ def listen(forward_to, secret, events_, server, api_key, after, count) -> None:
         raise click.UsageError("--server needs --api-key (a key with the read scope; see `apikey add`)")
     if forward_to and not forward_to.startswith(("http://", "https://")):
         raise click.BadParameter("must be an http:// or https:// URL", param_hint="--forward-to")
-    if server:
-        source = remote_events(server, api_key, after, wanted)
-        where = server
-    else:
-        path = current_app.config["WAHOOK"].database_path
-        source = local_events(path, after, wanted)
-        where = str(path)
+    try:
+        if server:
+            source = remote_events(server, api_key, after, wanted)
+            where = server
+        else:
+            path = current_app.config["WAHOOK"].database_path
+            source = local_events(path, after, wanted)
+            where = str(path)
+    except Fatal as exc:
+        say(f"listen: {exc}")
+        sys.exit(1)
     say(f"listening to {where} for {', '.join(wanted) or 'every event'}; Ctrl-C stops")
     session = requests.Session()
     if forward_to:
