@@ -131,6 +131,12 @@ def test_reserved_names_are_refused(client, key, conn, prefix):
     assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 0
 
 
+def test_template_submitted_is_the_one_reserved_prefix_name_a_client_may_publish(client, key):
+    assert publish(client, key, event="template.submitted").status_code == 202
+    assert publish(client, key, event="template.status_changed").status_code == 422
+    assert publish(client, key, event="template.submitted_x").status_code == 422
+
+
 def test_a_body_over_1_mib_gets_413_and_one_of_1_mib_is_accepted(client, key, conn):
     head = b'{"event": "campaign.completed", "data": {"blob": "'
     tail = b'"}}'
