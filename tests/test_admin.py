@@ -173,8 +173,18 @@ POST_FORMS = [
     "/settings/endpoints/1/test",
     "/monitor/redeliver/1",
     "/monitor/redeliver-failed",
+    "/settings/apikeys",
+    "/settings/apikeys/1/revoke",
 ]
-PUBLIC_RULES = {"/login", "/healthz", "/api/webhooks/whatsapp", "/static/<path:filename>"}
+# The API's own routes answer to API keys, not sessions (tests/test_api.py).
+PUBLIC_RULES = {
+    "/login",
+    "/healthz",
+    "/api/webhooks/whatsapp",
+    "/static/<path:filename>",
+    "/api/v1/events",
+    "/api/v1/stream",
+}
 
 
 def rule_pattern(rule: str) -> re.Pattern:
