@@ -164,17 +164,35 @@ def begin(conn: sqlite3.Connection) -> None:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
 
+def _new_write_lock() -> None:
+    global _write_lock
+    _write_lock = threading.RLock()
+
+
+# The threads of one process (gthread web workers) queue here for the write lock, in order
+# and without waking, instead of all polling SQLite's lock; only the one holding this polls
+# against other processes. Reentrant, so a transaction opened inside another on a second
+# connection still reaches SQLite and fails there as before rather than hanging here.
+_write_lock = threading.RLock()
+os.register_at_fork(after_in_child=_new_write_lock)
+
+
 @contextmanager
 def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """BEGIN IMMEDIATE ... COMMIT, rolled back if the block raises."""
-    begin(conn)
+    if not _write_lock.acquire(timeout=BUSY_TIMEOUT_MS / 1000):
+        raise sqlite3.OperationalError("database is locked")
     try:
-        yield conn
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
+        begin(conn)
+        try:
+            yield conn
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+    finally:
+        _write_lock.release()
 
 
 def statements(script: str) -> Iterator[str]:

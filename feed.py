@@ -22,7 +22,8 @@ when any other connection commits, and is read without touching a table.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
 
 import names
 from outbox import OPERATIONAL
@@ -100,3 +101,28 @@ class Watcher:
             self.version = now
             return True
         return False
+
+
+def follow(
+    conn: sqlite3.Connection,
+    after_row: int,
+    wanted: list[str],
+    poll_seconds: float,
+    page_size: int = 200,
+    keep_going: Callable[[], bool] = lambda: True,
+) -> Iterator[list[sqlite3.Row]]:
+    """Each batch of events committed after row `after_row`, oldest first, as they come; an
+    empty batch after every look that found nothing (then it waits `poll_seconds`), so the
+    caller can send a keep-alive or stop. Reads a page only when something was committed."""
+    watcher = Watcher(conn)
+    more = True  # read once at the start: events may have come after the cursor already
+    while keep_going():
+        if more or watcher.changed():
+            rows = page(conn, after_row, page_size, wanted)
+            more = len(rows) == page_size
+            if rows:
+                after_row = rows[-1]["id"]
+                yield rows
+                continue
+        yield []
+        time.sleep(poll_seconds)

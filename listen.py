@@ -51,22 +51,11 @@ def local_events(path, after: str | None, wanted: list[str]) -> Iterator[tuple[s
         after_row = feed.cursor_row(conn, after) if after else feed.latest_row(conn)
     except feed.UnknownCursor:
         raise Fatal(f"unknown event_id {after!r}: never stored, or pruned") from None
-    return _follow(conn, after_row, wanted)
-
-
-def _follow(conn, after_row: int, wanted: list[str]) -> Iterator[tuple[str, str, str]]:
-    watcher = feed.Watcher(conn)
-    more = True
-    while True:
-        if more or watcher.changed():
-            rows = feed.page(conn, after_row, PAGE, wanted)
-            more = len(rows) == PAGE
-            for row in rows:
-                after_row = row["id"]
-                yield row["event_id"], row["name"], row["body"]
-            if rows:
-                continue
-        time.sleep(POLL_SECONDS)
+    return (
+        (row["event_id"], row["name"], row["body"])
+        for rows in feed.follow(conn, after_row, wanted, POLL_SECONDS, PAGE)
+        for row in rows
+    )
 
 
 def parse_sse(lines: Iterator[str]) -> Iterator[tuple[str, str, str]]:

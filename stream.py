@@ -56,23 +56,15 @@ def frame(row) -> str:
 
 def events(database_path: str | os.PathLike, after_row: int, wanted: list[str]) -> Iterator[str]:
     """The stream's text, from the event after row `after_row` on, until the client or the worker
-    goes. Its slot is released by the response's close (see api.stream), which also runs for
-    a generator that never started."""
+    goes. Its slot is released by the response's close (see api.events_stream), which also runs
+    for a generator that never started."""
     conn = db.connection(database_path)
-    watcher = feed.Watcher(conn)
     yield f"retry: {RETRY_MS}\n: connected\n\n"
     quiet_since = time.monotonic()
-    more = True  # read once at the start: events may have come after the cursor already
-    while _serving():
-        if more or watcher.changed():
-            rows = feed.page(conn, after_row, PAGE, wanted)
-            more = len(rows) == PAGE
-            if rows:
-                after_row = rows[-1]["id"]
-                yield "".join(frame(row) for row in rows)
-                quiet_since = time.monotonic()
-                continue
-        if time.monotonic() - quiet_since >= HEARTBEAT_SECONDS:
+    for rows in feed.follow(conn, after_row, wanted, POLL_SECONDS, PAGE, lambda: _serving()):
+        if rows:
+            yield "".join(frame(row) for row in rows)
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= HEARTBEAT_SECONDS:
             yield f": keep-alive {int(time.time())}\n\n"
             quiet_since = time.monotonic()
-        time.sleep(POLL_SECONDS)
