@@ -320,7 +320,9 @@ def redeliver(
         clauses.append(f"id IN ({','.join('?' for _ in ids)})")
         params += ids
     else:
-        clauses.append("webhook_id IS NOT NULL")  # a test send is redone by sending a new test
+        # A test send is redone by sending a new test; every other event (from Meta, published
+        # by an API client or by the gateway) is redelivered.
+        clauses.append("event_name != 'webhook.test'")
     if since is not None:
         clauses.append("created_at >= ?")
         params.append(since)

@@ -62,6 +62,30 @@ def test_publish_is_delivered_signed_to_endpoints_that_select_it(
     assert other.requests == []
 
 
+def test_a_failed_delivery_of_a_published_event_is_redelivered_with_the_rest(
+    client, key, add_endpoint, receiver, runner, conn, running_worker
+):
+    add_endpoint(receiver.url, events="campaign.*")
+    receiver.behaviour.status = 500
+    event_id = publish(client, key).json["event_id"]
+    wait_until(
+        lambda: conn.execute("SELECT state FROM deliveries").fetchone()[0] == "failed",
+        timeout=30,
+        message="the delivery to fail",
+    )
+    receiver.behaviour.status = 200
+    result = runner.invoke(args=["deliveries", "retry"])
+    assert json.loads(result.output) == {"requeued": 1}
+    wait_until(
+        lambda: (
+            receiver.requests[-1].headers["X-Webhook-Id"] == event_id
+            and conn.execute("SELECT state FROM deliveries").fetchone()[0] == "delivered"
+        ),
+        timeout=30,
+        message="the redelivery",
+    )
+
+
 def test_idempotency_key_repeats_the_first_answer_and_publishes_nothing_new(client, key, conn, make_key):
     first = publish(client, key, **{"Idempotency-Key": "campaign-42-done"})
     again = publish(client, key, data={"sent": 1}, **{"Idempotency-Key": "campaign-42-done"})
