@@ -12,6 +12,10 @@ next page is the rows after it. That is commit order because of how SQLite write
 - So when a reader sees row N committed, every row below N that will ever be committed
   already is: a cursor at N never skips an event that a slower process commits later.
 
+One gap: ids are max(id) + 1, so if pruning ever emptied the table (no event for a whole
+retention period), ids would start again at 1 and a stream open through all of that would
+wait for ids above its old cursor. A pull cursor then is unknown (422), which says so.
+
 This holds for SQLite only. A database with concurrent writers (sequences handed out
 before commit) would need its own commit sequence for the same promise.
 
