@@ -89,7 +89,10 @@ def remote_events(server: str, api_key: str, after: str | None, wanted: list[str
                     raise requests.RequestException(f"HTTP {got.status_code}")
                 pause = 1.0
                 say(f"connected to {url}")
-                for event_id, name, data in parse_sse(got.iter_lines(decode_unicode=True)):
+                # Split bytes, then decode: str.splitlines would also break at U+2028 and other
+                # characters a JSON string may hold raw, where SSE has no line break.
+                lines = (line.decode("utf-8") for line in got.iter_lines())
+                for event_id, name, data in parse_sse(lines):
                     if name == "error":
                         continue
                     after = event_id or after

@@ -173,8 +173,10 @@ def test_listen_follows_a_remote_wahook_stream(processes, make_key, listener, cl
     base = processes.start_web()
     listen = listener("--server", base, "--api-key", key, "--events", "campaign.*", "--count", "2")
     listen.wait_err("connected")
-    ids = [publish(client, key), publish(client, key, event="flow.other"), publish(client, key)]
-    assert [e["event_id"] for e in listen.events(2)] == [ids[0], ids[2]]
+    ids = [publish(client, key), publish(client, key, event="flow.other"), publish(client, key, note="a\u2028b\x85c")]
+    events = listen.events(2)
+    assert [e["event_id"] for e in events] == [ids[0], ids[2]]
+    assert events[1]["note"] == "a\u2028b\x85c"
     assert listen.process.wait(timeout=10) == 0
     assert key not in "\n".join(listen.err)
 
