@@ -345,6 +345,12 @@ def test_stream_resumes_after_last_event_id_and_filters(client, key, quick_strea
     next(chunks)
     assert [m["id"] for m in sse_messages(next(chunks))] == [ids[2]]
     response.close()
+    # The same from the query, for clients that cannot set the header.
+    response = client.get(f"/api/v1/stream?last_event_id={ids[0]}", headers=auth(key))
+    chunks = response.iter_encoded()
+    next(chunks)
+    assert [m["id"] for m in sse_messages(next(chunks))] == [ids[1], ids[2]]
+    response.close()
 
 
 def test_stream_with_an_unknown_last_event_id_is_refused(client, key):
