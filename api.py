@@ -59,6 +59,13 @@ def error(status: int, message: str) -> Response:
     return response
 
 
+@bp.after_request
+def no_store(response: Response) -> Response:
+    # Answers carry customers' messages: keep them out of every cache on the way.
+    response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
 @bp.errorhandler(ApiError)
 def api_error(exc: ApiError) -> Response:
     return error(exc.status, exc.message)

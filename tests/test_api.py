@@ -217,6 +217,15 @@ def test_pull_pages_through_events_in_commit_order(client, key, post_webhook):
     assert pull(client, key, after=page["next"]).json == {"events": [], "next": None}
 
 
+def test_api_answers_are_not_cached(client, key):
+    publish(client, key)
+    assert pull(client, key).headers["Cache-Control"] == "no-store"
+    assert publish(client, key).headers["Cache-Control"] == "no-store"
+    response = client.get("/api/v1/stream", headers=auth(key))
+    assert response.headers["Cache-Control"] == "no-cache"
+    response.close()
+
+
 def test_pull_filters_by_names_and_prefixes(client, key, post_webhook):
     publish(client, key, event="campaign.started")
     publish(client, key, event="flow.session_started")
