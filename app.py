@@ -12,6 +12,7 @@ from typing import Any
 from flask import Flask
 
 import admin
+import api
 import cli
 import db
 import health
@@ -55,6 +56,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(intake.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(metrics.bp)
+    app.register_blueprint(api.bp)
     admin.init_app(app)
     media_route.init_app(app)
     cli.init_app(app)

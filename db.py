@@ -44,6 +44,35 @@ CREATE INDEX IF NOT EXISTS attempts_endpoint ON attempts (endpoint_id, id);
 """,
     ),
     (
+        7,
+        """
+-- Keys for the publish, pull and stream API. Only a SHA-256 of the key is kept; `prefix`
+-- (its random first part, not secret) finds the row, so the hash is compared in constant time.
+CREATE TABLE IF NOT EXISTS api_keys (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    prefix TEXT NOT NULL UNIQUE,
+    key_hash TEXT NOT NULL,
+    scopes TEXT NOT NULL,                     -- comma separated: publish, read
+    created_at REAL NOT NULL,
+    last_used_at REAL,
+    revoked_at REAL
+);
+
+-- Idempotency-Key of a publish -> the answer it got, per API key, for 24 hours. Written in
+-- the transaction that publishes, so a repeat either sees the event or publishes it itself.
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    api_key_id INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    status INTEGER NOT NULL,
+    answer TEXT NOT NULL,
+    PRIMARY KEY (api_key_id, key)
+);
+CREATE INDEX IF NOT EXISTS idempotency_created ON idempotency_keys (created_at);
+""",
+    ),
+    (
         8,
         """
 -- Media custody (media_store.py): one row per Meta media id, downloaded by the worker and
@@ -241,17 +270,35 @@ def begin(conn: sqlite3.Connection) -> None:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
 
+def _new_write_lock() -> None:
+    global _write_lock
+    _write_lock = threading.RLock()
+
+
+# The threads of one process (gthread web workers) queue here for the write lock, in order
+# and without waking, instead of all polling SQLite's lock; only the one holding this polls
+# against other processes. Reentrant, so a transaction opened inside another on a second
+# connection still reaches SQLite and fails there as before rather than hanging here.
+_write_lock = threading.RLock()
+os.register_at_fork(after_in_child=_new_write_lock)
+
+
 @contextmanager
 def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """BEGIN IMMEDIATE ... COMMIT, rolled back if the block raises."""
-    begin(conn)
+    if not _write_lock.acquire(timeout=BUSY_TIMEOUT_MS / 1000):
+        raise sqlite3.OperationalError("database is locked")
     try:
-        yield conn
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
+        begin(conn)
+        try:
+            yield conn
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+    finally:
+        _write_lock.release()
 
 
 def statements(script: str) -> Iterator[str]:

@@ -95,22 +95,23 @@ def count_rejection(reason: str) -> None:
         log.warning("could not count a rejected signature: %s", exc)
 
 
-def read_body() -> bytes | None:
-    """The raw body, or None when it is over MAX_BODY_BYTES.
+def read_body(limit: int = MAX_BODY_BYTES) -> bytes | None:
+    """The raw body, or None when it is over `limit` bytes.
 
     A chunked body has no length to check first, and werkzeug's limit would hand back its
-    first 4 MiB as if that were all (then refused as a bad signature). So it is read up to
+    first `limit` bytes as if that were all (then refused as a bad signature). So it is read up to
     one byte past the limit, and when longer the rest is drained, within a bound, so the
     client gets to read its 413.
     """
     if request.content_length is not None or not request.environ.get("wsgi.input_terminated"):
+        request.max_content_length = limit
         try:
             return request.get_data(cache=False)
         except RequestEntityTooLarge:
             return None
     stream = request.environ["wsgi.input"]
-    raw = stream.read(MAX_BODY_BYTES + 1)
-    if len(raw) <= MAX_BODY_BYTES:
+    raw = stream.read(limit + 1)
+    if len(raw) <= limit:
         return raw
     drained = 0
     while drained < DRAIN_LIMIT and (chunk := stream.read(64 * 1024)):

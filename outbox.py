@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from db import transaction
-from events import OPERATIONAL_EVENTS, event_id_for, iso
+from events import OPERATIONAL_EVENTS, event_id_for, iso, storable
 
 ACTIVE = ("pending", "retrying")
 _ACTIVE_SQL = "state IN ('pending', 'retrying')"
@@ -320,7 +320,9 @@ def redeliver(
         clauses.append(f"id IN ({','.join('?' for _ in ids)})")
         params += ids
     else:
-        clauses.append("webhook_id IS NOT NULL")  # a test send is redone by sending a new test
+        # A test send is redone by sending a new test; every other event (from Meta, published
+        # by an API client or by the gateway) is redelivered.
+        clauses.append("event_name != 'webhook.test'")
     if since is not None:
         clauses.append("created_at >= ?")
         params.append(since)
@@ -354,6 +356,7 @@ def publish(
     now = time.time()
     event_id = event_id_for(dedupe_key)
     body = {"event": name, "event_id": event_id, "timestamp": int(now), "received_at": iso(now), **data}
-    text = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+    # storable: a lone surrogate an API client sent ("\ud800") stays escaped, so it can be stored.
+    text = storable(json.dumps(body, ensure_ascii=False, separators=(",", ":")))
     new, _ = add_events(conn, [NewEvent(event_id, name, dedupe_key, text)], now, exclude_endpoint=exclude_endpoint)
     return event_id if new else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -20,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import apikeys  # noqa: E402
 import db  # noqa: E402
 import embedded_redis  # noqa: E402
 import endpoints  # noqa: E402
@@ -101,6 +103,28 @@ def media_app(tmp_path, redis_url, graph):
     db.close_all()
 
 
+TOKEN_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+def csrf_from(html: str) -> str:
+    match = TOKEN_RE.search(html)
+    assert match, "page has no CSRF field"
+    return match.group(1)
+
+
+def login(client, password: str = ADMIN_PASSWORD, **kwargs):
+    token = csrf_from(client.get("/login", **kwargs).text)
+    return client.post("/login", data={"password": password, "csrf_token": token}, **kwargs)
+
+
+def token(client) -> str:
+    return csrf_from(client.get("/settings").text)
+
+
+def post_form(client, url: str, data: dict | None = None, **kwargs):
+    return client.post(url, data={"csrf_token": token(client), **(data or {})}, **kwargs)
+
+
 @pytest.fixture
 def add_endpoint(app):
     """add_endpoint(url, **fields): an endpoint stored as the settings page would store it."""
@@ -110,6 +134,17 @@ def add_endpoint(app):
             return endpoints.create(get_db(), app.config["WAHOOK"], url, **fields)
 
     return add
+
+
+@pytest.fixture
+def make_key(app):
+    """make_key(scopes="publish,read"): a new API key (the full key), as `apikey add` makes it."""
+
+    def make(scopes: str = "publish,read", name: str = "test client") -> str:
+        with app.app_context():
+            return apikeys.create(get_db(), name, scopes)[1]
+
+    return make
 
 
 def cli_json(runner, *args):
@@ -346,3 +381,11 @@ def fresh_processes(tmp_path, redis_url):
     started = Processes(tmp_path, sections)
     yield started
     started.stop_all()
+
+
+def make_app(tmp_path, redis_url, **changes):
+    """An app like the `app` fixture with some config sections changed."""
+    sections = instance_sections(tmp_path, redis_url)
+    for section, values in changes.items():
+        sections[section] = {**sections[section], **values}
+    return create_app({"TESTING": True, "config_path": str(tmp_path / "none.toml"), **sections})

@@ -13,9 +13,8 @@ import media_links
 import media_route
 import media_store
 import worker
-from conftest import media_message, sign
+from conftest import login, media_message, post_form, sign
 from graph_stub import Media
-from test_admin import login, post_form
 
 PICTURE = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 300
 

@@ -13,9 +13,8 @@ import endpoints
 import silence
 import worker
 from app import create_app
-from conftest import Processes, instance_sections, sign, text_message, wait_until
+from conftest import Processes, instance_sections, login, make_app, sign, text_message, wait_until
 from events import iso
-from test_admin import login, make_app
 
 
 def test_a_short_window_with_real_processes(tmp_path, redis_url, make_receiver):
