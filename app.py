@@ -12,10 +12,12 @@ from typing import Any
 from flask import Flask
 
 import admin
+import api
 import cli
 import db
 import health
 import intake
+import media_route
 import metrics
 import runstate
 from config import DEFAULTS, ConfigError, load_config
@@ -54,7 +56,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(intake.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(metrics.bp)
+    app.register_blueprint(api.bp)
     admin.init_app(app)
+    media_route.init_app(app)
     cli.init_app(app)
     return app
 

@@ -1,4 +1,5 @@
-"""Command line: `./wahook endpoint|deliveries|simulate|backup ...` (the same as `flask --app app ...`).
+"""Command line: `./wahook endpoint|deliveries|apikey|simulate|listen|backup ...` (the same as
+`flask --app app ...`).
 
 Every command prints JSON on stdout, so it can be piped into jq or a script. A refused
 value prints {"error": ..., "field": ...} and exits 1.
@@ -18,11 +19,13 @@ import requests
 from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
 
+import apikeys
 import backup
 import delivery
 import endpoints
 import intake
 import jobs
+import listen
 import outbox
 import runstate
 import samples
@@ -44,6 +47,7 @@ def config():
 
 endpoint_cli = AppGroup("endpoint", help="Add, list, remove and test the endpoints events go to.")
 deliveries_cli = AppGroup("deliveries", help="Act on deliveries.")
+apikey_cli = AppGroup("apikey", help="Make, list and revoke keys for the publish, pull and stream API.")
 
 
 @endpoint_cli.command("add")
@@ -147,6 +151,33 @@ def simulate_target() -> tuple[str, dict | None]:
     return base.rstrip("/") + "/api/webhooks/whatsapp", info
 
 
+@apikey_cli.command("add")
+@click.argument("name")
+@click.option("--scopes", default="publish,read", show_default=True, help="Comma-separated: publish, read.")
+def apikey_add(name: str, scopes: str) -> None:
+    """Make an API key; prints it with the full key, shown this once and stored only as a hash."""
+    try:
+        made, key = apikeys.create(get_db(), name, scopes)
+    except apikeys.ApiKeyError as exc:
+        refuse(exc.message, exc.field)
+    emit({**made.as_dict(), "key": key})
+
+
+@apikey_cli.command("list")
+def apikey_list() -> None:
+    """List API keys (never the keys themselves), with when each was last used."""
+    emit([key.as_dict() for key in apikeys.list_all(get_db())])
+
+
+@apikey_cli.command("revoke")
+@click.argument("key_id", type=int)
+def apikey_revoke(key_id: int) -> None:
+    """Revoke an API key: every request with it is refused (401) from now on."""
+    if not apikeys.revoke(get_db(), key_id):
+        refuse(f"no API key {key_id}")
+    emit({"revoked": key_id})
+
+
 @click.command("simulate", epilog=kinds_help())
 @with_appcontext
 @click.argument("kind", type=click.Choice(samples.KINDS), metavar="KIND")
@@ -195,6 +226,8 @@ def simulate(kind: str, url: str | None) -> None:
 def backup_command(path: str) -> None:
     """Copy the database to PATH (a new file) while everything runs; the copy is opened and
     checked (integrity_check, counts) before it is put at PATH."""
+    if config().database_url:
+        refuse("backup copies a SQLite database; back PostgreSQL up with pg_dump", "path")
     try:
         written, size, _ = backup.take(config().database_path, path)
     except backup.BackupError as exc:
@@ -205,5 +238,7 @@ def backup_command(path: str) -> None:
 def init_app(app: Flask) -> None:
     app.cli.add_command(endpoint_cli)
     app.cli.add_command(deliveries_cli)
+    app.cli.add_command(apikey_cli)
     app.cli.add_command(simulate)
     app.cli.add_command(backup_command)
+    app.cli.add_command(listen.listen)

@@ -57,6 +57,69 @@ CREATE INDEX IF NOT EXISTS attempts_endpoint ON attempts (endpoint_id, id);
 """,
     ),
     (
+        7,
+        """
+-- Keys for the publish, pull and stream API. Only a SHA-256 of the key is kept; `prefix`
+-- (its random first part, not secret) finds the row, so the hash is compared in constant time.
+CREATE TABLE IF NOT EXISTS api_keys (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    prefix TEXT NOT NULL UNIQUE,
+    key_hash TEXT NOT NULL,
+    scopes TEXT NOT NULL,                     -- comma separated: publish, read
+    created_at REAL NOT NULL,
+    last_used_at REAL,
+    revoked_at REAL
+);
+
+-- Idempotency-Key of a publish -> the answer it got, per API key, for 24 hours. Written in
+-- the transaction that publishes, so a repeat either sees the event or publishes it itself.
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    api_key_id INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    status INTEGER NOT NULL,
+    answer TEXT NOT NULL,
+    PRIMARY KEY (api_key_id, key)
+);
+CREATE INDEX IF NOT EXISTS idempotency_created ON idempotency_keys (created_at);
+""",
+    ),
+    (
+        8,
+        """
+-- Media custody (media_store.py): one row per Meta media id, downloaded by the worker and
+-- kept in the data folder under the file's sha256, so a file sent twice is kept once.
+CREATE TABLE IF NOT EXISTS media (
+    id INTEGER PRIMARY KEY,
+    media_id TEXT NOT NULL UNIQUE,            -- Meta's id, checked against media_links.SAFE_ID
+    mime_type TEXT NOT NULL DEFAULT '',
+    sha256 TEXT NOT NULL DEFAULT '',          -- Meta's hash as sent (hex or base64)
+    filename TEXT NOT NULL DEFAULT '',        -- a document's name, as the customer sent it
+    file TEXT,                                -- hex sha256 naming the kept file, once downloaded
+    size INTEGER,
+    state TEXT NOT NULL DEFAULT 'pending'
+        CHECK (state IN ('pending', 'retrying', 'downloaded', 'failed')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    lease_owner TEXT,
+    lease_until REAL,
+    last_error TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS media_due ON media (next_attempt_at) WHERE state IN ('pending', 'retrying');
+CREATE INDEX IF NOT EXISTS media_file ON media (file);
+-- The webhooks that carried each media id: the file goes when the last of them is pruned.
+CREATE TABLE IF NOT EXISTS media_refs (
+    media INTEGER NOT NULL REFERENCES media (id) ON DELETE CASCADE,
+    webhook_id INTEGER NOT NULL REFERENCES webhooks (id) ON DELETE CASCADE,
+    PRIMARY KEY (media, webhook_id)
+);
+CREATE INDEX IF NOT EXISTS media_refs_webhook ON media_refs (webhook_id);
+""",
+    ),
+    (
         9,
         """
 -- Running totals for GET /metrics (metrics.py), kept by triggers in the very transaction
@@ -251,16 +314,40 @@ def begin(conn: Connection) -> None:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
 
+def _new_write_lock() -> None:
+    global _write_lock
+    _write_lock = threading.RLock()
+
+
+# The threads of one process (gthread web workers) queue here for the write lock, in order
+# and without waking, instead of all polling SQLite's lock; only the one holding this polls
+# against other processes. Reentrant, so a transaction opened inside another on a second
+# connection still reaches SQLite and fails there as before rather than hanging here.
+_write_lock = threading.RLock()
+os.register_at_fork(after_in_child=_new_write_lock)
+
+
 @contextmanager
 def transaction(conn: Connection) -> Iterator[Connection]:
-    """BEGIN IMMEDIATE ... COMMIT, rolled back if the block raises."""
-    begin(conn)
+    """BEGIN IMMEDIATE ... COMMIT, rolled back if the block raises.
+
+    On PostgreSQL, threads do not queue on the process's write lock: rows are locked, not
+    the database, so transactions that touch different rows go on side by side.
+    """
+    lock = _write_lock if engine(conn) == "sqlite" else contextlib.nullcontext()
+    if lock is _write_lock and not _write_lock.acquire(timeout=BUSY_TIMEOUT_MS / 1000):
+        raise sqlite3.OperationalError("database is locked")
     try:
-        yield conn
-    except BaseException:
-        rollback(conn)
-        raise
-    conn.execute("COMMIT")
+        begin(conn)
+        try:
+            yield conn
+        except BaseException:
+            rollback(conn)
+            raise
+        conn.execute("COMMIT")
+    finally:
+        if lock is _write_lock:
+            _write_lock.release()
 
 
 def rollback(conn: Connection) -> None:
@@ -311,6 +398,15 @@ def data_version(conn: Connection) -> int:
     if engine(conn) == "postgresql":
         return pg.data_version(conn)
     return conn.execute("PRAGMA data_version").fetchone()[0]
+
+
+def ids_in_commit_order(conn: Connection, table: str) -> None:
+    """From here to the commit, hold the right to add rows to `table`, so its ids become
+    visible in increasing order: pull and stream read events by id and must never find a
+    smaller one appear behind a larger one already read. SQLite commits one transaction at a
+    time anyway; PostgreSQL would let a later id commit first. Call inside a transaction."""
+    if engine(conn) == "postgresql":
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (f"wahook.{table}",))
 
 
 def tables(conn: Connection) -> list[str]:

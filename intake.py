@@ -22,6 +22,8 @@ from werkzeug.exceptions import RequestEntityTooLarge
 import db
 import events as meta_events
 import jobs
+import media_links
+import media_store
 import outbox
 from db import get_db, transaction
 
@@ -93,22 +95,23 @@ def count_rejection(reason: str) -> None:
         log.warning("could not count a rejected signature: %s", exc)
 
 
-def read_body() -> bytes | None:
-    """The raw body, or None when it is over MAX_BODY_BYTES.
+def read_body(limit: int = MAX_BODY_BYTES) -> bytes | None:
+    """The raw body, or None when it is over `limit` bytes.
 
     A chunked body has no length to check first, and werkzeug's limit would hand back its
-    first 4 MiB as if that were all (then refused as a bad signature). So it is read up to
+    first `limit` bytes as if that were all (then refused as a bad signature). So it is read up to
     one byte past the limit, and when longer the rest is drained, within a bound, so the
     client gets to read its 413.
     """
     if request.content_length is not None or not request.environ.get("wsgi.input_terminated"):
+        request.max_content_length = limit
         try:
             return request.get_data(cache=False)
         except RequestEntityTooLarge:
             return None
     stream = request.environ["wsgi.input"]
-    raw = stream.read(MAX_BODY_BYTES + 1)
-    if len(raw) <= MAX_BODY_BYTES:
+    raw = stream.read(limit + 1)
+    if len(raw) <= limit:
         return raw
     drained = 0
     while drained < DRAIN_LIMIT and (chunk := stream.read(64 * 1024)):
@@ -161,6 +164,7 @@ def receive() -> Response:
         # A parser bug must not cost Meta's retries or the body: keep it raw, with no events.
         log.exception("could not draw events from a webhook; stored raw")
         drawn = []
+    media_links.attach(drawn, config, received_at)
     try:
         new_deliveries = store(get_db(), raw, body, drawn, received_at)
     except db.Error as exc:
@@ -216,6 +220,7 @@ def store(conn: db.Connection, raw: bytes, body: dict, drawn: list, received_at:
             for event, text_body in zip(drawn, encoded, strict=True)
         ]
         new_names, made = outbox.add_events(conn, new, received_at, webhook=(webhook_id, webhook_public_id))
+        media_store.track(conn, drawn, webhook_id, received_at)
         if len(new_names) != len(drawn):
             conn.execute("UPDATE webhooks SET event_count = ? WHERE id = ?", (len(new_names), webhook_id))
     log.info(

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import db
 from db import transaction
-from events import OPERATIONAL_EVENTS, event_id_for, iso
+from events import OPERATIONAL_EVENTS, event_id_for, iso, storable
 
 ACTIVE = ("pending", "retrying")
 _ACTIVE_SQL = "state IN ('pending', 'retrying')"
@@ -123,6 +123,7 @@ def add_events(
 
 def add_event_row(conn: db.Connection, event: NewEvent, created_at: float, webhook_row: int | None = None):
     """Store one event without fanning it out; its row id, or None for a duplicate."""
+    db.ids_in_commit_order(conn, "events")
     inserted = conn.execute(
         "INSERT INTO events (event_id, webhook_id, name, dedupe_key, created_at, body)"
         " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
@@ -326,7 +327,9 @@ def redeliver(
         clauses.append(f"id IN ({','.join('?' for _ in ids)})")
         params += ids
     else:
-        clauses.append("webhook_id IS NOT NULL")  # a test send is redone by sending a new test
+        # A test send is redone by sending a new test; every other event (from Meta, published
+        # by an API client or by the gateway) is redelivered.
+        clauses.append("event_name != 'webhook.test'")
     if since is not None:
         clauses.append("created_at >= ?")
         params.append(since)
@@ -360,6 +363,7 @@ def publish(
     now = time.time()
     event_id = event_id_for(dedupe_key)
     body = {"event": name, "event_id": event_id, "timestamp": int(now), "received_at": iso(now), **data}
-    text = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+    # storable: a lone surrogate an API client sent ("\ud800") stays escaped, so it can be stored.
+    text = storable(json.dumps(body, ensure_ascii=False, separators=(",", ":")))
     new, _ = add_events(conn, [NewEvent(event_id, name, dedupe_key, text)], now, exclude_endpoint=exclude_endpoint)
     return event_id if new else None

@@ -27,6 +27,7 @@ from flask import (
     url_for,
 )
 
+import apikeys
 import db
 import delivery
 import endpoints
@@ -93,6 +94,7 @@ def settings_page(add_errors: dict[str, str] | None = None, status: int = 200):
             verify_token=meta["verify_token"],
             app_secret_set=bool(meta["app_secret"]),
             endpoints=[endpoints.as_dict(row) for row in endpoints.list_all(conn)],
+            api_keys=[key.as_dict() for key in apikeys.list_all(conn)],
             groups=SELECTABLE_GROUPS,
             formats=endpoints.FORMATS,
             values=form_values(),

@@ -9,6 +9,8 @@ Inside one worker:
 - a lane per endpoint, with a few threads and keep-alive connections of its own, claims
   that endpoint's due deliveries in batches and sends them, so an endpoint that hangs or
   fails holds up nobody else's deliveries;
+- a media lane (media_worker.py), with threads of its own, downloads media files when
+  `meta.access_token` is set, so downloads and deliveries never wait for each other;
 - a sweeper thread does the same every second without Redis, which is what makes
   retries happen on time and makes a lost job, a flushed Redis or a dead worker harmless;
   it also writes the heartbeat /healthz reads, and prunes old history.
@@ -24,6 +26,7 @@ import socket
 import sys
 import threading
 import time
+from pathlib import Path
 
 import redis
 from rq import SimpleWorker
@@ -33,6 +36,8 @@ import delivery
 import embedded_redis
 import jobs
 import logs
+import media_store
+import media_worker
 import outbox
 import safe_http
 import silence
@@ -168,6 +173,9 @@ class Dispatcher:
         self.awake_lock = threading.RLock()
         self.watcher: threading.Thread | None = None
         self.watch_until = 0.0  # monotonic time until which commits may rely on the watcher
+        self.media = (
+            media_worker.MediaLane(config, self.name, self.stopping) if config["meta"]["access_token"] else None
+        )
 
     def pump(self) -> int:
         """Wake the lane of every endpoint with a due delivery nobody holds. Returns how many lanes."""
@@ -176,6 +184,8 @@ class Dispatcher:
                 return 0
             conn = db.connection(self.config.database)
             found = outbox.due_endpoints(conn)
+            if self.media is not None and media_store.any_due(conn):
+                self.media.want()
             for endpoint_id in found:
                 lane = self.lanes.get(endpoint_id)
                 if lane is None:
@@ -257,6 +267,8 @@ class Dispatcher:
             for thread in lane.threads:
                 thread.join(timeout=max(0.0, deadline - time.monotonic()))
             lane.close()
+        if self.media is not None:
+            self.media.close(max(0.0, deadline - time.monotonic()))
 
 
 def heartbeat(conn, name: str, started_at: float) -> None:
@@ -268,8 +280,11 @@ def heartbeat(conn, name: str, started_at: float) -> None:
         )
 
 
-def prune(conn, retention_days: int) -> int:
-    """Delete history older than the retention period, in small transactions. Returns rows deleted."""
+def prune(conn, retention_days: int, media_folder: Path | None = None) -> int:
+    """Delete history older than the retention period, in small transactions. Returns rows deleted.
+
+    Media rows and files go with the last webhook that refers to them (media_store.prune);
+    files are removed only when `media_folder` is given."""
     cutoff = time.time() - retention_days * 86400
     deleted = 0
     with db.transaction(conn):
@@ -294,6 +309,7 @@ def prune(conn, retention_days: int) -> int:
                 break
     with db.transaction(conn):
         deleted += conn.execute("DELETE FROM rejections WHERE minute < ?", (int(cutoff // 60),)).rowcount
+    deleted += media_store.prune(conn, media_folder)
     return deleted
 
 
@@ -312,7 +328,8 @@ def sweep(dispatcher: Dispatcher) -> None:
             dispatcher.pump()
             silence.check(conn, dispatcher.config)
             if now - last_prune >= PRUNE_INTERVAL:
-                prune(conn, dispatcher.config["storage"]["retention_days"])
+                config = dispatcher.config
+                prune(conn, config["storage"]["retention_days"], media_store.media_dir(config))
                 last_prune = now
         except Exception:
             log.exception("sweep failed; trying again")

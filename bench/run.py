@@ -7,7 +7,8 @@ status webhooks, each with new wamids; deliveries go to a fast asyncio receiver 
 
     BENCH_QUICK=1     fewer and shorter rounds, for trying a change (a minute or two; the full
                       run takes five or six)
-    BENCH_ONLY=a,b    only these measures: receiver, intake, drain, latency, burst, outage, metrics
+    BENCH_ONLY=a,b    only these measures: receiver, intake, drain, latency, burst, outage, metrics,
+                      media, streams, publish
     BENCH_ROOT=dir    measure the wahook checkout in `dir` instead of this one (before/after)
 """
 
@@ -18,6 +19,8 @@ import sys
 import time
 from collections.abc import Callable
 
+import api_scenarios
+import media_bench
 import metrics_scrape
 import scenarios as sc
 
@@ -160,6 +163,47 @@ def run_metrics(ws: sc.Workspace, plan: sc.Plan, table: Table) -> None:
     )
 
 
+def run_media(ws: sc.Workspace, plan: sc.Plan, table: Table) -> None:
+    run = media_bench.media_drain(ws, plan)
+    quiet, stream, download = (sc.median(v) for v in (run.quiet, run.stream, run.download))
+    ratio = download / quiet
+    table.add(
+        f"media: drain/s of {plan.drain_events:,} events, 1 worker, while {media_bench.STREAM_RATE:g} image"
+        f" messages/s of {media_bench.IMAGE_BYTES // 1024} KB are downloaded",
+        f"{download:,.0f}/s ({spread(run.download)}); {run.downloaded} images downloaded, {run.failed} not",
+        f"no images {quiet:,.0f}/s; images, no token {stream:,.0f}/s",
+        f"{ratio:.2f} ({download / stream:.2f} vs no token)",
+        ">= 0.9",
+        ratio >= 0.9 and run.downloaded > 0 and not run.duplicates,
+    )
+
+
+def run_streams(ws: sc.Workspace, plan: sc.Plan, table: Table) -> None:
+    result, notes = api_scenarios.streams(ws, plan)
+    ours, theirs = sc.median(result.ours), sc.median(result.theirs)
+    table.add(
+        f"intake with {api_scenarios.STREAMS} event streams open ({plan.rounds} rounds of {plan.intake_seconds:g} s)",
+        f"{ours:,.0f}/s ({spread(result.ours)}), p99 {sc.median(notes['p99_with']):.0f} ms",
+        f"no streams {theirs:,.0f}/s, p99 {sc.median(notes['p99_without']):.0f} ms",
+        f"{result.ratio:.2f}",
+        ">= 0.9, all 200",
+        result.ratio >= 0.9 and not notes["non2xx"] and not notes["errors"],
+    )
+
+
+def run_publish(ws: sc.Workspace, plan: sc.Plan, table: Table) -> None:
+    result, notes = api_scenarios.publish(ws, plan)
+    ours, theirs = sc.median(result.ours), sc.median(result.theirs)
+    table.add(
+        f"publish: POST /api/v1/events/s, stored + enqueued ({plan.rounds} rounds of {plan.intake_seconds:g} s)",
+        f"{ours:,.0f}/s ({spread(result.ours)})",
+        f"intake {theirs:,.0f}/s, same stack",
+        f"{result.ratio:.2f}",
+        "every 202 stored",
+        notes["stored"] >= notes["posted"] and not notes["non2xx"] and not notes["errors"],
+    )
+
+
 MEASURES: dict[str, Callable[[sc.Workspace, sc.Plan, Table], None]] = {
     "receiver": run_receiver,
     "intake": run_intake,
@@ -168,6 +212,9 @@ MEASURES: dict[str, Callable[[sc.Workspace, sc.Plan, Table], None]] = {
     "burst": run_burst,
     "outage": run_outage,
     "metrics": run_metrics,
+    "media": run_media,
+    "streams": run_streams,
+    "publish": run_publish,
 }
 
 

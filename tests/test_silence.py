@@ -14,9 +14,8 @@ import endpoints
 import silence
 import worker
 from app import create_app
-from conftest import Processes, instance_sections, sign, text_message, wait_until
+from conftest import Processes, instance_sections, login, make_app, sign, text_message, wait_until
 from events import iso
-from test_admin import login, make_app
 
 pytestmark = pytest.mark.engines
 
