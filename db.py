@@ -400,6 +400,13 @@ def data_version(conn: Connection) -> int:
     return conn.execute("PRAGMA data_version").fetchone()[0]
 
 
+def skip_locked(conn: Connection) -> str:
+    """What to append to a SELECT that picks rows to claim in the same transaction: on
+    PostgreSQL, lock them and pass over rows another worker is claiming right now. SQLite
+    needs nothing: its write transaction already excludes every other writer."""
+    return " FOR UPDATE SKIP LOCKED" if engine(conn) == "postgresql" else ""
+
+
 def ids_in_commit_order(conn: Connection, table: str) -> None:
     """From here to the commit, hold the right to add rows to `table`, so its ids become
     visible in increasing order: pull and stream read events by id and must never find a

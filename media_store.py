@@ -90,7 +90,7 @@ def claim(
             (media_id, now),
         )
     with transaction(conn):
-        row = conn.execute(pick[0], pick[1]).fetchone()
+        row = conn.execute(pick[0] + db.skip_locked(conn), pick[1]).fetchone()
         if row is None:
             return None
         return conn.execute(

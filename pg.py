@@ -8,7 +8,8 @@ translated here, in one place, and nowhere else:
 - `BEGIN IMMEDIATE` becomes `BEGIN` (row locks, not one database lock, keep writers apart);
 - `INSERT OR IGNORE INTO ...` becomes `INSERT INTO ... ON CONFLICT DO NOTHING`;
 - rows can be read by name and by index, like sqlite3.Row; `sum()` of integers comes back
-  as an int (PostgreSQL's numeric would be a Decimal), a Python bool goes in as 0 or 1;
+  as an int (PostgreSQL's numeric would be a Decimal), a Python bool goes in as 0 or 1,
+  and a NUL character in text (which PostgreSQL cannot store) as U+FFFD;
 - schema scripts: INTEGER PRIMARY KEY becomes an identity column, INTEGER BIGINT, REAL
   DOUBLE PRECISION (PostgreSQL's `real` has 4 bytes: a unix time would lose its seconds),
   BLOB BYTEA. A migration whose SQL differs in more than types (triggers) has its own
@@ -126,8 +127,18 @@ def translate(sql: str) -> str:
     return text
 
 
-def _params(params) -> tuple | list:
-    return tuple(int(p) if isinstance(p, bool) else p for p in params)
+def _param(value: Any) -> Any:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, str) and "\x00" in value:
+        # PostgreSQL's text cannot hold NUL, SQLite's can. Such text only comes from a
+        # client (JSON bodies keep it escaped): a look-up with it finds nothing either way.
+        return value.replace("\x00", "\ufffd")
+    return value
+
+
+def _params(params) -> tuple:
+    return tuple(_param(p) for p in params)
 
 
 class Connection:

@@ -17,6 +17,8 @@ import requests
 import stream
 from conftest import APP_SECRET, sign, text_message, wait_until
 
+pytestmark = pytest.mark.engines
+
 MIB = 1024 * 1024
 
 

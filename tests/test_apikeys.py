@@ -11,6 +11,8 @@ import pytest
 import apikeys
 from conftest import cli_json, login, post_form
 
+pytestmark = pytest.mark.engines
+
 
 def auth(key: str) -> dict:
     return {"Authorization": f"Bearer {key}"}

@@ -17,6 +17,8 @@ import pytest
 
 from conftest import ROOT, free_port, wait_until
 
+pytestmark = pytest.mark.engines
+
 SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
 
 

@@ -12,6 +12,8 @@ import db
 import media_store
 from events import Event
 
+pytestmark = pytest.mark.engines
+
 
 @pytest.fixture
 def conn(media_app):

@@ -27,6 +27,8 @@ from conftest import (
 from db import get_db
 from graph_stub import Media
 
+pytestmark = pytest.mark.engines
+
 PICTURE = b"\xff\xd8\xff" + bytes(range(256)) * 1000
 MB = 1024 * 1024
 
