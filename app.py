@@ -70,6 +70,8 @@ def __getattr__(name: str) -> Flask:
             built = create_app()
         except ConfigError as exc:
             sys.exit(f"wahook: configuration error: {exc}")
+        except db.StorageError as exc:
+            sys.exit(f"wahook: {exc}")
         globals()["app"] = built
         return built
     raise AttributeError(name)

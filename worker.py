@@ -365,7 +365,11 @@ def main() -> int:
     except ConfigError as exc:
         print(f"wahook: configuration error: {exc}", file=sys.stderr)
         return 2
-    db.connection(config.database)
+    try:
+        db.connection(config.database)
+    except db.StorageError as exc:
+        print(f"wahook: {exc}", file=sys.stderr)
+        return 2
     if config.redis_embedded:
         embedded_redis.ensure_running(config.data_dir)
     dispatcher = Dispatcher(config)

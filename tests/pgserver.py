@@ -46,6 +46,13 @@ class Server:
         """Stop (fast: open connections are cut) and start again with the same options."""
         self.pg_ctl("-m", "fast", "restart")
 
+    def require_password(self, role: str) -> None:
+        """Make `role` log in with its password (the server trusts local users otherwise)."""
+        hba = self.folder / "pg_hba.conf"
+        hba.write_text(f"local all {role} scram-sha-256\n" + hba.read_text())
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute("SELECT pg_reload_conf()")
+
     def new_database(self) -> str:
         name = f"t{os.getpid()}_{next(_numbers)}"
         with psycopg.connect(self.url(), autocommit=True) as conn:
