@@ -21,12 +21,14 @@ from flask.cli import AppGroup, with_appcontext
 
 import apikeys
 import backup
+import copydb
 import delivery
 import endpoints
 import intake
 import jobs
 import listen
 import outbox
+import pg
 import runstate
 import samples
 from db import get_db
@@ -235,7 +237,24 @@ def backup_command(path: str) -> None:
     emit({"path": str(written), "bytes": size})
 
 
+@click.command("copy-db")
+@with_appcontext
+@click.argument("url")
+def copy_db_command(url: str) -> None:
+    """Copy the SQLite database into the empty PostgreSQL database at URL (then set
+    storage.database to URL). Stop web processes and workers first: what they write during
+    the copy stays behind."""
+    if config().database_url:
+        refuse("storage.database is already PostgreSQL; copy-db copies a SQLite database", "url")
+    try:
+        counts = copydb.copy(config().database_path, url)
+    except copydb.CopyError as exc:
+        refuse(str(exc), "url")
+    emit({"copied": counts, "to": pg.redacted(url)})
+
+
 def init_app(app: Flask) -> None:
+    app.cli.add_command(copy_db_command)
     app.cli.add_command(endpoint_cli)
     app.cli.add_command(deliveries_cli)
     app.cli.add_command(apikey_cli)

@@ -137,8 +137,12 @@ def _param(value: Any) -> Any:
     return value
 
 
-def _params(params) -> tuple:
+def row_values(params) -> tuple:
+    """Values as PostgreSQL takes them (see _param): statement parameters, or a row to COPY."""
     return tuple(_param(p) for p in params)
+
+
+_params = row_values
 
 
 class Connection:

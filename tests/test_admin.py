@@ -36,7 +36,7 @@ def element(html: str, element_id: str) -> str:
 
 
 def snapshot(conn) -> dict:
-    return {t: [tuple(r) for r in conn.execute(f"SELECT * FROM {t} ORDER BY 1, 2, 3")] for t in db.tables(conn)}  # noqa: S608
+    return {t: sorted((tuple(r) for r in conn.execute(f"SELECT * FROM {t}")), key=repr) for t in db.tables(conn)}  # noqa: S608
 
 
 @pytest.fixture
