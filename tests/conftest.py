@@ -340,7 +340,7 @@ class Processes:
         self.env = {**os.environ, "WAHOOK_CONFIG": str(self.config_path), "PYTHONUNBUFFERED": "1"}
         self.children: list[subprocess.Popen] = []
 
-    def start_web(self, workers: int = 2) -> str:
+    def start_web(self, workers: int = 2, own_group: bool = False) -> str:
         """Start gunicorn (with gunicorn.conf.py, as `make run` does) on a free port; its base URL.
 
         A port found free can be taken by another program before gunicorn binds it; then
@@ -355,6 +355,7 @@ class Processes:
                 env={**self.env, "WAHOOK_BIND": f"127.0.0.1:{port}", "WAHOOK_WEB_WORKERS": str(workers)},
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                process_group=0 if own_group else None,
             )
             self.children.append(process)
             base = f"http://127.0.0.1:{port}"
@@ -374,10 +375,16 @@ class Processes:
                 return base
         raise AssertionError("gunicorn did not start; see gunicorn-*.log in the test's folder")
 
-    def start_worker(self) -> subprocess.Popen:
+    def start_worker(self, own_group: bool = False) -> subprocess.Popen:
+        """A worker; own_group puts it in a process group of its own, as on another machine."""
         log = open(self.tmp_path / f"worker-{len(self.children)}.log", "wb")  # noqa: SIM115
         process = subprocess.Popen(
-            [sys.executable, "worker.py"], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "worker.py"],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            process_group=0 if own_group else None,
         )
         self.children.append(process)
         return process

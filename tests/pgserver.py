@@ -8,6 +8,7 @@ import itertools
 import os
 import subprocess
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import psycopg
 import pytest
@@ -41,6 +42,14 @@ class Server:
 
     def pg_ctl(self, *args: str) -> None:
         self.module.pg_ctl(["-w", *args], pgdata=self.folder, user=self.handle.system_user, timeout=60)
+
+    def stop_server(self) -> None:
+        """Stop it as an operator would (fast: open connections are cut); start_server brings it back."""
+        self.pg_ctl("-m", "fast", "stop")
+
+    def start_server(self) -> None:
+        socket_dir = parse_qs(urlsplit(self.url()).query)["host"][0]
+        self.pg_ctl("-o", '-h ""', "-o", f"-k {socket_dir}", "-l", str(self.handle.log), "start")
 
     def restart(self) -> None:
         """Stop (fast: open connections are cut) and start again with the same options."""

@@ -3,18 +3,25 @@ one-line answer to a database that cannot be reached, on a real PostgreSQL serve
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import subprocess
 import sys
 import threading
+import time
+from collections import Counter
 
 import psycopg
 import pytest
+import requests
 
 import db
 import pg
 import pg_migrations
-from conftest import ROOT
+from conftest import ROOT, Processes, instance_sections, sign, text_message, wait_until
 
+TOTAL = 300
 SQLITE_ONLY = ("CREATE TRIGGER IF", "INSERT OR IGNORE", "INSERT OR REPLACE", "PRAGMA", "AUTOINCREMENT", "WITHOUT ROWID")
 
 
@@ -160,3 +167,139 @@ def test_a_wrong_password_is_named_without_the_password(postgres_server, tmp_pat
     assert message.startswith("storage.database: cannot connect to PostgreSQL at postgresql://pwuser:***@")
     assert "wrong-pw-123" not in message and "\n" not in message
     assert db.connect(url.replace("wrong-pw-123", "right-pw")).execute("SELECT 1").fetchone()[0] == 1
+
+
+def test_two_machines_on_one_postgresql_lose_nothing_when_a_worker_is_killed(
+    tmp_path, redis_url, postgres_server, make_receiver
+):
+    """Two "machines" (each its own config, data folder and process group: one gunicorn with
+    two web processes, one worker) share one PostgreSQL and one Redis. Machine A's worker is
+    SIGKILLed mid-flood: every event arrives, and the only repeats are of what that worker
+    had sent before it died (at-least-once), never of anything the survivor sent."""
+    url = postgres_server.new_database()
+    receiver = make_receiver()
+    machines = []
+    for name in ("a", "b"):
+        folder = tmp_path / name
+        folder.mkdir()
+        machines.append(Processes(folder, instance_sections(folder, redis_url, url)))
+    try:
+        conn = db.connect(url)
+        db.migrate(conn)
+        with db.transaction(conn):
+            conn.execute(
+                "INSERT INTO endpoints (url, secret, created_at, updated_at) VALUES (?, ?, 0, 0)",
+                (receiver.url, "whsec_" + "A" * 43 + "="),
+            )
+        bases = [m.start_web(workers=2, own_group=True) for m in machines]
+        doomed = machines[0].start_worker(own_group=True)
+        machines[1].start_worker(own_group=True)
+        statuses: list[int] = []
+
+        def post(offset: int) -> None:
+            session = requests.Session()
+            for n in range(offset, TOTAL, 4):
+                raw = json.dumps(text_message(f"wamid.TWO{n}")).encode()
+                statuses.append(
+                    session.post(
+                        bases[n % 2] + "/api/webhooks/whatsapp",
+                        data=raw,
+                        headers={"X-Hub-Signature-256": sign(raw)},
+                        timeout=10,
+                    ).status_code
+                )
+
+        posters = [threading.Thread(target=post, args=(k,)) for k in range(4)]
+        for thread in posters:
+            thread.start()
+        wait_until(lambda: len(receiver.requests) >= 50, timeout=60, message="the flood to start arriving")
+        os.killpg(doomed.pid, signal.SIGKILL)
+        doomed.wait()
+        sent_before_kill = {r.headers["X-Webhook-Id"] for r in list(receiver.requests)}
+        for thread in posters:
+            thread.join()
+        assert statuses == [200] * TOTAL
+        wanted = {json.loads(r[0])["event_id"] for r in conn.execute("SELECT body FROM events")}
+        assert len(wanted) == TOTAL and len(sent_before_kill) < TOTAL
+
+        def all_arrived() -> bool:
+            return wanted <= {r.headers["X-Webhook-Id"] for r in list(receiver.requests)}
+
+        wait_until(all_arrived, timeout=90, interval=0.3, message="every event to arrive")
+        wait_until(
+            lambda: conn.execute("SELECT count(*) FROM deliveries WHERE state = 'delivered'").fetchone()[0] == TOTAL,
+            timeout=30,
+            message="every delivery to be marked delivered",
+        )
+        arrivals = Counter(r.headers["X-Webhook-Id"] for r in list(receiver.requests))
+        repeated = {event_id for event_id, n in arrivals.items() if n > 1}
+        assert repeated <= sent_before_kill  # the survivor never sent a delivered event again
+    finally:
+        for machine in machines:
+            machine.stop_all()
+
+
+@pytest.mark.engines("postgresql")
+def test_postgresql_restarted_under_load(processes, database, postgres_server, receiver, engine):
+    """While PostgreSQL is down, Meta gets 503s (it retries); every webhook that got a 200 is
+    kept and delivered; web processes and the worker reconnect by themselves."""
+    conn = db.connect(database)
+    db.migrate(conn)
+    with db.transaction(conn):
+        conn.execute(
+            "INSERT INTO endpoints (url, secret, created_at, updated_at) VALUES (?, ?, 0, 0)",
+            (receiver.url, "whsec_" + "A" * 43 + "="),
+        )
+    conn.close()
+    base = processes.start_web()
+    processes.start_worker()
+    watch = db.connect(database)
+    wait_until(lambda: watch.execute("SELECT count(*) FROM workers").fetchone()[0], timeout=30, message="the worker")
+    watch.close()
+    answers: list[tuple[str, int]] = []
+    stop = threading.Event()
+
+    def post() -> None:
+        session = requests.Session()
+        n = 0
+        while not stop.is_set():
+            n += 1
+            wamid = f"wamid.RESTART{threading.get_ident()}.{n}"
+            raw = json.dumps(text_message(wamid)).encode()
+            try:
+                status = session.post(
+                    base + "/api/webhooks/whatsapp", data=raw, headers={"X-Hub-Signature-256": sign(raw)}, timeout=15
+                ).status_code
+            except requests.RequestException:
+                status = 0
+            answers.append((wamid, status))
+            time.sleep(0.01)
+
+    posters = [threading.Thread(target=post) for _ in range(2)]
+    for thread in posters:
+        thread.start()
+    try:
+        wait_until(lambda: sum(s == 200 for _, s in answers) >= 20, timeout=30, message="webhooks stored")
+        postgres_server.stop_server()
+        try:
+            down_from = len(answers)
+            wait_until(lambda: sum(s == 503 for _, s in answers[down_from:]) >= 5, timeout=30, message="503s")
+        finally:
+            postgres_server.start_server()
+        up_from = len(answers)
+        wait_until(lambda: sum(s == 200 for _, s in answers[up_from:]) >= 20, timeout=60, message="200s again")
+    finally:
+        stop.set()
+        for thread in posters:
+            thread.join()
+    assert {s for _, s in answers} <= {200, 503}  # never a 500, never a dropped connection
+    stored = db.connect(database)
+    kept = {json.loads(r[0])["message_id"] for r in stored.execute("SELECT body FROM events")}
+    accepted = {wamid for wamid, s in answers if s == 200}
+    assert accepted <= kept
+    wait_until(
+        lambda: stored.execute("SELECT count(*) FROM deliveries WHERE state <> 'delivered'").fetchone()[0] == 0,
+        timeout=60,
+        message="the worker to deliver everything after the restart",
+    )
+    assert len({r.headers["X-Webhook-Id"] for r in list(receiver.requests)}) >= len(accepted)
