@@ -224,6 +224,18 @@ def test_public_pages_need_no_session(client):
     assert client.get("/static/style.css").status_code == 200
 
 
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH"])
+@pytest.mark.parametrize(
+    ("path", "allow"),
+    [("/api/webhooks/whatsapp", "GET, POST"), ("/healthz", "GET"), ("/login", "GET, POST")],
+)
+def test_public_routes_answer_other_methods_with_405_and_allow(client, conn, path, allow, method):
+    response = client.open(path, method=method, data=b"{}")
+    assert response.status_code == 405
+    assert response.headers["Allow"] == allow
+    assert conn.execute("SELECT count(*) FROM webhooks").fetchone()[0] == 0
+
+
 @pytest.mark.parametrize("path", POST_FORMS)
 def test_every_form_refuses_a_post_without_a_valid_token(app, admin, conn, receiver, post_webhook, path, add_endpoint):
     add_endpoint(receiver.url)
