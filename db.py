@@ -49,6 +49,10 @@ BUSY_TIMEOUT_MS = 5000
 BUSY_FIRST_PAUSE = 0.00005  # seconds; doubled after each busy try
 BUSY_MAX_PAUSE = 0.002
 WAL_CHECKPOINT_PAGES = 4000  # 16 MB of WAL with 4 KiB pages
+WAL_SWITCH_WAIT = 30.0  # seconds a process starting on a new database waits for the others
+
+# storage.synchronous per database path, as FULL or NORMAL; FULL where nobody said otherwise.
+_synchronous: dict[str, str] = {}
 
 _local = threading.local()
 _migrated: set[str] = set()
@@ -65,10 +69,11 @@ def connect(path: str | os.PathLike) -> sqlite3.Connection:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
     conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA journal_mode = WAL")
-    # NORMAL in WAL mode: a commit survives any crash of our processes; only an OS crash
-    # or power loss can take back the last moments. FULL costs an fsync per webhook.
-    conn.execute("PRAGMA synchronous = NORMAL")
+    use_wal(conn)
+    # FULL: every commit is on disk before it returns, so a 200 to Meta and a delivery's new
+    # state survive power loss. NORMAL in WAL mode survives any crash of our processes but
+    # an OS crash or power loss can take back the last commits; it saves an fsync per commit.
+    conn.execute(f"PRAGMA synchronous = {_synchronous.get(str(path), 'FULL')}")
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA foreign_keys = ON")
     # A webhook's commit appends about 16 pages to the WAL; copying them back into the
@@ -76,6 +81,35 @@ def connect(path: str | os.PathLike) -> sqlite3.Connection:
     # checkpoint. Every WAL_CHECKPOINT_PAGES the same hot pages are copied once, not 4 times.
     conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}")
     return conn
+
+
+def use_synchronous(path: str | os.PathLike, level: str) -> None:
+    """Make every connection to `path` opened from now on use `storage.synchronous` = level."""
+    if level not in ("full", "normal"):
+        raise ValueError(f"synchronous must be full or normal, not {level!r}")
+    _synchronous[str(path)] = level.upper()
+
+
+def use_wal(conn: sqlite3.Connection) -> None:
+    """Switch to WAL, waiting out other processes doing the same.
+
+    On a brand-new file the switch needs an exclusive lock, and SQLite answers "database is
+    locked" at once, without its busy handler, to every process that opens the file while
+    another switches it: start-up must wait, not die.
+    """
+    deadline = time.monotonic() + WAL_SWITCH_WAIT
+    pause = 0.001
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                raise
+            if time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
 
 
 def connection(path: str | os.PathLike) -> sqlite3.Connection:

@@ -326,6 +326,7 @@ def main() -> int:
     except ConfigError as exc:
         print(f"wahook: configuration error: {exc}", file=sys.stderr)
         return 2
+    db.use_synchronous(config.database_path, config["storage"]["synchronous"])
     db.connection(config.database_path)
     if config.redis_embedded:
         embedded_redis.ensure_running(config.data_dir)
