@@ -151,7 +151,7 @@ def test_every_connection_of_an_app_uses_its_synchronous(tmp_path, redis_url):
         assert db.connection(path).execute("PRAGMA synchronous").fetchone()[0] == expected
         other = []
         thread = threading.Thread(
-            target=lambda p=path: other.append(db.connection(p).execute("PRAGMA synchronous").fetchone()[0])
+            target=lambda p=path, other=other: other.append(db.connection(p).execute("PRAGMA synchronous").fetchone()[0])
         )
         thread.start()
         thread.join()
