@@ -149,10 +149,12 @@ def test_every_connection_of_an_app_uses_its_synchronous(tmp_path, redis_url):
         app = create_app({"TESTING": True, "config_path": str(tmp_path / "none.toml"), **sections})
         path = app.config["WAHOOK"].database_path
         assert db.connection(path).execute("PRAGMA synchronous").fetchone()[0] == expected
-        other = []
-        thread = threading.Thread(
-            target=lambda p=path, other=other: other.append(db.connection(p).execute("PRAGMA synchronous").fetchone()[0])
-        )
+        seen = []
+
+        def in_thread(path=path, seen=seen) -> None:
+            seen.append(db.connection(path).execute("PRAGMA synchronous").fetchone()[0])
+
+        thread = threading.Thread(target=in_thread)
         thread.start()
         thread.join()
-        assert other == [expected]
+        assert seen == [expected]
