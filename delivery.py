@@ -54,19 +54,27 @@ class Outcome:
         }
 
 
-def signature_headers(secret: str, message_id: str, timestamp: int, body: bytes) -> dict[str, str]:
-    """Both signatures of SPEC section 5 for one attempt."""
+def signature_headers(secrets_: str | list[str], message_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+    """Both signatures of SPEC section 5 for one attempt.
+
+    With several secrets (the new one first, then the one a rotation replaced, while their
+    overlap lasts) `webhook-signature` carries one `v1,` signature per secret, space separated,
+    as Standard Webhooks allows; `X-Webhook-Signature` is made with the first (newest) only.
+    """
+    keys = [secrets_] if isinstance(secrets_, str) else secrets_
     stamp = str(timestamp).encode("ascii")
-    plain = hmac.new(secret.encode("utf-8"), stamp + b"." + body, hashlib.sha256).hexdigest()
-    standard = hmac.new(
-        endpoints.secret_key_bytes(secret), message_id.encode("utf-8") + b"." + stamp + b"." + body, hashlib.sha256
-    ).digest()
+    plain = hmac.new(keys[0].encode("utf-8"), stamp + b"." + body, hashlib.sha256).hexdigest()
+    signed = message_id.encode("utf-8") + b"." + stamp + b"." + body
+    standard = " ".join(
+        "v1," + base64.b64encode(hmac.new(endpoints.secret_key_bytes(key), signed, hashlib.sha256).digest()).decode()
+        for key in keys
+    )
     return {
         "X-Webhook-Timestamp": str(timestamp),
         "X-Webhook-Signature": plain,
         "webhook-id": message_id,
         "webhook-timestamp": str(timestamp),
-        "webhook-signature": "v1," + base64.b64encode(standard).decode("ascii"),
+        "webhook-signature": standard,
     }
 
 
@@ -101,7 +109,9 @@ def build_headers(endpoint: sqlite3.Row, delivery: sqlite3.Row, body: bytes) -> 
         "User-Agent": USER_AGENT,
         "X-Webhook-Event": delivery["event_name"],
         "X-Webhook-Id": delivery["message_id"],
-        **signature_headers(endpoint["secret"], delivery["message_id"], int(time.time()), body),
+        **signature_headers(
+            endpoints.signing_secrets(endpoint, time.time()), delivery["message_id"], int(time.time()), body
+        ),
     }
     if endpoint["bearer_token"]:
         headers["Authorization"] = f"Bearer {endpoint['bearer_token']}"

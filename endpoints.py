@@ -27,6 +27,7 @@ SECRET_MIN_BYTES, SECRET_MAX_BYTES = 24, 64
 FORMATS = ("events", "meta")
 MAX_URL_LENGTH = 2048
 EXTRA_EVENT_RE = re.compile(r"whatsapp\.[a-z0-9_.-]{1,64}")
+MAX_KEEP_OLD_HOURS = 720  # 30 days: an overlap is for switching receivers, not for keeping two secrets
 TOKEN_RE = re.compile(r"[\x21-\x7e]{1,512}")  # printable, no spaces or line breaks: it goes in a header
 
 
@@ -178,15 +179,37 @@ def update(conn: sqlite3.Connection, config, endpoint_id: int, **fields: Any) ->
     return get(conn, endpoint_id)
 
 
-def rotate_secret(conn: sqlite3.Connection, endpoint_id: int) -> str:
-    """Give the endpoint a new generated secret and return it (shown once, in full)."""
+def check_keep_old_hours(value: Any) -> float:
+    """The overlap a rotation gives the old secret, in hours: a number from 0 to MAX_KEEP_OLD_HOURS."""
+    try:
+        hours = float(str(value).strip())
+    except ValueError:
+        raise EndpointError("keep_old_hours", f"keep-old-hours must be a number of hours, not {value!r}") from None
+    if not 0 <= hours <= MAX_KEEP_OLD_HOURS:  # also refuses nan
+        raise EndpointError("keep_old_hours", f"keep-old-hours must be from 0 to {MAX_KEEP_OLD_HOURS}")
+    return hours
+
+
+def rotate_secret(conn: sqlite3.Connection, endpoint_id: int, keep_old_hours: float = 0) -> sqlite3.Row:
+    """Give the endpoint a new generated secret; the old one keeps signing alongside it for
+    `keep_old_hours` (0: it stops at once). Returns the row, whose new secret is shown once."""
     secret = generate_secret()
+    now = time.time()
     with transaction(conn):
         if not conn.execute(
-            "UPDATE endpoints SET secret = ?, updated_at = ? WHERE id = ?", (secret, time.time(), endpoint_id)
+            "UPDATE endpoints SET previous_secret = CASE WHEN ? > 0 THEN secret ELSE '' END,"
+            " previous_secret_until = CASE WHEN ? > 0 THEN ? END, secret = ?, updated_at = ? WHERE id = ?",
+            (keep_old_hours, keep_old_hours, now + keep_old_hours * 3600, secret, now, endpoint_id),
         ).rowcount:
             raise KeyError(endpoint_id)
-    return secret
+    return get(conn, endpoint_id)
+
+
+def signing_secrets(row: sqlite3.Row, now: float) -> list[str]:
+    """The secrets a delivery is signed with: the current one, then the old one during an overlap."""
+    if row["previous_secret"] and (row["previous_secret_until"] or 0) > now:
+        return [row["secret"], row["previous_secret"]]
+    return [row["secret"]]
 
 
 def mark_disabled(conn: sqlite3.Connection, endpoint_id: int, reason: str) -> None:

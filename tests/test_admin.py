@@ -458,12 +458,35 @@ def test_delete_asks_first(app, admin, conn, receiver, add_endpoint):
 
 def test_new_secret_is_shown_once(app, admin, conn, receiver, add_endpoint):
     endpoint = add_endpoint(receiver.url)
-    assert "stops working" in admin.get(f"/settings/endpoints/{endpoint['id']}/secret").text
+    page = admin.get(f"/settings/endpoints/{endpoint['id']}/secret").text
+    assert "keep signing" in page and 'name="keep_old_hours"' in page and 'value="24"' in page
     assert endpoints.get(conn, endpoint["id"])["secret"] == endpoint["secret"]
-    response = post_form(admin, f"/settings/endpoints/{endpoint['id']}/secret")
-    secret = endpoints.get(conn, endpoint["id"])["secret"]
-    assert secret != endpoint["secret"] and secret in response.text
-    assert secret not in admin.get("/settings").text
+    response = post_form(admin, f"/settings/endpoints/{endpoint['id']}/secret", {"keep_old_hours": "0"})
+    row = endpoints.get(conn, endpoint["id"])
+    assert row["secret"] != endpoint["secret"] and row["secret"] in response.text
+    assert endpoints.signing_secrets(row, time.time()) == [row["secret"]]
+    assert "no longer signs" in response.text
+    assert row["secret"] not in admin.get("/settings").text
+
+
+def test_new_secret_with_an_overlap_keeps_the_old_one_signing(admin, conn, receiver, add_endpoint):
+    endpoint = add_endpoint(receiver.url)
+    response = post_form(admin, f"/settings/endpoints/{endpoint['id']}/secret", {"keep_old_hours": "1.5"})
+    assert response.status_code == 200
+    row = endpoints.get(conn, endpoint["id"])
+    assert endpoints.signing_secrets(row, time.time()) == [row["secret"], endpoint["secret"]]
+    assert abs(row["previous_secret_until"] - (time.time() + 5400)) < 60
+    assert "keeps signing alongside the new one until" in element(response.text, "old-secret-until")
+    # The old secret is never shown again, in full or otherwise beyond its mask.
+    assert endpoint["secret"] not in response.text
+
+
+@pytest.mark.parametrize("hours", ["-1", "721", "nan", "a day", ""])
+def test_new_secret_refuses_a_bad_overlap_and_changes_nothing(admin, conn, receiver, add_endpoint, hours):
+    endpoint = add_endpoint(receiver.url)
+    response = post_form(admin, f"/settings/endpoints/{endpoint['id']}/secret", {"keep_old_hours": hours})
+    assert response.status_code == 400 and "keep-old-hours must be" in response.text
+    assert endpoints.get(conn, endpoint["id"])["secret"] == endpoint["secret"]
 
 
 @pytest.mark.parametrize(
