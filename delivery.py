@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 
 import endpoints
+import outages
 import outbox
 import safe_http
 from db import transaction
@@ -177,17 +178,21 @@ def record(conn: sqlite3.Connection, config, owner: str, results: list[tuple[sql
     """Store the attempts and move each delivery on, in one transaction for the batch."""
     now = time.time()
     gone: dict[int, str] = {}
+    finished = []
     with transaction(conn):
         for delivery, outcome in results:
             outbox.record_attempt(conn, delivery, now - outcome.duration_ms / 1000, outcome)
             state, attempts, next_at = next_step(config, delivery, outcome, now)
-            outbox.finish(conn, delivery["id"], owner, state, attempts, next_at, outcome)
+            if outbox.finish(conn, delivery["id"], owner, state, attempts, next_at, outcome):
+                finished.append((delivery, outcome, state, attempts))
             if outcome.status_code == 410 and delivery["endpoint_id"] is not None:
                 gone[delivery["endpoint_id"]] = f"receiver answered 410 Gone at {iso(now)}"
         for endpoint_id, reason in gone.items():
             endpoints.mark_disabled(conn, endpoint_id, reason)
             # The rest of our batch: mark_disabled leaves leased deliveries to their owner, us.
             outbox.fail_leased(conn, owner, f"endpoint disabled: {reason}", endpoint_id=endpoint_id)
+        if results:
+            outages.after_batch(conn, config, results[0][0]["endpoint_id"], finished, now)
 
 
 def fail_unsendable(conn: sqlite3.Connection, owner: str, deliveries: list[sqlite3.Row], reason: str) -> None:

@@ -121,7 +121,10 @@ def check_fields(config, values: dict[str, Any]) -> dict[str, Any]:
     if "enabled" in values:
         cleaned["enabled"] = 1 if values["enabled"] else 0
         if cleaned["enabled"]:
-            cleaned["disabled_reason"] = ""
+            # A fresh start: the failures before it was disabled are no streak to recover from.
+            cleaned.update(
+                disabled_reason="", failing_since=None, next_probe_at=None, probe_interval=None, recovering_until=None
+            )
     return cleaned
 
 
@@ -213,13 +216,25 @@ def signing_secrets(row: sqlite3.Row, now: float) -> list[str]:
 
 
 def mark_disabled(conn: sqlite3.Connection, endpoint_id: int, reason: str) -> None:
-    """Stop sending to an endpoint (a 410 from it, or the admin), failing what was waiting.
-    Call inside a transaction; `disable` is the same in one of its own."""
+    """Stop sending to an endpoint (a 410 from it, disable_after_hours, or the admin), failing
+    what was waiting, and send `endpoint.disabled` to the endpoints that select it when it was
+    enabled until now. Call inside a transaction; `disable` is the same in one of its own."""
+    now = time.time()
+    row = get(conn, endpoint_id)
     conn.execute(
-        "UPDATE endpoints SET enabled = 0, disabled_reason = ?, updated_at = ? WHERE id = ?",
-        (reason, time.time(), endpoint_id),
+        "UPDATE endpoints SET enabled = 0, disabled_reason = ?, updated_at = ?, failing_since = NULL,"
+        " next_probe_at = NULL, probe_interval = NULL, recovering_until = NULL WHERE id = ?",
+        (reason, now, endpoint_id),
     )
     outbox.fail_waiting(conn, endpoint_id, f"endpoint disabled: {reason}")
+    if row is not None and row["enabled"]:
+        outbox.publish(
+            conn,
+            "endpoint.disabled",
+            {"endpoint_id": endpoint_id, "url": row["url"], "reason": reason},
+            dedupe_key=f"endpoint.disabled:{endpoint_id}:{now!r}",
+            exclude_endpoint=endpoint_id,
+        )
 
 
 def disable(conn: sqlite3.Connection, endpoint_id: int, reason: str) -> None:

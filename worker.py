@@ -11,7 +11,8 @@ Inside one worker:
   fails holds up nobody else's deliveries;
 - a sweeper thread does the same every second without Redis, which is what makes
   retries happen on time and makes a lost job, a flushed Redis or a dead worker harmless;
-  it also writes the heartbeat /healthz reads, and prunes old history.
+  it also probes failing endpoints and disables those failing for too long (outages.py),
+  writes the heartbeat /healthz reads, and prunes old history.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import db
 import delivery
 import embedded_redis
 import jobs
+import outages
 import outbox
 import safe_http
 from config import ConfigError, load_config
@@ -287,6 +289,7 @@ def sweep(dispatcher: Dispatcher) -> None:
             if now - last_beat >= HEARTBEAT_INTERVAL:
                 heartbeat(conn, dispatcher.name, started)
                 last_beat = now
+            outages.sweep(conn, dispatcher.config)  # may make a probe due: before the pump
             dispatcher.pump()
             if now - last_prune >= PRUNE_INTERVAL:
                 prune(conn, dispatcher.config["storage"]["retention_days"])
