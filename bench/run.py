@@ -7,7 +7,7 @@ status webhooks, each with new wamids; deliveries go to a fast asyncio receiver 
 
     BENCH_QUICK=1     fewer and shorter rounds, for trying a change (a minute or two; the full
                       run takes five or six)
-    BENCH_ONLY=a,b    only these measures: receiver, intake, drain, latency, burst, outage
+    BENCH_ONLY=a,b    only these measures: receiver, intake, drain, latency, burst, outage, durability
     BENCH_ROOT=dir    measure the wahook checkout in `dir` instead of this one (before/after)
 """
 
@@ -146,6 +146,17 @@ def run_outage(ws: sc.Workspace, plan: sc.Plan, table: Table) -> None:
     )
 
 
+def run_durability(ws: sc.Workspace, plan: sc.Plan, table: Table) -> None:
+    intake, drain = sc.durability(ws, plan)
+    for what, result, unit in (("intake", intake, "webhooks"), ("drain", drain, "deliveries")):
+        table.add(
+            f"durability: {what} {unit}/s with storage.synchronous = full (survives power loss)",
+            f"{sc.median(result.ours):,.0f}/s ({spread(result.ours)})",
+            f"normal (survives crashes only) {sc.median(result.theirs):,.0f}/s ({spread(result.theirs)})",
+            f"{result.ratio:.2f}",
+        )
+
+
 MEASURES: dict[str, Callable[[sc.Workspace, sc.Plan, Table], None]] = {
     "receiver": run_receiver,
     "intake": run_intake,
@@ -153,6 +164,7 @@ MEASURES: dict[str, Callable[[sc.Workspace, sc.Plan, Table], None]] = {
     "latency": run_latency,
     "burst": run_burst,
     "outage": run_outage,
+    "durability": run_durability,
 }
 
 
