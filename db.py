@@ -120,11 +120,16 @@ def use_wal(conn: sqlite3.Connection) -> None:
     locked" at once, without its busy handler, to every process that opens the file while
     another switches it: start-up must wait, not die.
     """
-    deadline = time.monotonic() + WAL_SWITCH_WAIT
-    pause = 0.001
+    retry_while_busy(conn, "PRAGMA journal_mode = WAL", WAL_SWITCH_WAIT, 0.001, 0.05)
+
+
+def retry_while_busy(conn: sqlite3.Connection, statement: str, wait: float, pause: float, max_pause: float) -> None:
+    """Run `statement`, trying again while another connection holds the lock, for `wait` seconds
+    at most, pausing `pause` at first and doubling up to `max_pause`; then "database is locked"."""
+    deadline = time.monotonic() + wait
     while True:
         try:
-            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(statement)
             return
         except sqlite3.OperationalError as exc:
             if exc.sqlite_errorcode not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
@@ -132,7 +137,7 @@ def use_wal(conn: sqlite3.Connection) -> None:
             if time.monotonic() >= deadline:
                 raise
         time.sleep(pause)
-        pause = min(pause * 2, 0.05)
+        pause = min(pause * 2, max_pause)
 
 
 def connection(path: str | os.PathLike) -> sqlite3.Connection:
@@ -173,21 +178,7 @@ def begin(conn: sqlite3.Connection) -> None:
     """
     conn.execute("PRAGMA busy_timeout = 0")
     try:
-        deadline = None
-        pause = BUSY_FIRST_PAUSE
-        while True:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as exc:
-                if exc.sqlite_errorcode not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-                    raise
-            now = time.monotonic()
-            deadline = deadline or now + BUSY_TIMEOUT_MS / 1000
-            if now >= deadline:
-                raise sqlite3.OperationalError("database is locked")
-            time.sleep(pause)
-            pause = min(pause * 2, BUSY_MAX_PAUSE)
+        retry_while_busy(conn, "BEGIN IMMEDIATE", BUSY_TIMEOUT_MS / 1000, BUSY_FIRST_PAUSE, BUSY_MAX_PAUSE)
     finally:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 

@@ -45,6 +45,17 @@ def app(request, tmp_path, redis_url):
     db.close_all()
 
 
+@pytest.fixture
+def outage(make_receiver, add_endpoint):
+    """A receiver answering 502 with its endpoint, and another whose endpoint watches the
+    operational events: (down, watch, the down one's endpoint)."""
+    down, watch = make_receiver(), make_receiver()
+    down.behaviour = DOWN
+    endpoint = add_endpoint(down.url)
+    add_endpoint(watch.url, events=WATCHED)
+    return down, watch, endpoint
+
+
 def answered(receiver, status: int = 200) -> list[dict]:
     """The bodies a receiver answered with `status`, in arrival order."""
     return [json.loads(r.body) for r in list(receiver.requests) if r.status == status]
@@ -79,12 +90,9 @@ def fail_through_the_schedule(app, conn, endpoint_id: int) -> None:
 
 
 def test_a_receiver_down_past_the_whole_schedule_gets_every_event_by_itself_once_oldest_first(
-    app, conn, post_webhook, make_receiver, add_endpoint, running_worker, client
+    conn, post_webhook, outage, running_worker
 ):
-    down, watch = make_receiver(), make_receiver()
-    down.behaviour = DOWN
-    endpoint = add_endpoint(down.url)
-    add_endpoint(watch.url, events=WATCHED)
+    down, watch, endpoint = outage
     wamids = [f"wamid.OUTAGE{n}" for n in range(5)]
     for wamid in wamids:
         assert post_webhook(text_message(wamid)).status_code == 200
@@ -269,12 +277,9 @@ def test_without_auto_recover_failed_deliveries_wait_for_a_click(
 
 @pytest.mark.parametrize("app", [{"disable_after_hours": 0.0005}], indirect=True)  # 1.8 s
 def test_an_endpoint_failing_for_disable_after_hours_is_disabled_with_the_reason(
-    app, conn, post_webhook, make_receiver, add_endpoint, running_worker, runner
+    app, conn, post_webhook, outage, running_worker, runner
 ):
-    down, watch = make_receiver(), make_receiver()
-    down.behaviour = DOWN
-    endpoint = add_endpoint(down.url)
-    add_endpoint(watch.url, events=WATCHED)
+    down, watch, endpoint = outage
     post_webhook(text_message())
     row = wait_until(
         lambda: (r := endpoints.get(conn, endpoint["id"]))["enabled"] == 0 and r, timeout=20, message="disabled"
