@@ -620,6 +620,19 @@ def test_monitor_numbers_for_real_deliveries_and_redelivery(
     assert len(bad.requests) == 8
 
 
+def test_monitor_shows_each_endpoint_failing_recovering_or_healthy(admin, conn, add_endpoint, receiver):
+    ids = [add_endpoint(receiver.url)["id"] for _ in range(3)]
+    now = time.time()
+    conn.execute("UPDATE endpoints SET failing_since = ?, next_probe_at = ? WHERE id = ?", (now - 600, now, ids[0]))
+    conn.execute("UPDATE endpoints SET recovering_until = ? WHERE id = ?", (now + 60, ids[1]))
+    html = admin.get("/monitor").text
+    assert element(html, f"ep-{ids[0]}-status").startswith("failing since")
+    assert element(html, f"ep-{ids[1]}-status").startswith("recovering: answering again")
+    assert 'class="card health health-recovering"' in html
+    assert element(html, f"ep-{ids[2]}-status").startswith("no deliveries yet")
+    assert element(html, "overall").startswith("1 endpoint is failing")
+
+
 def test_rates_chart_and_streak_for_known_attempt_times(app, conn, post_webhook, receiver, add_endpoint):
     endpoint = add_endpoint(receiver.url)
     post_webhook(text_message())
