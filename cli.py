@@ -79,6 +79,7 @@ def endpoint_remove(endpoint_id: int) -> None:
 @click.argument("endpoint_id", type=int)
 @click.option(
     "--keep-old-hours",
+    metavar="HOURS",
     default="24",
     show_default=True,
     help="How long the old secret keeps signing alongside the new one (0 to 720; 0 = stop at once).",
