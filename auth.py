@@ -54,8 +54,9 @@ CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "object-src 'none'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
 )
-# Reachable without a session: Meta, health checks, the login page and its stylesheet.
-PUBLIC_BLUEPRINTS = frozenset({"intake", "health"})
+# Reachable without a session: Meta, health checks, metrics (their own token), signed media
+# links (the link is its own proof), the login page and its stylesheet.
+PUBLIC_BLUEPRINTS = frozenset({"intake", "health", "metrics", "media"})
 PUBLIC_ENDPOINTS = frozenset({"auth.login", "static"})
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 

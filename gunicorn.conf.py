@@ -2,13 +2,16 @@
 when started from this folder (`make run` passes it with -c).
 
 Environment: WAHOOK_BIND (default 127.0.0.1:8000), WAHOOK_WEB_WORKERS (default 2),
-WAHOOK_ACCESS_LOG=1 to log every request, WAHOOK_LOG_LEVEL (default info).
+WAHOOK_ACCESS_LOG=1 to log every request, WAHOOK_LOG_LEVEL (default info),
+WAHOOK_LOG_FORMAT=json for JSON lines.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+
+import logs
 
 wsgi_app = "app:app"
 bind = [os.environ.get("WAHOOK_BIND") or "127.0.0.1:8000"]
@@ -38,6 +41,8 @@ keepalive = 5
 errorlog = "-"
 accesslog = "-" if os.environ.get("WAHOOK_ACCESS_LOG") in ("1", "true", "yes") else None
 loglevel = os.environ.get("WAHOOK_LOG_LEVEL") or "info"
+# WAHOOK_LOG_FORMAT=json: one JSON object per line from gunicorn and the app (see logs.py).
+logconfig_dict = logs.gunicorn_logconfig()
 
 # gunicorn's runtime control socket defaults to one shared path in $HOME; two instances
 # on one machine (or a test run next to a live one) would fight over it. Signals suffice.

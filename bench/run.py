@@ -7,7 +7,8 @@ status webhooks, each with new wamids; deliveries go to a fast asyncio receiver 
 
     BENCH_QUICK=1     fewer and shorter rounds, for trying a change (a minute or two; the full
                       run takes five or six)
-    BENCH_ONLY=a,b    only these measures: receiver, intake, drain, latency, burst, outage, durability
+    BENCH_ONLY=a,b    only these measures: receiver, intake, drain, latency, burst, outage, metrics,
+                      media, durability
     BENCH_ROOT=dir    measure the wahook checkout in `dir` instead of this one (before/after)
 """
 
@@ -18,6 +19,8 @@ import sys
 import time
 from collections.abc import Callable
 
+import media_bench
+import metrics_scrape
 import scenarios as sc
 
 MB = 1024 * 1024
@@ -146,6 +149,34 @@ def run_outage(ws: sc.Workspace, plan: sc.Plan, table: Table) -> None:
     )
 
 
+def run_metrics(ws: sc.Workspace, plan: sc.Plan, table: Table) -> None:
+    stored = 1_000_000
+    got = metrics_scrape.measure(ws.root / "metrics", stored, rounds=max(10, plan.rounds * 10))
+    table.add(
+        f"metrics: one GET /metrics scrape, {got['stored']:,} deliveries stored ({got['series']} samples)",
+        f"median {got['ours_ms']:.1f} ms, worst {got['worst_ms']:.1f} ms",
+        f"counting deliveries by endpoint and state: {got['naive_ms']:.0f} ms",
+        f"{got['naive_ms'] / got['ours_ms']:.0f}x faster",
+        "< 50 ms",
+        got["ours_ms"] < 50,
+    )
+
+
+def run_media(ws: sc.Workspace, plan: sc.Plan, table: Table) -> None:
+    run = media_bench.media_drain(ws, plan)
+    quiet, stream, download = (sc.median(v) for v in (run.quiet, run.stream, run.download))
+    ratio = download / quiet
+    table.add(
+        f"media: drain/s of {plan.drain_events:,} events, 1 worker, while {media_bench.STREAM_RATE:g} image"
+        f" messages/s of {media_bench.IMAGE_BYTES // 1024} KB are downloaded",
+        f"{download:,.0f}/s ({spread(run.download)}); {run.downloaded} images downloaded, {run.failed} not",
+        f"no images {quiet:,.0f}/s; images, no token {stream:,.0f}/s",
+        f"{ratio:.2f} ({download / stream:.2f} vs no token)",
+        ">= 0.9",
+        ratio >= 0.9 and run.downloaded > 0 and not run.duplicates,
+    )
+
+
 def run_durability(ws: sc.Workspace, plan: sc.Plan, table: Table) -> None:
     intake, drain = sc.durability(ws, plan)
     for what, result, unit in (("intake", intake, "webhooks"), ("drain", drain, "deliveries")):
@@ -164,6 +195,8 @@ MEASURES: dict[str, Callable[[sc.Workspace, sc.Plan, Table], None]] = {
     "latency": run_latency,
     "burst": run_burst,
     "outage": run_outage,
+    "metrics": run_metrics,
+    "media": run_media,
     "durability": run_durability,
 }
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,8 @@ import jobs  # noqa: E402
 import worker  # noqa: E402
 from app import create_app  # noqa: E402
 from db import get_db  # noqa: E402
+from graph_stub import TOKEN as GRAPH_TOKEN  # noqa: E402
+from graph_stub import GraphStub  # noqa: E402
 from receiver import Receiver  # noqa: E402
 
 APP_SECRET = "test-app-secret"
@@ -68,6 +71,34 @@ def text_message(wamid: str = "wamid.HBgLMTU1NTAxMjM0NTY3FQIAEhgUM0VCMEE", text:
             }
         ],
     }
+
+
+def media_message(media_id: str, mtype: str = "image", wamid: str | None = None, **fields) -> dict:
+    """A media message webhook (image, document, ...) as Meta documents it."""
+    body = text_message(wamid or f"wamid.media{media_id}")
+    message = body["entry"][0]["changes"][0]["value"]["messages"][0]
+    del message["text"]
+    message["type"] = mtype
+    message[mtype] = {"id": media_id, "mime_type": "image/jpeg", "sha256": "", **fields}
+    return body
+
+
+@pytest.fixture
+def graph():
+    """A local stand-in for the Graph API (tests/graph_stub.py)."""
+    stub = GraphStub()
+    yield stub
+    stub.close()
+
+
+@pytest.fixture
+def media_app(tmp_path, redis_url, graph):
+    """The app with an access token and meta.graph_url pointing at the stand-in."""
+    sections = instance_sections(tmp_path, redis_url)
+    sections["meta"].update(access_token=GRAPH_TOKEN, graph_url=graph.graph_url)
+    application = create_app({"TESTING": True, "config_path": str(tmp_path / "config.toml"), **sections})
+    yield application
+    db.close_all()
 
 
 @pytest.fixture
@@ -145,16 +176,25 @@ def post_webhook(client):
     return post
 
 
-@pytest.fixture
-def running_worker(app):
-    """The worker's dispatcher and sweeper in this process, as worker.py runs them."""
+@contextmanager
+def worker_in_process(app):
+    """The worker's dispatcher and sweeper in this process, as worker.py runs them, for `app`."""
     dispatcher = worker.Dispatcher(app.config["WAHOOK"])
     jobs.set_drain_handler(dispatcher.on_drain_job)
     sweeper = threading.Thread(target=worker.sweep, args=(dispatcher,), daemon=True)
     sweeper.start()
-    yield dispatcher
-    dispatcher.stop(grace=0.5)
-    jobs.set_drain_handler(None)
+    try:
+        yield dispatcher
+    finally:
+        dispatcher.stop(grace=0.5)
+        jobs.set_drain_handler(None)
+
+
+@pytest.fixture
+def running_worker(app):
+    """The worker's dispatcher and sweeper in this process, as worker.py runs them."""
+    with worker_in_process(app) as dispatcher:
+        yield dispatcher
 
 
 @pytest.fixture
@@ -266,6 +306,18 @@ class Processes:
         self.children.append(process)
         return process
 
+    def cli(self, *args: str) -> tuple[int, dict]:
+        """`flask --app app ARGS` as a separate process on this config; (exit code, its JSON)."""
+        result = subprocess.run(
+            [sys.executable, "-m", "flask", "--app", "app", *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        return result.returncode, json.loads(result.stdout)
+
     def stop_all(self) -> None:
         for process in self.children:
             if process.poll() is None:
@@ -282,5 +334,15 @@ class Processes:
 def processes(tmp_path, redis_url):
     """Start real gunicorn and worker processes on this test's config (see Processes)."""
     started = Processes(tmp_path, instance_sections(tmp_path, redis_url))
+    yield started
+    started.stop_all()
+
+
+@pytest.fixture
+def fresh_processes(tmp_path, redis_url):
+    """Like `processes`, for a fresh install: Meta's App secret not set yet."""
+    sections = instance_sections(tmp_path, redis_url)
+    sections["meta"]["app_secret"] = ""
+    started = Processes(tmp_path, sections)
     yield started
     started.stop_all()

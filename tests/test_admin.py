@@ -193,8 +193,10 @@ POST_FORMS = [
     "/settings/endpoints/1/test",
     "/monitor/redeliver/1",
     "/monitor/redeliver-failed",
+    "/settings/media/check-token",
 ]
-PUBLIC_RULES = {"/login", "/healthz", "/api/webhooks/whatsapp", "/static/<path:filename>"}
+PUBLIC_RULES = {"/login", "/healthz", "/metrics", "/api/webhooks/whatsapp", "/static/<path:filename>"}
+PUBLIC_RULES |= {"/media/<token>", "/media/", "/media/<path:rest>"}  # signed media links (test_media_route)
 
 
 def rule_pattern(rule: str) -> re.Pattern:
@@ -222,12 +224,13 @@ def test_public_pages_need_no_session(client):
     assert client.get("/healthz").status_code in (200, 503)
     assert client.get("/api/webhooks/whatsapp").status_code == 400  # the intake's own answer
     assert client.get("/static/style.css").status_code == 200
+    assert client.get("/media/x.y").status_code == 403  # the link's own answer: it is its own proof
 
 
 @pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH"])
 @pytest.mark.parametrize(
     ("path", "allow"),
-    [("/api/webhooks/whatsapp", "GET, POST"), ("/healthz", "GET"), ("/login", "GET, POST")],
+    [("/api/webhooks/whatsapp", "GET, POST"), ("/healthz", "GET"), ("/metrics", "GET"), ("/login", "GET, POST")],
 )
 def test_public_routes_answer_other_methods_with_405_and_allow(client, conn, path, allow, method):
     response = client.open(path, method=method, data=b"{}")
