@@ -57,8 +57,8 @@ ALTER TABLE endpoints ADD COLUMN failing_since REAL;
 ALTER TABLE endpoints ADD COLUMN next_probe_at REAL;
 ALTER TABLE endpoints ADD COLUMN probe_interval REAL;
 ALTER TABLE endpoints ADD COLUMN recovering_until REAL;
--- Retry cycles a delivery was given by hand (delivery.failed is sent once per cycle), and
--- whether automatic recovery already redelivered it in this cycle (only once: an event the
+-- Retry cycles a delivery was given by hand (delivery.failed is sent once per cycle), and how
+-- often automatic recovery redelivered it in this cycle (a few times at most: an event the
 -- receiver refuses must not be sent again after every outage).
 ALTER TABLE deliveries ADD COLUMN cycle INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE deliveries ADD COLUMN auto_redelivered INTEGER NOT NULL DEFAULT 0;
