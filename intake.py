@@ -193,10 +193,10 @@ def store(conn: sqlite3.Connection, raw: bytes, body: dict, drawn: list, receive
     """
     fields = sorted(
         {
-            c.get("field", "")
-            for e in body.get("entry") or []
+            c["field"]
+            for e in meta_events.as_list(body.get("entry"))
             if isinstance(e, dict)
-            for c in (e.get("changes") or [])
+            for c in meta_events.as_list(e.get("changes"))
             if isinstance(c, dict) and isinstance(c.get("field"), str)
         }
     )
