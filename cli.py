@@ -169,7 +169,7 @@ def simulate_target() -> tuple[str, dict | None]:
         base = info["url"]
     else:
         base = "http://127.0.0.1:8000"
-    return base.rstrip("/") + "/api/webhooks/whatsapp", info
+    return base.rstrip("/") + intake.PATH, info
 
 
 @apikey_cli.command("add")
