@@ -8,7 +8,7 @@ status webhooks, each with new wamids; deliveries go to a fast asyncio receiver 
     BENCH_QUICK=1     fewer and shorter rounds, for trying a change (a minute or two; the full
                       run takes five or six)
     BENCH_ONLY=a,b    only these measures: receiver, intake, drain, latency, burst, outage, metrics,
-                      media, streams, publish
+                      media, streams, publish, durability
     BENCH_ROOT=dir    measure the wahook checkout in `dir` instead of this one (before/after)
 """
 
@@ -204,6 +204,17 @@ def run_publish(ws: sc.Workspace, plan: sc.Plan, table: Table) -> None:
     )
 
 
+def run_durability(ws: sc.Workspace, plan: sc.Plan, table: Table) -> None:
+    intake, drain = sc.durability(ws, plan)
+    for what, result, unit in (("intake", intake, "webhooks"), ("drain", drain, "deliveries")):
+        table.add(
+            f"durability: {what} {unit}/s with storage.synchronous = full (survives power loss)",
+            f"{sc.median(result.ours):,.0f}/s ({spread(result.ours)})",
+            f"normal (survives crashes only) {sc.median(result.theirs):,.0f}/s ({spread(result.theirs)})",
+            f"{result.ratio:.2f}",
+        )
+
+
 MEASURES: dict[str, Callable[[sc.Workspace, sc.Plan, Table], None]] = {
     "receiver": run_receiver,
     "intake": run_intake,
@@ -215,6 +226,7 @@ MEASURES: dict[str, Callable[[sc.Workspace, sc.Plan, Table], None]] = {
     "media": run_media,
     "streams": run_streams,
     "publish": run_publish,
+    "durability": run_durability,
 }
 
 
