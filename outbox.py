@@ -380,13 +380,13 @@ _STREAK_SQL = (
 )
 
 
-def has_active(conn: sqlite3.Connection, endpoint_id: int) -> bool:
+def has_active(conn: db.Connection, endpoint_id: int) -> bool:
     """Whether the endpoint has deliveries pending or retrying (they are probes enough)."""
     sql = f"SELECT EXISTS (SELECT 1 FROM deliveries WHERE endpoint_id = ? AND {_ACTIVE_SQL})"  # noqa: S608
     return bool(conn.execute(sql, (endpoint_id,)).fetchone()[0])
 
 
-def start_probe(conn: sqlite3.Connection, endpoint_id: int, since: float, last_attempt: int) -> int | None:
+def start_probe(conn: db.Connection, endpoint_id: int, since: float, last_attempt: int) -> int | None:
     """Make the endpoint's oldest failed delivery of the streak since `since` due now, as the last
     attempt of its cycle (`last_attempt`: a failure leaves it failed, with no new retries).
     Returns its id, or None when there is none. Call inside a transaction."""
@@ -399,12 +399,12 @@ def start_probe(conn: sqlite3.Connection, endpoint_id: int, since: float, last_a
     return None if row is None else row[0]
 
 
-def count_streak_failed(conn: sqlite3.Connection, endpoint_id: int, since: float) -> int:
+def count_streak_failed(conn: db.Connection, endpoint_id: int, since: float) -> int:
     sql = f"SELECT count(*) FROM deliveries WHERE {_STREAK_SQL}"  # noqa: S608
     return conn.execute(sql, (endpoint_id, since)).fetchone()[0]
 
 
-def redeliver_streak(conn: sqlite3.Connection, endpoint_id: int, since: float, per_second: int) -> float | None:
+def redeliver_streak(conn: db.Connection, endpoint_id: int, since: float, per_second: int) -> float | None:
     """Start a fresh retry cycle for the deliveries the streak since `since` left failed, oldest
     first, `per_second` of them due each second from now, so a receiver that just came back is
     not flooded. Returns when the last one is due (None when there were none). Call inside a

@@ -23,6 +23,8 @@ from app import create_app
 from conftest import Processes, instance_sections, text_message, wait_until
 from receiver import Behaviour
 
+pytestmark = pytest.mark.engines
+
 SHORT_SCHEDULE = [0.2, 0.2]
 DOWN = Behaviour(status=502, body=b"redeploying")
 WATCHED = "endpoint.recovered,endpoint.disabled,delivery.failed"
