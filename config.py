@@ -73,7 +73,8 @@ class Config:
     def data_dir(self) -> Path:
         """The folder holding the database; the embedded Redis and generated keys live here too.
 
-        With PostgreSQL it is `data` next to the config file: each machine keeps its own."""
+        With PostgreSQL it is `data` next to the config file, or systemd's StateDirectory when
+        set: each machine keeps its own."""
         return self.database_path.parent
 
     @property
@@ -192,6 +193,11 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any]
     setting = sections["storage"]["database"]
     url = setting if setting.startswith(POSTGRES_SCHEMES) else ""
     database = Path(DEFAULTS["storage"]["database"] if url else setting).expanduser()
+    state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if url and state:
+        # With PostgreSQL the data folder only holds this machine's own files (keys, an
+        # embedded Redis): under systemd, its StateDirectory rather than next to /etc's config.
+        database = Path(state) / database.name
     if not database.is_absolute():
         database = base / database
     return Config(sections=sections, path=found, database_path=database, database_url=url)

@@ -317,3 +317,17 @@ def test_a_home_relative_database_path_is_expanded(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     config = load_config(write(tmp_path, '[storage]\ndatabase = "~/wahook/wahook.db"'))
     assert config.database_path == tmp_path / "home" / "wahook" / "wahook.db"
+
+
+def test_a_postgresql_url_keeps_a_local_data_folder(tmp_path, monkeypatch):
+    url = "postgresql://wahook:pw@db.internal:5432/wahook"
+    path = write(tmp_path, f'[storage]\ndatabase = "{url}"', name="etc/wahook/config.toml")
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    config = load_config(path)
+    assert config.database == config.database_url == url
+    assert config.data_dir == (tmp_path / "etc" / "wahook" / "data").resolve()
+    # Under systemd the unit's StateDirectory holds it: /etc is read-only to the service.
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "var" / "lib" / "wahook"))
+    assert load_config(path).data_dir == tmp_path / "var" / "lib" / "wahook"
+    plain = load_config(write(tmp_path, '[storage]\ndatabase = "hooks.db"', name="x/config.toml"))
+    assert plain.database_url == "" and plain.database == str(plain.database_path)
