@@ -67,9 +67,16 @@ def on_starting(server) -> None:
     from config import ConfigError, load_config
 
     try:
-        load_config()
+        config = load_config()
     except ConfigError as exc:
         sys.exit(f"wahook: configuration error: {exc}")
+    if config.database_url:  # likewise a PostgreSQL that cannot be reached, or a wrong password
+        import pg
+
+        try:
+            pg.connect(config.database_url).close()
+        except pg.StorageError as exc:
+            sys.exit(f"wahook: {exc}")
 
 
 def post_worker_init(worker) -> None:

@@ -7,7 +7,7 @@ status webhooks, each with new wamids; deliveries go to a fast asyncio receiver 
 
     BENCH_QUICK=1     fewer and shorter rounds, for trying a change (a minute or two; the full
                       run takes five or six)
-    BENCH_ONLY=a,b    only these measures: receiver, intake, drain, latency, burst, outage, metrics,
+    BENCH_ONLY=a,b    only these measures: receiver, intake, drain, latency, burst, outage, metrics, engines,
                       media, streams, publish, durability
     BENCH_ROOT=dir    measure the wahook checkout in `dir` instead of this one (before/after)
 """
@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 
 import api_scenarios
+import engines
 import media_bench
 import metrics_scrape
 import scenarios as sc
@@ -107,6 +108,20 @@ def run_drain(ws: sc.Workspace, plan: sc.Plan, table: Table) -> None:
         )
     text, ok = memory_cell(notes["memory"])
     table.add("drain: duplicates, memory", f"{notes['duplicates']} duplicates; {text}", met=ok)
+
+
+def run_engines(ws: sc.Workspace, plan: sc.Plan, table: Table) -> None:
+    found = engines.compare(ws, plan)
+    for (kind, count), rates in sorted((k, v) for k, v in found.items() if k != "duplicates"):
+        lite, pg = sc.median(rates["sqlite"]), sc.median(rates["postgresql"])
+        what = f"{count} web processes" if kind == "intake" else f"{count} worker process" + ("es" if count > 1 else "")
+        table.add(
+            f"engines: {kind} per second, {what}",
+            f"PostgreSQL {pg:,.0f}/s ({spread(rates['postgresql'])})",
+            f"SQLite {lite:,.0f}/s ({spread(rates['sqlite'])})",
+            f"{pg / lite:.2f}",
+        )
+    table.add("engines: duplicates delivered", str(found["duplicates"]), met=found["duplicates"] == 0)
 
 
 def run_latency(ws: sc.Workspace, plan: sc.Plan, table: Table) -> None:
@@ -223,6 +238,7 @@ MEASURES: dict[str, Callable[[sc.Workspace, sc.Plan, Table], None]] = {
     "burst": run_burst,
     "outage": run_outage,
     "metrics": run_metrics,
+    "engines": run_engines,
     "media": run_media,
     "streams": run_streams,
     "publish": run_publish,

@@ -54,7 +54,7 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.02):
     raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def config_text(database: Path, workers: int, retry_schedule: list[int], synchronous: str = "full") -> str:
+def config_text(database: Path | str, workers: int, retry_schedule: list[int], synchronous: str = "full") -> str:
     return "\n".join(
         [
             "[meta]",
@@ -84,21 +84,23 @@ class Stack:
         retry_schedule: list[int] | None = None,
         root: Path = ROOT,
         synchronous: str = "full",
+        database: str | None = None,
     ) -> None:
+        """`database`: a PostgreSQL URL to use instead of a SQLite file in the folder."""
         self.root = root  # the wahook checkout to run (another one can be compared against this one)
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self.data = folder / "data"
         self.config_path = folder / "config.toml"
         self.config_path.write_text(
-            config_text(self.data / "wahook.db", workers, retry_schedule or [10, 10, 10], synchronous)
+            config_text(database or self.data / "wahook.db", workers, retry_schedule or [10, 10, 10], synchronous)
         )
         self.config = load_config(self.config_path)
         self.workers = workers
         self.web: subprocess.Popen | None = None
         self.worker_processes: list[subprocess.Popen] = []
         self.base = ""
-        self._reader: sqlite3.Connection | None = None
+        self._reader = None
         self.env = {
             **os.environ,
             "WAHOOK_CONFIG": str(self.config_path),
@@ -113,7 +115,7 @@ class Stack:
 
     def add_endpoint(self, url: str) -> int:
         """Create the database (if new) and one endpoint; returns its id."""
-        conn = db.connect(self.config.database_path)
+        conn = db.connect(self.config.database)
         try:
             db.migrate(conn)
             return endpoints.create(conn, self.config, url)["id"]
@@ -122,7 +124,7 @@ class Stack:
 
     def add_api_key(self, scopes: str = "publish,read") -> str:
         """Create the database (if new) and an API key; returns the full key."""
-        conn = db.connect(self.config.database_path)
+        conn = db.connect(self.config.database)
         try:
             db.migrate(conn)
             return apikeys.create(conn, "bench", scopes)[1]
@@ -153,7 +155,7 @@ class Stack:
 
         wait_until(answers, 30, "gunicorn to answer")
         # Wait for every web worker to have booted, not just the first.
-        wanted = int(os.environ.get("WAHOOK_WEB_WORKERS") or 2)
+        wanted = int(self.env.get("WAHOOK_WEB_WORKERS") or 2)
         wait_until(lambda: len(psutil.Process(self.web.pid).children()) >= wanted, 30, "web workers")
         return self.base
 
@@ -210,13 +212,16 @@ class Stack:
 
     def stored(self) -> int:
         """How many Meta webhooks the database holds (max id: cheap to ask while under load)."""
+        if self._reader is None and self.config.database_url:
+            self._reader = db.connect(self.config.database_url)
         if self._reader is None:
             self._reader = sqlite3.connect(f"file:{self.config.database_path}?mode=ro", uri=True, timeout=10)
         return self._reader.execute("SELECT coalesce(max(id), 0) FROM webhooks").fetchone()[0]
 
     def counts(self) -> dict[str, int]:
         """Rows by delivery state, read straight from the database."""
-        conn = sqlite3.connect(self.config.database_path, timeout=10)
+        conn = db.connect(self.config.database_url) if self.config.database_url else None
+        conn = conn or sqlite3.connect(self.config.database_path, timeout=10)
         try:
             rows = conn.execute("SELECT state, count(*) FROM deliveries GROUP BY state").fetchall()
             found = dict(rows)

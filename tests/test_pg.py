@@ -146,12 +146,18 @@ def test_a_database_that_cannot_be_reached_stops_start_up_in_one_line(tmp_path, 
     config = tmp_path / "config.toml"
     config.write_text(f'[storage]\ndatabase = "{url}"\n[redis]\nurl = "unix:///nonexistent.sock"\n')
     env = {"WAHOOK_CONFIG": str(config), "PATH": "/usr/bin:/bin"}
-    for command in ([sys.executable, "worker.py"], [sys.executable, "-m", "flask", "--app", "app", "init-db"]):
+    gunicorn = [sys.executable, "-m", "gunicorn", "app:app", "-c", "gunicorn.conf.py"]
+    for command in (
+        [sys.executable, "worker.py"],
+        [sys.executable, "-m", "flask", "--app", "app", "init-db"],
+        gunicorn,  # the master checks before starting web processes that would fail in a loop
+    ):
+        env["WAHOOK_BIND"] = "127.0.0.1:0"
         result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
         assert result.returncode != 0
-        lines = result.stderr.strip().splitlines()
+        lines = [line for line in result.stderr.strip().splitlines() if "Starting gunicorn" not in line]
         assert len(lines) == 1, result.stderr
-        assert "storage.database" in lines[0] and "cannot connect to PostgreSQL" in lines[0]
+        assert lines[0].startswith("wahook: storage.database: cannot connect to PostgreSQL at ")
         assert "s3cret-pw" not in result.stderr + result.stdout and "Traceback" not in result.stderr
 
 
