@@ -331,6 +331,24 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05, message
     raise AssertionError(f"timed out after {timeout} s waiting for {message}")
 
 
+def wait_every_event_delivered(conn, receiver, total: int, timeout: float = 60) -> set[str]:
+    """Wait until every stored event reached `receiver` and all `total` deliveries are marked
+    delivered; returns the events' ids."""
+    wanted = {json.loads(r[0])["event_id"] for r in conn.execute("SELECT body FROM events")}
+    assert len(wanted) == total
+
+    def all_arrived() -> bool:
+        return wanted <= {r.headers["X-Webhook-Id"] for r in list(receiver.requests)}
+
+    wait_until(all_arrived, timeout=timeout, interval=0.2, message="every event to arrive")
+    wait_until(
+        lambda: conn.execute("SELECT count(*) FROM deliveries WHERE state = 'delivered'").fetchone()[0] == total,
+        timeout=30,
+        message="every delivery to be marked delivered",
+    )
+    return wanted
+
+
 class Processes:
     """Real wahook processes (gunicorn, workers) started as a user would, stopped at test end."""
 

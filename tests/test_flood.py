@@ -12,7 +12,7 @@ import pytest
 import requests
 
 import endpoints
-from conftest import sign, text_message, wait_until
+from conftest import sign, text_message, wait_every_event_delivered, wait_until
 from db import get_db
 
 pytestmark = pytest.mark.engines
@@ -48,15 +48,4 @@ def test_worker_killed_mid_flood_loses_nothing(app, processes, receiver, conn):
         thread.join()
     assert statuses == [200] * TOTAL
     processes.start_worker()
-    wanted = {json.loads(r[0])["event_id"] for r in conn.execute("SELECT body FROM events")}
-    assert len(wanted) == TOTAL
-
-    def all_arrived() -> bool:
-        return wanted <= {r.headers["X-Webhook-Id"] for r in list(receiver.requests)}
-
-    wait_until(all_arrived, timeout=60, interval=0.2, message="every event to arrive")
-    wait_until(
-        lambda: conn.execute("SELECT count(*) FROM deliveries WHERE state = 'delivered'").fetchone()[0] == TOTAL,
-        timeout=20,
-        message="every delivery to be marked delivered",
-    )
+    wait_every_event_delivered(conn, receiver, TOTAL)

@@ -17,9 +17,11 @@ import pytest
 import requests
 
 import db
+import endpoints
 import pg
 import pg_migrations
-from conftest import ROOT, Processes, instance_sections, sign, text_message, wait_until
+from config import load_config
+from conftest import ROOT, Processes, instance_sections, sign, text_message, wait_every_event_delivered, wait_until
 
 TOTAL = 300
 SQLITE_ONLY = ("CREATE TRIGGER IF", "INSERT OR IGNORE", "INSERT OR REPLACE", "PRAGMA", "AUTOINCREMENT", "WITHOUT ROWID")
@@ -175,6 +177,15 @@ def test_a_wrong_password_is_named_without_the_password(postgres_server, tmp_pat
     assert db.connect(url.replace("wrong-pw-123", "right-pw")).execute("SELECT 1").fetchone()[0] == 1
 
 
+def with_endpoint(database: str, url: str):
+    """A connection to a migrated database holding one endpoint to `url`, as a user would add it."""
+    conn = db.connect(database)
+    db.migrate(conn)
+    config = load_config("/nonexistent/config.toml", {"delivery": {"allow_http": True, "allow_private_urls": True}})
+    endpoints.create(conn, config, url)
+    return conn
+
+
 def test_two_machines_on_one_postgresql_lose_nothing_when_a_worker_is_killed(
     tmp_path, redis_url, postgres_server, make_receiver
 ):
@@ -190,13 +201,7 @@ def test_two_machines_on_one_postgresql_lose_nothing_when_a_worker_is_killed(
         folder.mkdir()
         machines.append(Processes(folder, instance_sections(folder, redis_url, url)))
     try:
-        conn = db.connect(url)
-        db.migrate(conn)
-        with db.transaction(conn):
-            conn.execute(
-                "INSERT INTO endpoints (url, secret, created_at, updated_at) VALUES (?, ?, 0, 0)",
-                (receiver.url, "whsec_" + "A" * 43 + "="),
-            )
+        conn = with_endpoint(url, receiver.url)
         bases = [m.start_web(workers=2, own_group=True) for m in machines]
         doomed = machines[0].start_worker(own_group=True)
         machines[1].start_worker(own_group=True)
@@ -224,19 +229,8 @@ def test_two_machines_on_one_postgresql_lose_nothing_when_a_worker_is_killed(
         sent_before_kill = {r.headers["X-Webhook-Id"] for r in list(receiver.requests)}
         for thread in posters:
             thread.join()
-        assert statuses == [200] * TOTAL
-        wanted = {json.loads(r[0])["event_id"] for r in conn.execute("SELECT body FROM events")}
-        assert len(wanted) == TOTAL and len(sent_before_kill) < TOTAL
-
-        def all_arrived() -> bool:
-            return wanted <= {r.headers["X-Webhook-Id"] for r in list(receiver.requests)}
-
-        wait_until(all_arrived, timeout=90, interval=0.3, message="every event to arrive")
-        wait_until(
-            lambda: conn.execute("SELECT count(*) FROM deliveries WHERE state = 'delivered'").fetchone()[0] == TOTAL,
-            timeout=30,
-            message="every delivery to be marked delivered",
-        )
+        assert statuses == [200] * TOTAL and len(sent_before_kill) < TOTAL
+        wait_every_event_delivered(conn, receiver, TOTAL, timeout=90)
         arrivals = Counter(r.headers["X-Webhook-Id"] for r in list(receiver.requests))
         repeated = {event_id for event_id, n in arrivals.items() if n > 1}
         assert repeated <= sent_before_kill  # the survivor never sent a delivered event again
@@ -249,14 +243,7 @@ def test_two_machines_on_one_postgresql_lose_nothing_when_a_worker_is_killed(
 def test_postgresql_restarted_under_load(processes, database, postgres_server, receiver, engine):
     """While PostgreSQL is down, Meta gets 503s (it retries); every webhook that got a 200 is
     kept and delivered; web processes and the worker reconnect by themselves."""
-    conn = db.connect(database)
-    db.migrate(conn)
-    with db.transaction(conn):
-        conn.execute(
-            "INSERT INTO endpoints (url, secret, created_at, updated_at) VALUES (?, ?, 0, 0)",
-            (receiver.url, "whsec_" + "A" * 43 + "="),
-        )
-    conn.close()
+    with_endpoint(database, receiver.url).close()
     base = processes.start_web()
     processes.start_worker()
     watch = db.connect(database)
