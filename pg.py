@@ -183,7 +183,7 @@ def redacted(url: str) -> str:
     """The URL without its password, for messages."""
     try:
         parts = urlsplit(url)
-        if parts.password is None:
+        if not parts.password:
             return url
         host = parts.netloc.rpartition("@")[2]
         return parts._replace(netloc=f"{parts.username or ''}:***@{host}").geturl()
