@@ -13,6 +13,7 @@ import sqlite3
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psycopg
 from load import write_pool, wrk_once, wrk_timed
@@ -76,7 +77,7 @@ def prepare(ws, pg: Postgres, engine: str, events: int) -> str:
     wrk_once(base + INTAKE_PATH, pool, events // 10, stack.stored)
     stack.stop()
     if stack.config.database_url:  # its name; nobody is connected to it any more
-        return stack.config.database_url.rsplit("/", 1)[1].split("?")[0]
+        return urlsplit(stack.config.database_url).path.lstrip("/")
     conn = sqlite3.connect(stack.config.database_path)
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
