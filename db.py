@@ -382,8 +382,8 @@ def transaction(conn: Connection) -> Iterator[Connection]:
     On PostgreSQL, threads do not queue on the process's write lock: rows are locked, not
     the database, so transactions that touch different rows go on side by side.
     """
-    lock = _write_lock if engine(conn) == "sqlite" else contextlib.nullcontext()
-    if lock is _write_lock and not _write_lock.acquire(timeout=BUSY_TIMEOUT_MS / 1000):
+    queue = engine(conn) == "sqlite"
+    if queue and not _write_lock.acquire(timeout=BUSY_TIMEOUT_MS / 1000):
         raise sqlite3.OperationalError("database is locked")
     try:
         begin(conn)
@@ -394,7 +394,7 @@ def transaction(conn: Connection) -> Iterator[Connection]:
             raise
         conn.execute("COMMIT")
     finally:
-        if lock is _write_lock:
+        if queue:
             _write_lock.release()
 
 

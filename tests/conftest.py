@@ -187,7 +187,7 @@ def postgres_server():
 
 
 @pytest.fixture
-def database(engine, tmp_path, request) -> str:
+def storage_database(engine, tmp_path, request) -> str:
     """storage.database for this test: a SQLite file in its folder, or a fresh PostgreSQL database."""
     if engine == "postgresql":
         return request.getfixturevalue("postgres_server").new_database()
@@ -215,8 +215,8 @@ def redis_url(tmp_path_factory) -> str:
 
 
 @pytest.fixture
-def app(tmp_path, redis_url, database):
-    sections = instance_sections(tmp_path, redis_url, database)
+def app(tmp_path, redis_url, storage_database):
+    sections = instance_sections(tmp_path, redis_url, storage_database)
     application = create_app({"TESTING": True, "config_path": str(tmp_path / "config.toml"), **sections})
     jobs.redis_connection(application.config["WAHOOK"]).flushall()
     yield application
@@ -432,17 +432,17 @@ class Processes:
 
 
 @pytest.fixture
-def processes(tmp_path, redis_url, database):
+def processes(tmp_path, redis_url, storage_database):
     """Start real gunicorn and worker processes on this test's config (see Processes)."""
-    started = Processes(tmp_path, instance_sections(tmp_path, redis_url, database))
+    started = Processes(tmp_path, instance_sections(tmp_path, redis_url, storage_database))
     yield started
     started.stop_all()
 
 
 @pytest.fixture
-def fresh_processes(tmp_path, redis_url, database):
+def fresh_processes(tmp_path, redis_url, storage_database):
     """Like `processes`, for a fresh install: Meta's App secret not set yet."""
-    sections = instance_sections(tmp_path, redis_url, database)
+    sections = instance_sections(tmp_path, redis_url, storage_database)
     sections["meta"]["app_secret"] = ""
     started = Processes(tmp_path, sections)
     yield started

@@ -306,10 +306,10 @@ def test_database_that_cannot_commit_gets_503_and_stores_nothing(app, post_webho
     assert counts(conn)[:2] == (1, 1)
 
 
-def test_redis_down_still_answers_200_and_keeps_the_delivery(tmp_path, runner, conn, database):
+def test_redis_down_still_answers_200_and_keeps_the_delivery(tmp_path, runner, conn, storage_database):
     from conftest import instance_sections
 
-    sections = instance_sections(tmp_path, "unix:///nonexistent/redis.sock", database)
+    sections = instance_sections(tmp_path, "unix:///nonexistent/redis.sock", storage_database)
     app = create_app({"config_path": str(tmp_path / "none.toml"), **sections})
     with app.app_context():
         import endpoints

@@ -54,7 +54,7 @@ def scrape(client) -> dict:
     return samples(response.get_data(as_text=True))
 
 
-def test_known_traffic_with_two_web_processes(processes, database, add_endpoint, make_receiver):
+def test_known_traffic_with_two_web_processes(processes, storage_database, add_endpoint, make_receiver):
     """Post N, deliver N to one endpoint, fail N at the other after every retry, with two web
     processes and two workers: the counters say so, whichever process answers the scrape."""
     good, bad = make_receiver(), make_receiver()
@@ -93,7 +93,7 @@ def test_known_traffic_with_two_web_processes(processes, database, add_endpoint,
     assert value(found, "wahook_delivery_attempts_total", endpoint=str(b["id"]), result="failure") == 3 * n
     assert value(found, "wahook_deliveries", endpoint=str(a["id"]), state="delivered") == n
     assert value(found, "wahook_deliveries", endpoint=str(a["id"]), state="pending") == 0
-    conn = db.connect(database)
+    conn = db.connect(storage_database)
     assert_totals_match_a_recount(conn)
     conn.close()
     assert value(found, "wahook_oldest_pending_seconds", endpoint=str(a["id"])) == 0
@@ -154,9 +154,9 @@ def test_oldest_pending_age(client, conn, add_endpoint, post_webhook):
     assert 600 <= age < 700
 
 
-def test_migration_counts_what_was_stored_before_it(database):
+def test_migration_counts_what_was_stored_before_it(storage_database):
     """A database from before the totals existed starts with them equal to its rows."""
-    conn = db.connect(database)
+    conn = db.connect(storage_database)
     db.migrate(conn, [m for m in db.MIGRATIONS if m[0] < 9])
     now = time.time()
     conn.execute("INSERT INTO endpoints (url, secret, created_at, updated_at) VALUES ('u', 's', ?, ?)", (now, now))

@@ -240,13 +240,13 @@ def test_two_machines_on_one_postgresql_lose_nothing_when_a_worker_is_killed(
 
 
 @pytest.mark.engines("postgresql")
-def test_postgresql_restarted_under_load(processes, database, postgres_server, receiver, engine):
+def test_postgresql_restarted_under_load(processes, storage_database, postgres_server, receiver, engine):
     """While PostgreSQL is down, Meta gets 503s (it retries); every webhook that got a 200 is
     kept and delivered; web processes and the worker reconnect by themselves."""
-    with_endpoint(database, receiver.url).close()
+    with_endpoint(storage_database, receiver.url).close()
     base = processes.start_web()
     processes.start_worker()
-    watch = db.connect(database)
+    watch = db.connect(storage_database)
     wait_until(lambda: watch.execute("SELECT count(*) FROM workers").fetchone()[0], timeout=30, message="the worker")
     watch.close()
     answers: list[tuple[str, int]] = []
@@ -286,7 +286,7 @@ def test_postgresql_restarted_under_load(processes, database, postgres_server, r
         for thread in posters:
             thread.join()
     assert {s for _, s in answers} <= {200, 503}  # never a 500, never a dropped connection
-    stored = db.connect(database)
+    stored = db.connect(storage_database)
     kept = {json.loads(r[0])["message_id"] for r in stored.execute("SELECT body FROM events")}
     accepted = {wamid for wamid, s in answers if s == 200}
     assert accepted <= kept
