@@ -43,6 +43,37 @@ DROP INDEX IF EXISTS deliveries_due;
 CREATE INDEX IF NOT EXISTS attempts_endpoint ON attempts (endpoint_id, id);
 """,
     ),
+    (
+        6,
+        """
+-- Customers per business phone number, for contact.created / contact.updated (contacts.py).
+-- Found by wa_id (their phone), else by user_id (the business-scoped id of a customer who
+-- hides the phone behind a username). seen_ts is the newest message's own time: an older
+-- message arriving late never renames anyone.
+CREATE TABLE IF NOT EXISTS contacts (
+    id INTEGER PRIMARY KEY,
+    phone_number_id TEXT NOT NULL,
+    wa_id TEXT,
+    user_id TEXT,
+    name TEXT,
+    seen_ts REAL NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS contacts_wa_id ON contacts (phone_number_id, wa_id);
+CREATE INDEX IF NOT EXISTS contacts_user_id ON contacts (phone_number_id, user_id);
+
+-- The highest status received per message id, so one arriving behind it is marked stale
+-- (status_order.py). Pruned after the retention period by created_at, in id order.
+CREATE TABLE IF NOT EXISTS status_marks (
+    id INTEGER PRIMARY KEY,
+    message_id TEXT NOT NULL UNIQUE,
+    rank INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+""",
+    ),
 ]
 
 BUSY_TIMEOUT_MS = 5000

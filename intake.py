@@ -20,9 +20,11 @@ import time
 from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+import contacts
 import events as meta_events
 import jobs
 import outbox
+import status_order
 from db import get_db, transaction
 
 log = logging.getLogger("wahook.intake")
@@ -200,11 +202,30 @@ def store(conn: sqlite3.Connection, raw: bytes, body: dict, drawn: list, receive
                 raw,
             ),
         ).lastrowid
-        new = [
-            outbox.NewEvent(event.body["event_id"], event.name, event.dedupe_key, text_body)
-            for event, text_body in zip(drawn, encoded, strict=True)
-        ]
+        new = settle(conn, drawn, encoded, received_at)
         new_names, made = outbox.add_events(conn, new, received_at, webhook=(webhook_id, webhook_public_id))
         if len(new_names) != len(drawn):
             conn.execute("UPDATE webhooks SET event_count = ? WHERE id = ?", (len(new_names), webhook_id))
     return made
+
+
+def settle(conn: sqlite3.Connection, drawn: list, encoded: list[str], now: float) -> list[outbox.NewEvent]:
+    """The events to store, finished with what only the database knows. Call inside the transaction.
+
+    Each message's contact events go just ahead of it (a lower event id); a status gets its
+    `stale` and `current_status`, and is encoded again only when they differ from the
+    parser's guess (in order, the usual case, it is not).
+    """
+    new = []
+    for event, text_body in zip(drawn, encoded, strict=True):
+        if event.contact is not None:
+            for found in contacts.draw(conn, event, now):
+                text_found = encode_event(found.body)
+                new.append(outbox.NewEvent(found.body["event_id"], found.name, found.dedupe_key, text_found))
+        if event.name == "message.status_updated":
+            body = event.body
+            stale, current = status_order.settle(conn, body["message_id"], body["status"], now)
+            if stale or current != body["status"]:
+                text_body = encode_event({**body, "stale": stale, "current_status": current})
+        new.append(outbox.NewEvent(event.body["event_id"], event.name, event.dedupe_key, text_body))
+    return new

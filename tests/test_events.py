@@ -26,7 +26,8 @@ RECEIVED = calendar.timegm((2026, 11, 20, 21, 40, 0)) + 0.25
 COMMON = ["event", "event_id", "timestamp", "received_at", "waba_id", "phone_number_id", "display_phone_number"]
 MESSAGE_KEYS = [
     *COMMON,
-    *("message_id", "from", "contact_name", "type", "content", "text", "media", "location", "interactive"),
+    *("message_id", "from", "from_user_id", "from_parent_user_id", "contact_name", "contact_user_id"),
+    *("contact_parent_user_id", "type", "content", "text", "media", "location", "interactive"),
     *("reaction", "contacts", "context", "referral", "errors", "original_message_id", "raw"),
 ]
 
@@ -231,11 +232,17 @@ def test_referral_and_forwarded_context():
     assert body["context"] == {"message_id": None, "from": None, "forwarded": True, "frequently_forwarded": True}
 
 
-def test_content_is_one_short_line():
-    body = received(msg("text", {"body": "line one\nline two\t" + "x" * 1000}))
+def test_text_content_is_the_whole_body_never_cut():
+    whole = "line one\nline two\t" + "x" * (4096 - 18)
+    assert len(whole) == 4096  # the longest text WhatsApp allows
+    body = received(msg("text", {"body": whole}))
+    assert body["content"] == whole and body["text"] == whole
+
+
+def test_other_summaries_are_one_short_line():
+    body = received(msg("image", {**MEDIA, "caption": "line one\nline two\t" + "x" * 1000}))
     assert "\n" not in body["content"] and len(body["content"]) <= 256
     assert body["content"].startswith("line one line two x")
-    assert body["text"].startswith("line one\nline two")
 
 
 def test_contact_name_is_matched_by_wa_id():
@@ -260,7 +267,10 @@ def test_status_updates():
     event = only(webhook(messages(statuses=[status("delivered", conversation=conversation, pricing=pricing)])))
     assert event.name == "message.status_updated" and event.dedupe_key == "status:wamid.OUT1:delivered"
     body = event.body
-    assert list(body) == COMMON + ["message_id", "status", "recipient", "errors", "conversation", "pricing", "raw"]
+    assert list(body) == COMMON + [
+        *("message_id", "status", "recipient", "recipient_user_id", "recipient_parent_user_id", "errors"),
+        *("conversation", "pricing", "stale", "current_status", "raw"),
+    ]
     assert (body["message_id"], body["status"], body["recipient"]) == ("wamid.OUT1", "delivered", USER)
     assert body["timestamp"] == 1750263773
     assert body["conversation"] == conversation and body["pricing"] == pricing and body["errors"] == []
@@ -285,7 +295,7 @@ def test_echo():
     }
     event = only(webhook({"value": {**value, "message_echoes": [echo]}, "field": "smb_message_echoes"}))
     assert event.name == "message.echo" and event.body["raw"] is echo
-    assert list(event.body) == COMMON + ["message_id", "from", "to", "type", "content", "raw"]
+    assert list(event.body) == COMMON + ["message_id", "from", "to", "to_user_id", "type", "content", "raw"]
     assert (event.body["message_id"], event.body["to"], event.body["type"]) == ("wamid.SAME", USER, "text")
     assert event.body["content"] == "Here's the info you requested!" and event.body["timestamp"] == 1739321024
     incoming = only(webhook(messages(msg("text", {"body": "x"}, wamid="wamid.SAME"))))
