@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import sqlite3
 
+from db import transaction
+
+PRUNE_BATCH = 500
 RANKS = {"sent": 1, "delivered": 2, "read": 3, "played": 3, "failed": 4}
 
 
@@ -43,3 +46,23 @@ def settle(conn: sqlite3.Connection, message_id: str, status: str, now: float) -
         return False, status
     row = conn.execute("SELECT status FROM status_marks WHERE message_id = ?", (message_id,)).fetchone()
     return True, row[0]
+
+
+def prune(conn: sqlite3.Connection, cutoff: float) -> int:
+    """Forget the marks of messages first seen before `cutoff`, in small transactions; rows deleted.
+
+    Marks are written in time order, so the oldest are the lowest ids: each batch looks at
+    the next few hundred by id only (no index on the time needed) and stops at the first
+    batch with nothing old in it.
+    """
+    deleted = 0
+    while True:
+        with transaction(conn):
+            count = conn.execute(
+                "DELETE FROM status_marks WHERE id IN (SELECT id FROM status_marks ORDER BY id LIMIT ?)"
+                " AND created_at < ?",
+                (PRUNE_BATCH, cutoff),
+            ).rowcount
+        deleted += count
+        if count == 0:
+            return deleted
