@@ -37,6 +37,8 @@ SUMMARY_PATHS = (
     "user_id",
     "name",
     "previous_name",
+    "stale",
+    "current_status",
     "template_name",
     "language",
     "quality",

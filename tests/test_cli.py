@@ -22,7 +22,7 @@ def test_simulate_posts_a_signed_sample_that_becomes_an_event(processes, runner,
     assert names == ["contact.created", "message.received"]
 
 
-@pytest.mark.parametrize("kind", ["image", "status", "template", "calls", "batch"])
+@pytest.mark.parametrize("kind", ["image", "status", "template", "calls", "batch", "username_no_phone"])
 def test_simulate_kinds(processes, runner, conn, kind):
     base = processes.start_web(workers=1)
     result = runner.invoke(args=["simulate", kind, "--url", base + "/api/webhooks/whatsapp"])
