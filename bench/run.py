@@ -9,6 +9,8 @@ status webhooks, each with new wamids; deliveries go to a fast asyncio receiver 
                       run takes five or six)
     BENCH_ONLY=a,b    only these measures: receiver, intake, drain, latency, burst, outage
     BENCH_ROOT=dir    measure the wahook checkout in `dir` instead of this one (before/after)
+    BENCH_BEFORE=dir  add the `versus` measure: intake of this checkout against the one in `dir`
+                      (say, main before a change), alternating round by round in one run
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import scenarios as sc
 
@@ -146,6 +149,22 @@ def run_outage(ws: sc.Workspace, plan: sc.Plan, table: Table) -> None:
     )
 
 
+def run_versus(ws: sc.Workspace, plan: sc.Plan, table: Table) -> None:
+    before = os.environ.get("BENCH_BEFORE")
+    if not before:
+        return
+    for kind, result in sc.versus(ws, plan, Path(before)).items():
+        ours, theirs = sc.median(result.ours), sc.median(result.theirs)
+        table.add(
+            f"versus: {kind} webhooks/s, this checkout vs {before} ({plan.rounds} rounds each, alternating)",
+            f"{ours:,.0f}/s ({spread(result.ours)})",
+            f"before {theirs:,.0f}/s ({spread(result.theirs)})",
+            f"{result.ratio:.3f}",
+            ">= 0.95",
+            result.ratio >= 0.95,
+        )
+
+
 MEASURES: dict[str, Callable[[sc.Workspace, sc.Plan, Table], None]] = {
     "receiver": run_receiver,
     "intake": run_intake,
@@ -153,6 +172,7 @@ MEASURES: dict[str, Callable[[sc.Workspace, sc.Plan, Table], None]] = {
     "latency": run_latency,
     "burst": run_burst,
     "outage": run_outage,
+    "versus": run_versus,
 }
 
 

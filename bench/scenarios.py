@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
-from load import paced, signed, write_pool, wrk_once, wrk_timed
+from load import paced, signed, write_message_pool, write_pool, wrk_once, wrk_timed
 from sink import Sink, duplicates
 from stack import INTAKE_PATH, ROOT, Memory, Stack, free_port, wait_until
 
@@ -153,6 +153,32 @@ def intake(ws: Workspace, plan: Plan) -> tuple[Comparison, dict]:
         if stored.get("pending", 0) < run.posted:
             raise RuntimeError(f"intake answered {run.posted} posts but stored {stored}")
     return result, notes
+
+
+def versus(ws: Workspace, plan: Plan, before: Path) -> dict[str, Comparison]:
+    """Intake webhooks/s of this checkout (ours) against another one (`before`, theirs), round
+    after round alternately, for status webhooks and for text messages from returning customers
+    (whose contacts are known after the warm-up, as in steady use), so a change's cost is a
+    ratio measured under the same load on the machine."""
+    pools = {"status": (ws.root / "versus-status.pool", ws.root / "versus-status-warm.pool")}
+    write_pool(pools["status"][0], plan.intake_pool)
+    write_pool(pools["status"][1], 3000)
+    pools["message"] = (ws.root / "versus-message.pool", ws.root / "versus-message-warm.pool")
+    write_message_pool(pools["message"][0], plan.intake_pool, customers=2000)
+    write_message_pool(pools["message"][1], 3000, customers=2000)
+    results = {kind: Comparison() for kind in pools}
+    for _ in range(plan.rounds):
+        for kind, (pool, warm) in pools.items():
+            for side, root in (("ours", ROOT), ("theirs", before)):
+                stack = ws.stack(root=root)
+                stack.start_redis()
+                stack.add_endpoint(ws.sink.url)
+                base = stack.start_web()
+                wrk_timed(base + INTAKE_PATH, warm, 2)
+                run = wrk_timed(base + INTAKE_PATH, pool, plan.intake_seconds)
+                stack.stop()
+                getattr(results[kind], side).append(run.rate)
+    return results
 
 
 # -- delivery drain
