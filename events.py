@@ -20,14 +20,15 @@ Each body is `event`, `event_id`, `timestamp`, `received_at`, `waba_id`, `phone_
   the intake transaction settles both (see status_order.py).
 - message.echo: message_id, from, to, to_user_id, type, content.
 
-A message.received `Event` also carries `contact`, the customer it names (wa_id, user_id,
-name, raw), from which the intake transaction draws contact events (see contacts.py).
 - template.status_changed: template_id, template_name, language, status, reason, category.
 - template.quality_changed: template_id, template_name, language, previous_quality, quality.
 - template.category_changed: template_id, template_name, language, previous_category,
   category, correct_category, category_update_timestamp.
 - account.updated: type, field. account.quality_event: type, user_phone, field.
 - whatsapp.<field>: field.
+
+A message.received `Event` also carries `contact`, the customer it names (wa_id, user_id,
+name, raw), from which the intake transaction draws contact events (see contacts.py).
 """
 
 from __future__ import annotations
@@ -222,7 +223,7 @@ def order_summary(order: dict) -> str:
 
 
 def content_of(mtype: str, msg: dict) -> str:
-    """The one-line human summary of a message (or echo) of any type."""
+    """The human summary of a message (or echo) of any type: a text's whole body, else one line."""
     payload = msg.get(mtype)
     payload = as_dict(payload) if not isinstance(payload, str) else {"body": payload}
     if mtype == "text":
