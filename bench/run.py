@@ -152,8 +152,10 @@ def run_outage(ws: sc.Workspace, plan: sc.Plan, table: Table) -> None:
 def run_versus(ws: sc.Workspace, plan: sc.Plan, table: Table) -> None:
     before = os.environ.get("BENCH_BEFORE")
     if not before:
+        say("versus: set BENCH_BEFORE to another checkout to compare against")
         return
-    for kind, result in sc.versus(ws, plan, Path(before)).items():
+    rates, cpu = sc.versus(ws, plan, Path(before))
+    for kind, result in rates.items():
         ours, theirs = sc.median(result.ours), sc.median(result.theirs)
         table.add(
             f"versus: {kind} webhooks/s, this checkout vs {before} ({plan.rounds} rounds each, alternating)",
@@ -162,6 +164,15 @@ def run_versus(ws: sc.Workspace, plan: sc.Plan, table: Table) -> None:
             f"{result.ratio:.3f}",
             ">= 0.95",
             result.ratio >= 0.95,
+        )
+        used = cpu[kind]
+        table.add(
+            f"versus: {kind} webhooks, server CPU per webhook",
+            f"{sc.median(used.ours):.0f} us ({spread(used.ours)})",
+            f"before {sc.median(used.theirs):.0f} us ({spread(used.theirs)})",
+            f"{1 / used.ratio:.3f}",
+            ">= 0.95",
+            1 / used.ratio >= 0.95,
         )
 
 
