@@ -393,11 +393,13 @@ class ChangeParser:
             or text(self.value.get("display_phone_number")),
         }
 
-    def make(self, name: str, key: str, ts: int | None, fields: dict, raw: Any) -> Event:
+    def make(
+        self, name: str, key: str, ts: int | None, fields: dict, raw: Any, contact: Sighting | None = None
+    ) -> Event:
         body = {"event": name, "event_id": event_id_for(key), "timestamp": ts or self.entry_ts, **self.head}
         body.update(fields)
         body["raw"] = raw
-        return Event(name, key, body)
+        return Event(name, key, body, contact)
 
     def whole(self, name: str, fields: dict) -> Event:
         """An event for the change as a whole, keyed by its content."""
@@ -449,8 +451,8 @@ class ChangeParser:
             key = self.item_key("message", msg, "messages", index)
             entry = sender_entry(entries, text(msg.get("from")), text_or_none(msg.get("from_user_id")))
             fields = message_fields(msg, entry)
-            event = self.make("message.received", key, unix(msg.get("timestamp")), fields, msg)
-            out.append(Event(event.name, event.dedupe_key, event.body, sighting(fields, entry)))
+            ts = unix(msg.get("timestamp"))
+            out.append(self.make("message.received", key, ts, fields, msg, sighting(fields, entry)))
         return out
 
     def statuses(self) -> list[Event]:

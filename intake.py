@@ -176,7 +176,9 @@ def store(conn: sqlite3.Connection, raw: bytes, body: dict, drawn: list, receive
 
     This runs once per Meta POST while the write lock is held, so it does the little it
     must: the webhook row is written with its event count already in, and corrected only
-    when some events turn out to be duplicates; the outbox reads each endpoint's filter once.
+    when some events turn out to be duplicates or a message brought contact events; the
+    outbox reads each endpoint's filter once. Contact events and a status's `stale` are
+    decided here, under the lock, so two web processes cannot both act on the same old state.
     """
     fields = sorted(
         {
