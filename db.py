@@ -62,16 +62,6 @@ CREATE TABLE IF NOT EXISTS contacts (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS contacts_wa_id ON contacts (phone_number_id, wa_id);
 CREATE INDEX IF NOT EXISTS contacts_user_id ON contacts (phone_number_id, user_id);
-
--- The highest status received per message id, so one arriving behind it is marked stale
--- (status_order.py). Pruned after the retention period by created_at, in id order.
-CREATE TABLE IF NOT EXISTS status_marks (
-    id INTEGER PRIMARY KEY,
-    message_id TEXT NOT NULL UNIQUE,
-    rank INTEGER NOT NULL,
-    status TEXT NOT NULL,
-    created_at REAL NOT NULL
-);
 """,
     ),
 ]

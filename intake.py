@@ -219,6 +219,7 @@ def settle(conn: sqlite3.Connection, drawn: list, encoded: list[str], now: float
     parser's guess (in order, the usual case, it is not).
     """
     new = []
+    earlier: dict[str, str] = {}  # the highest status per message so far in this body
     for event, text_body in zip(drawn, encoded, strict=True):
         if event.contact is not None:
             for found in contacts.draw(conn, event, now):
@@ -226,8 +227,10 @@ def settle(conn: sqlite3.Connection, drawn: list, encoded: list[str], now: float
                 new.append(outbox.NewEvent(found.body["event_id"], found.name, found.dedupe_key, text_found))
         if event.name == "message.status_updated":
             body = event.body
-            stale, current = status_order.settle(conn, body["message_id"], body["status"], now)
-            if stale or current != body["status"]:
+            message_id, status = body["message_id"], body["status"]
+            stale, current = status_order.settle(conn, message_id, status, earlier.get(message_id))
+            earlier[message_id] = status_order.highest([current, status]) or earlier.get(message_id) or ""
+            if stale or current != status:
                 text_body = encode_event({**body, "stale": stale, "current_status": current})
         new.append(outbox.NewEvent(event.body["event_id"], event.name, event.dedupe_key, text_body))
     return new

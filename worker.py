@@ -34,7 +34,6 @@ import embedded_redis
 import jobs
 import outbox
 import safe_http
-import status_order
 from config import ConfigError, load_config
 
 log = logging.getLogger("wahook.worker")
@@ -274,7 +273,6 @@ def prune(conn, retention_days: int) -> int:
                 break
     with db.transaction(conn):
         deleted += conn.execute("DELETE FROM rejections WHERE minute < ?", (int(cutoff // 60),)).rowcount
-    deleted += status_order.prune(conn, cutoff)
     return deleted
 
 

@@ -172,9 +172,11 @@ def versus(ws: Workspace, plan: Plan, before: Path) -> tuple[dict[str, Compariso
     write_message_pool(pools["message"][1], VERSUS_CUSTOMERS, customers=VERSUS_CUSTOMERS)
     rates = {kind: Comparison() for kind in pools}
     cpu = {kind: Comparison() for kind in pools}
-    for _ in range(plan.rounds):
+    for round_number in range(plan.rounds):
+        # Who goes first swaps every round, so neither side always runs on a machine just warmed.
+        sides = [("ours", ROOT), ("theirs", before)][:: -1 if round_number % 2 else 1]
         for kind, (pool, warm) in pools.items():
-            for side, root in (("ours", ROOT), ("theirs", before)):
+            for side, root in sides:
                 stack = ws.stack(root=root)
                 stack.start_redis()
                 stack.add_endpoint(ws.sink.url)
