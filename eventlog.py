@@ -24,12 +24,21 @@ SUMMARY_CHARS = 160
 # The few fields a list line needs, read by SQLite so a 3 MB message is not loaded for it.
 SUMMARY_PATHS = (
     "from",
+    "from_user_id",
     "contact_name",
     "type",
     "content",
     "status",
     "recipient",
+    "recipient_user_id",
     "to",
+    "to_user_id",
+    "wa_id",
+    "user_id",
+    "name",
+    "previous_name",
+    "stale",
+    "current_status",
     "template_name",
     "language",
     "quality",
@@ -47,18 +56,48 @@ def pretty(text: str | bytes) -> tuple[str, bool]:
     return (text[:SHOWN_BYTES], True) if len(text) > SHOWN_BYTES else (text, False)
 
 
+# Where each event names its customer: (phone field, user id field). A customer who hides
+# the phone behind a WhatsApp username has only the user id.
+CUSTOMER_FIELDS = {
+    "message.received": ("from", "from_user_id"),
+    "message.status_updated": ("recipient", "recipient_user_id"),
+    "message.echo": ("to", "to_user_id"),
+    "contact.created": ("wa_id", "user_id"),
+    "contact.updated": ("wa_id", "user_id"),
+}
+
+
+def field_text(fields: dict[str, Any], key: str) -> str:
+    value = fields.get(key)
+    return "" if value is None else str(value)
+
+
+def customer(name: str, fields: dict[str, Any]) -> str:
+    """The customer an event names, as every page shows them: the phone number, else the user
+    id; "" for an event about no customer."""
+    phone, user_id = CUSTOMER_FIELDS.get(name, ("", ""))
+    return field_text(fields, phone) or field_text(fields, user_id) if phone else ""
+
+
 def summary(name: str, fields: dict[str, Any]) -> str:
     """One line about an event, from the customer's words where there are any."""
 
     def get(key: str) -> str:
-        value = fields.get(key)
-        return "" if value is None else str(value)
+        return field_text(fields, key)
 
-    if name in ("message.received", "message.echo"):
-        who = get("contact_name") or get("from") if name == "message.received" else "to " + get("to")
-        text = f"{who}: [{get('type')}] {get('content')}".strip()
+    who = customer(name, fields)
+    if name == "message.received":
+        text = f"{get('contact_name') or who}: [{get('type')}] {get('content')}".strip()
+    elif name == "message.echo":
+        text = f"to {who}: [{get('type')}] {get('content')}".strip()
     elif name == "message.status_updated":
-        text = f"{get('status')} → {get('recipient')}"
+        text = f"{get('status')} → {who}"
+        if fields.get("stale"):
+            text += f" (stale: already {get('current_status')})"
+    elif name == "contact.created":
+        text = f"{get('name') or '(no profile name)'} ({who})"
+    elif name == "contact.updated":
+        text = f"{get('previous_name') or '(no profile name)'} → {get('name') or '(no profile name)'} ({who})"
     elif name.startswith("template."):
         change = get("status") or get("quality") or get("category")
         text = f"{get('template_name')} ({get('language')}): {change}"

@@ -9,18 +9,26 @@ Each body is `event`, `event_id`, `timestamp`, `received_at`, `waba_id`, `phone_
 `display_phone_number`, the event's own keys, then `raw`. Every key below is always present
 (null, "" or [] when Meta sent nothing); ids are strings:
 
-- message.received: message_id, from, contact_name, type, content, text, media, location,
-  interactive, reaction, contacts, context, referral, errors, original_message_id (what an
-  `edit` or `revoke` refers to). A type's object is null for other types; an `edit` fills them
-  from the new version.
-- message.status_updated: message_id, status, recipient, errors, conversation, pricing.
-- message.echo: message_id, from, to, type, content.
+- message.received: message_id, from, from_user_id, from_parent_user_id, contact_name,
+  contact_user_id, contact_parent_user_id, type, content, text, media, location, interactive,
+  reaction, contacts, context, referral, errors, original_message_id (what an `edit` or
+  `revoke` refers to). A type's object is null for other types; an `edit` fills them from the
+  new version. `from` is "" when the customer hides their phone number behind a username.
+- message.status_updated: message_id, status, recipient, recipient_user_id,
+  recipient_parent_user_id, errors, conversation, pricing, stale, current_status. The parser
+  cannot know what came before: it sets stale false and current_status the status itself, and
+  the intake transaction settles both (see status_order.py).
+- message.echo: message_id, from, to, to_user_id, type, content.
+
 - template.status_changed: template_id, template_name, language, status, reason, category.
 - template.quality_changed: template_id, template_name, language, previous_quality, quality.
 - template.category_changed: template_id, template_name, language, previous_category,
   category, correct_category, category_update_timestamp.
 - account.updated: type, field. account.quality_event: type, user_phone, field.
 - whatsapp.<field>: field.
+
+A message.received `Event` also carries `contact`, the customer it names (wa_id, user_id,
+name, raw), from which the intake transaction draws contact events (see contacts.py).
 """
 
 from __future__ import annotations
@@ -64,10 +72,21 @@ UNSAFE_NAME = re.compile(r"[^a-z0-9_.-]")
 
 
 @dataclass(frozen=True)
+class Sighting:
+    """A customer as one message names them: by phone (wa_id), by user id, or both."""
+
+    wa_id: str | None
+    user_id: str | None
+    name: str | None
+    raw: dict | None  # Meta's contacts[] entry for them, when the change had one
+
+
+@dataclass(frozen=True)
 class Event:
     name: str
     dedupe_key: str
     body: dict[str, Any] = field(default_factory=dict)
+    contact: Sighting | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dedupe_key", storable(self.dedupe_key))
@@ -204,10 +223,14 @@ def order_summary(order: dict) -> str:
 
 
 def content_of(mtype: str, msg: dict) -> str:
-    """The one-line human summary of a message (or echo) of any type."""
+    """The human summary of a message (or echo) of any type: a text's whole body, else one line."""
     payload = msg.get(mtype)
     payload = as_dict(payload) if not isinstance(payload, str) else {"body": payload}
-    if mtype == "text" or mtype == "system":
+    if mtype == "text":
+        # The whole body, as the customer wrote it (up to 4,096 characters): never cut.
+        body = payload.get("body")
+        return body if isinstance(body, str) else ""
+    if mtype == "system":
         found = payload.get("body")
     elif mtype in MEDIA_TYPES:
         found = payload.get("caption") or payload.get("filename")
@@ -252,14 +275,18 @@ def fill_by_type(fields: dict, mtype: str, msg: dict) -> None:
         fields["contacts"] = [c for c in as_list(msg.get("contacts")) if isinstance(c, dict)]
 
 
-def message_fields(msg: dict, names: dict[str, str]) -> dict:
+def message_fields(msg: dict, entry: dict) -> dict:
+    """A message's fields; `entry` is its sender's contacts[] entry as `contact_entries` reads it."""
     mtype = text(msg.get("type"))
-    sender = text(msg.get("from"))
     context = msg.get("context")
     fields = {
         "message_id": text(msg.get("id")),
-        "from": sender,
-        "contact_name": names.get(sender, "") if sender else "",
+        "from": text(msg.get("from")),
+        "from_user_id": text_or_none(msg.get("from_user_id")),
+        "from_parent_user_id": text_or_none(msg.get("from_parent_user_id")),
+        "contact_name": entry.get("name") or "",
+        "contact_user_id": entry.get("user_id"),
+        "contact_parent_user_id": entry.get("parent_user_id"),
         "type": mtype,
         "content": content_of(mtype, msg),
         **dict.fromkeys(("text", "media", "location", "interactive", "reaction")),
@@ -283,16 +310,35 @@ def message_fields(msg: dict, names: dict[str, str]) -> dict:
     return fields
 
 
-def contact_names(value: dict) -> dict[str, str]:
-    """Profile names by wa_id, so each message gets its own sender's name."""
-    names = {}
+def contact_entries(value: dict) -> list[dict]:
+    """The change's contacts[] as {wa_id, user_id, parent_user_id, name, raw}, ids as text or None."""
+    found = []
     for contact in as_list(value.get("contacts")):
         if isinstance(contact, dict):
-            wa_id = text(contact.get("wa_id"))
-            name = text(as_dict(contact.get("profile")).get("name"))
-            if wa_id and name:
-                names.setdefault(wa_id, name)
-    return names
+            entry = pick(contact, "wa_id user_id parent_user_id")
+            entry["name"] = text_or_none(as_dict(contact.get("profile")).get("name"))
+            entry["raw"] = contact
+            found.append(entry)
+    return found
+
+
+def sender_entry(entries: list[dict], sender: str, user_id: str | None) -> dict:
+    """The first contacts[] entry for this sender: by phone (wa_id), else by user id; {} if none."""
+    for key, wanted in (("wa_id", sender), ("user_id", user_id)):
+        if wanted:
+            for entry in entries:
+                if entry[key] == wanted:
+                    return entry
+    return {}
+
+
+def sighting(fields: dict, entry: dict) -> Sighting | None:
+    """The customer a message names, or None when it carries neither a phone nor a user id."""
+    wa_id = fields["from"] or entry.get("wa_id")
+    user_id = fields["from_user_id"] or entry.get("user_id")
+    if not wa_id and not user_id:
+        return None
+    return Sighting(wa_id or None, user_id or None, entry.get("name") or None, entry.get("raw"))
 
 
 # -- changes
@@ -347,11 +393,13 @@ class ChangeParser:
             or text(self.value.get("display_phone_number")),
         }
 
-    def make(self, name: str, key: str, ts: int | None, fields: dict, raw: Any) -> Event:
+    def make(
+        self, name: str, key: str, ts: int | None, fields: dict, raw: Any, contact: Sighting | None = None
+    ) -> Event:
         body = {"event": name, "event_id": event_id_for(key), "timestamp": ts or self.entry_ts, **self.head}
         body.update(fields)
         body["raw"] = raw
-        return Event(name, key, body)
+        return Event(name, key, body, contact)
 
     def whole(self, name: str, fields: dict) -> Event:
         """An event for the change as a whole, keyed by its content."""
@@ -398,10 +446,13 @@ class ChangeParser:
         return change_key(self.entry, self.change, f"{list_name}:{index}")
 
     def messages(self) -> list[Event]:
-        names, out = contact_names(self.value), []
+        entries, out = contact_entries(self.value), []
         for index, msg in self.items("messages"):
             key = self.item_key("message", msg, "messages", index)
-            out.append(self.make("message.received", key, unix(msg.get("timestamp")), message_fields(msg, names), msg))
+            entry = sender_entry(entries, text(msg.get("from")), text_or_none(msg.get("from_user_id")))
+            fields = message_fields(msg, entry)
+            ts = unix(msg.get("timestamp"))
+            out.append(self.make("message.received", key, ts, fields, msg, sighting(fields, entry)))
         return out
 
     def statuses(self) -> list[Event]:
@@ -413,9 +464,13 @@ class ChangeParser:
                 "message_id": text(status.get("id")),
                 "status": state,
                 "recipient": text(status.get("recipient_id")),
+                **pick(status, "recipient_user_id recipient_parent_user_id"),
                 "errors": errors_of(status.get("errors")),
                 "conversation": conversation if isinstance(conversation, dict) else None,
                 "pricing": pricing if isinstance(pricing, dict) else None,
+                # Settled in the intake transaction, which knows what came before.
+                "stale": False,
+                "current_status": state,
             }
             key = self.item_key("status", status, "statuses", index, f":{state}")
             out.append(self.make("message.status_updated", key, unix(status.get("timestamp")), fields, status))
@@ -426,6 +481,7 @@ class ChangeParser:
         for index, echo in self.items("message_echoes"):
             mtype = text(echo.get("type"))
             fields = {"message_id": text(echo.get("id")), "from": text(echo.get("from")), "to": text(echo.get("to"))}
+            fields["to_user_id"] = text_or_none(echo.get("to_user_id"))
             fields.update(type=mtype, content=content_of(mtype, echo))
             key = self.item_key("echo", echo, "message_echoes", index)
             out.append(self.make("message.echo", key, unix(echo.get("timestamp")), fields, echo))

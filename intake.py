@@ -19,12 +19,14 @@ import time
 from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+import contacts
 import db
 import events as meta_events
 import jobs
 import media_links
 import media_store
 import outbox
+import status_order
 from db import get_db, transaction
 
 log = logging.getLogger("wahook.intake")
@@ -191,7 +193,9 @@ def store(conn: db.Connection, raw: bytes, body: dict, drawn: list, received_at:
 
     This runs once per Meta POST while the write lock is held, so it does the little it
     must: the webhook row is written with its event count already in, and corrected only
-    when some events turn out to be duplicates; the outbox reads each endpoint's filter once.
+    when some events turn out to be duplicates or a message brought contact events; the
+    outbox reads each endpoint's filter once. Contact events and a status's `stale` are
+    decided here, under the lock, so two web processes cannot both act on the same old state.
     """
     fields = sorted(
         {
@@ -217,10 +221,7 @@ def store(conn: db.Connection, raw: bytes, body: dict, drawn: list, received_at:
                 raw,
             ),
         ).fetchone()[0]
-        new = [
-            outbox.NewEvent(event.body["event_id"], event.name, event.dedupe_key, text_body)
-            for event, text_body in zip(drawn, encoded, strict=True)
-        ]
+        new = settle(conn, drawn, encoded, received_at)
         new_names, made = outbox.add_events(conn, new, received_at, webhook=(webhook_id, webhook_public_id))
         media_store.track(conn, drawn, webhook_id, received_at)
         if len(new_names) != len(drawn):
@@ -229,3 +230,28 @@ def store(conn: db.Connection, raw: bytes, body: dict, drawn: list, received_at:
         "webhook stored: %d new events, %d deliveries", len(new_names), made, extra={"webhook_id": webhook_public_id}
     )
     return made
+
+
+def settle(conn: db.Connection, drawn: list, encoded: list[str], now: float) -> list[outbox.NewEvent]:
+    """The events to store, finished with what only the database knows. Call inside the transaction.
+
+    Each message's contact events go just ahead of it (a lower event id); a status gets its
+    `stale` and `current_status`, and is encoded again only when they differ from the
+    parser's guess (in order, the usual case, it is not).
+    """
+    new = []
+    earlier: dict[str, str] = {}  # the highest status per message so far in this body
+    for event, text_body in zip(drawn, encoded, strict=True):
+        if event.contact is not None:
+            for found in contacts.draw(conn, event, now):
+                text_found = encode_event(found.body)
+                new.append(outbox.NewEvent(found.body["event_id"], found.name, found.dedupe_key, text_found))
+        if event.name == "message.status_updated":
+            body = event.body
+            message_id, status = body["message_id"], body["status"]
+            stale, current = status_order.settle(conn, message_id, status, earlier.get(message_id))
+            earlier[message_id] = status_order.highest([current, status]) or earlier.get(message_id) or ""
+            if stale or current != status:
+                text_body = encode_event({**body, "stale": stale, "current_status": current})
+        new.append(outbox.NewEvent(event.body["event_id"], event.name, event.dedupe_key, text_body))
+    return new

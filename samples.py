@@ -27,6 +27,11 @@ CUSTOMER = "16505551234"
 CUSTOMER_NAME = "Sheena Nelson"
 OTHER_CUSTOMER = "447700900123"
 OTHER_NAME = "Tom Okafor"
+# A customer who adopted a WhatsApp username: Meta names them by business-scoped user ids
+# (a country code, a dot, then digits; a parent id shared across portfolios has ENT in it).
+USERNAME_CUSTOMER_ID = "US.13491208655302741918"
+USERNAME_PARENT_ID = "US.ENT.11815799212886844830"
+USERNAME = "sheena.grows"
 
 _last_time = 0
 
@@ -191,6 +196,31 @@ def referral() -> dict:
     return incoming(message("text", {"body": "Can I get more info about this?"}, referral=ad))
 
 
+def username_contact(with_phone: bool) -> dict:
+    """A contacts[] entry of a customer with a username; wa_id only while Meta still shares the phone."""
+    found: dict[str, Any] = {"profile": {"name": CUSTOMER_NAME, "username": USERNAME}}
+    if with_phone:
+        found["wa_id"] = CUSTOMER
+    found.update(user_id=USERNAME_CUSTOMER_ID, parent_user_id=USERNAME_PARENT_ID)
+    return found
+
+
+def username_message(with_phone: bool) -> dict:
+    """A text from a customer with a username; with the phone hidden there is no `from` at all."""
+    msg = message("text", {"body": "Hi, it's me on my new username"})
+    if not with_phone:
+        del msg["from"]
+    msg.update(from_user_id=USERNAME_CUSTOMER_ID, from_parent_user_id=USERNAME_PARENT_ID)
+    return incoming(msg, contacts=[username_contact(with_phone)])
+
+
+def username_status() -> dict:
+    """`read` for a message to a customer whose phone is hidden: recipient ids only."""
+    found = status("read", recipient_user_id=USERNAME_CUSTOMER_ID, recipient_parent_user_id=USERNAME_PARENT_ID)
+    del found["recipient_id"]
+    return envelope([statuses_change([found])])
+
+
 def echo() -> dict:
     sent = {"from": DISPLAY_PHONE_NUMBER, "to": CUSTOMER, "id": wamid(), "timestamp": now(), "type": "text"}
     sent["text"] = {"body": "Here's the info you requested! https://www.meta.com/quest/quest-3/"}
@@ -271,6 +301,9 @@ KIND_BUILDERS: dict[str, Callable[[], dict]] = {
     "edit": lambda: incoming(edit()),
     "revoke": lambda: incoming(message("revoke", {"original_message_id": wamid()})),
     "referral": referral,
+    "username": lambda: username_message(with_phone=True),
+    "username_no_phone": lambda: username_message(with_phone=False),
+    "status_username": username_status,
     "status": lambda: envelope([statuses_change([status("sent"), status("delivered"), status("read")])]),
     "status_failed": failed_status,
     "echo": echo,

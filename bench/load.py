@@ -41,6 +41,24 @@ def signed(statuses: int = 1) -> tuple[bytes, str, list[str]]:
     return raw, signature, ids
 
 
+def signed_message(customer: int) -> bytes:
+    """A signed text message webhook (as wrk's pool line) from returning customer number `customer`."""
+    wa_id = str(447700900000 + customer)
+    body = samples.incoming(
+        samples.message("text", {"body": "Is the fern still in stock?"}, sender=wa_id),
+        contacts=[samples.contact(wa_id, f"Customer {customer}")],
+    )
+    raw = json.dumps(body, separators=(",", ":")).encode()
+    return intake.meta_signature(APP_SECRET, raw).encode() + b"\t" + raw + b"\n"
+
+
+def write_message_pool(path: Path, count: int, customers: int) -> None:
+    """Write `count` signed text messages from `customers` returning customers (each new wamid)."""
+    with path.open("wb") as f:
+        for n in range(count):
+            f.write(signed_message(n % customers))
+
+
 def write_pool(path: Path, count: int, statuses: int = 1) -> list[str]:
     """Write `count` signed bodies as wrk's pool file; returns every event id in them."""
     ids: list[str] = []

@@ -10,6 +10,8 @@ status webhooks, each with new wamids; deliveries go to a fast asyncio receiver 
     BENCH_ONLY=a,b    only these measures: receiver, intake, drain, latency, burst, outage, metrics, engines,
                       media, streams, publish, durability
     BENCH_ROOT=dir    measure the wahook checkout in `dir` instead of this one (before/after)
+    BENCH_BEFORE=dir  add the `versus` measure: intake of this checkout against the one in `dir`
+                      (say, main before a change), alternating round by round in one run
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import api_scenarios
 import engines
@@ -230,6 +233,33 @@ def run_durability(ws: sc.Workspace, plan: sc.Plan, table: Table) -> None:
         )
 
 
+def run_versus(ws: sc.Workspace, plan: sc.Plan, table: Table) -> None:
+    before = os.environ.get("BENCH_BEFORE")
+    if not before:
+        say("versus: set BENCH_BEFORE to another checkout to compare against")
+        return
+    rates, cpu = sc.versus(ws, plan, Path(before))
+    for kind, result in rates.items():
+        ours, theirs = sc.median(result.ours), sc.median(result.theirs)
+        table.add(
+            f"versus: {kind} webhooks/s, this checkout vs {before} ({plan.rounds} rounds each, alternating)",
+            f"{ours:,.0f}/s ({spread(result.ours)})",
+            f"before {theirs:,.0f}/s ({spread(result.theirs)})",
+            f"{result.ratio:.3f}",
+            ">= 0.95",
+            result.ratio >= 0.95,
+        )
+        used = cpu[kind]
+        table.add(
+            f"versus: {kind} webhooks, server CPU per webhook",
+            f"{sc.median(used.ours):.0f} us ({spread(used.ours)})",
+            f"before {sc.median(used.theirs):.0f} us ({spread(used.theirs)})",
+            f"{1 / used.ratio:.3f}",
+            ">= 0.95",
+            1 / used.ratio >= 0.95,
+        )
+
+
 MEASURES: dict[str, Callable[[sc.Workspace, sc.Plan, Table], None]] = {
     "receiver": run_receiver,
     "intake": run_intake,
@@ -243,6 +273,7 @@ MEASURES: dict[str, Callable[[sc.Workspace, sc.Plan, Table], None]] = {
     "streams": run_streams,
     "publish": run_publish,
     "durability": run_durability,
+    "versus": run_versus,
 }
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
-from load import paced, signed, write_pool, wrk_once, wrk_timed
+from load import paced, signed, write_message_pool, write_pool, wrk_once, wrk_timed
 from sink import Sink, duplicates
 from stack import INTAKE_PATH, ROOT, Memory, Stack, free_port, wait_until
 
@@ -161,6 +161,41 @@ def intake_once(ws: Workspace, pool: Path, warm: Path, seconds: float, **options
     if stored.get("pending", 0) < run.posted:
         raise RuntimeError(f"intake answered {run.posted} posts but stored {stored}")
     return run, cpu_us
+
+
+VERSUS_CUSTOMERS = 500
+
+
+def versus(ws: Workspace, plan: Plan, before: Path) -> tuple[dict[str, Comparison], dict[str, Comparison]]:
+    """Intake of this checkout (ours) against another one (`before`, theirs), round after round
+    alternately, for status webhooks and for text messages from returning customers: each
+    customer has written once before the timed run (as in steady use, where most messages come
+    from people the gateway knows). Returns (webhooks/s, server CPU microseconds per webhook)
+    by kind; CPU per webhook is the steadier of the two on a machine others are loading."""
+    pools = {"status": (ws.root / "versus-status.pool", ws.root / "versus-status-warm.pool")}
+    write_pool(pools["status"][0], plan.intake_pool)
+    write_pool(pools["status"][1], VERSUS_CUSTOMERS)
+    pools["message"] = (ws.root / "versus-message.pool", ws.root / "versus-message-warm.pool")
+    write_message_pool(pools["message"][0], plan.intake_pool, customers=VERSUS_CUSTOMERS)
+    write_message_pool(pools["message"][1], VERSUS_CUSTOMERS, customers=VERSUS_CUSTOMERS)
+    rates = {kind: Comparison() for kind in pools}
+    cpu = {kind: Comparison() for kind in pools}
+    for round_number in range(plan.rounds):
+        # Who goes first swaps every round, so neither side always runs on a machine just warmed.
+        sides = [("ours", ROOT), ("theirs", before)][:: -1 if round_number % 2 else 1]
+        for kind, (pool, warm) in pools.items():
+            for side, root in sides:
+                stack = ws.stack(root=root)
+                stack.start_redis()
+                stack.add_endpoint(ws.sink.url)
+                base = stack.start_web()
+                wrk_once(base + INTAKE_PATH, warm, VERSUS_CUSTOMERS, stack.stored)
+                used = stack.cpu_seconds()
+                run = wrk_timed(base + INTAKE_PATH, pool, plan.intake_seconds)
+                getattr(cpu[kind], side).append((stack.cpu_seconds() - used) / run.posted * 1e6)
+                stack.stop()
+                getattr(rates[kind], side).append(run.rate)
+    return rates, cpu
 
 
 # -- delivery drain

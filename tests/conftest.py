@@ -332,9 +332,10 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05, message
 
 
 def wait_every_event_delivered(conn, receiver, total: int, timeout: float = 60) -> set[str]:
-    """Wait until every stored event reached `receiver` and all `total` deliveries are marked
-    delivered; returns the events' ids."""
-    wanted = {json.loads(r[0])["event_id"] for r in conn.execute("SELECT body FROM events")}
+    """Wait until every event with a delivery (`total` of them, one delivery each) reached
+    `receiver` and every delivery is marked delivered; returns the events' ids."""
+    sent = "SELECT e.event_id FROM deliveries d JOIN events e ON e.id = d.event_id"
+    wanted = {row[0] for row in conn.execute(sent)}
     assert len(wanted) == total
 
     def all_arrived() -> bool:

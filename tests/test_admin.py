@@ -559,8 +559,8 @@ def test_monitor_numbers_for_real_deliveries_and_redelivery(
 ):
     good, bad = make_receiver(), make_receiver()
     bad.behaviour = Behaviour(status=500, body=b"down for maintenance")
-    healthy = add_endpoint(good.url)
-    failing = add_endpoint(bad.url)
+    healthy = add_endpoint(good.url, events="message.received")  # one delivery per message
+    failing = add_endpoint(bad.url, events="message.received")
     post_webhook(text_message("wamid.A"))
     post_webhook(text_message("wamid.B"))
     wait_until(lambda: states(conn) == {"delivered": 2, "failed": 2}, timeout=20, message="2 delivered, 2 failed")
@@ -725,7 +725,7 @@ def test_event_detail_shows_raw_body_and_events_as_formatted_json(app, admin, co
 
 
 def test_redeliver_from_the_event_detail_returns_there(app, admin, conn, post_webhook, receiver, add_endpoint):
-    add_endpoint(receiver.url)
+    add_endpoint(receiver.url, events="message.received")
     post_webhook(text_message())
     conn.execute("UPDATE deliveries SET state = 'failed'")
     response = post_form(admin, "/monitor/redeliver/1", {"next": "/events/1"})

@@ -31,11 +31,11 @@ def test_simulate_posts_a_signed_sample_that_becomes_an_event(processes, runner,
     result = runner.invoke(args=["simulate", "text", "--url", base + "/api/webhooks/whatsapp"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["status_code"] == 200
-    names = [r[0] for r in conn.execute("SELECT name FROM events")]
-    assert names == ["message.received"]
+    names = [r[0] for r in conn.execute("SELECT name FROM events ORDER BY id")]
+    assert names == ["contact.created", "message.received"]
 
 
-@pytest.mark.parametrize("kind", ["image", "status", "template", "calls", "batch"])
+@pytest.mark.parametrize("kind", ["image", "status", "template", "calls", "batch", "username_no_phone"])
 def test_simulate_kinds(processes, runner, conn, kind):
     base = processes.start_web(workers=1)
     result = runner.invoke(args=["simulate", kind, "--url", base + "/api/webhooks/whatsapp"])
@@ -206,7 +206,7 @@ def test_cli_given_secret_is_used(runner, receiver):
 
 
 def test_cli_replay_since_resends_delivered_events(post_webhook, receiver, add_endpoint, running_worker, runner, conn):
-    add_endpoint(receiver.url)
+    add_endpoint(receiver.url, events="message.received")
     post_webhook(text_message())
     receiver.wait_for(1)
     wait_until(lambda: conn.execute("SELECT state FROM deliveries").fetchone()[0] == "delivered", message="delivered")

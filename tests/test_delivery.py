@@ -28,6 +28,10 @@ from receiver import Behaviour
 
 pytestmark = pytest.mark.engines
 
+# These tests follow one message through delivery; a customer's first message also makes a
+# contact.created (tests/test_contacts.py), kept out here so each message is one delivery.
+MESSAGES = "message.received"
+
 
 def run_rq_burst(app) -> None:
     """Run queued drain jobs the way RQ's own tests do: a SimpleWorker in burst mode."""
@@ -47,7 +51,7 @@ def attempts_of(conn, delivery_id: int = 1):
 
 
 def test_event_arrives_signed_with_every_header(app, post_webhook, receiver, add_endpoint, conn):
-    endpoint = add_endpoint(receiver.url, bearer_token="tok-123")
+    endpoint = add_endpoint(receiver.url, events=MESSAGES, bearer_token="tok-123")
     dispatcher = worker.Dispatcher(app.config["WAHOOK"])
     jobs.set_drain_handler(dispatcher.on_drain_job)
     try:
@@ -75,7 +79,7 @@ def test_event_arrives_signed_with_every_header(app, post_webhook, receiver, add
 
 
 def test_standard_signature_fails_for_another_secret(app, post_webhook, receiver, add_endpoint, running_worker):
-    add_endpoint(receiver.url)
+    add_endpoint(receiver.url, events=MESSAGES)
     post_webhook(text_message())
     (got,) = receiver.wait_for(1)
     from standardwebhooks.webhooks import WebhookVerificationError
@@ -85,7 +89,7 @@ def test_standard_signature_fails_for_another_secret(app, post_webhook, receiver
 
 
 def test_meta_format_sends_the_original_body_byte_for_byte(post_webhook, receiver, add_endpoint, running_worker, conn):
-    add_endpoint(receiver.url, format="meta")
+    add_endpoint(receiver.url, events=MESSAGES, format="meta")
     raw = b'{"object": "whatsapp_business_account",\n "entry": ' + json.dumps(text_message()["entry"]).encode() + b"}"
     assert post_webhook(raw).status_code == 200
     (got,) = receiver.wait_for(1)
@@ -95,7 +99,7 @@ def test_meta_format_sends_the_original_body_byte_for_byte(post_webhook, receive
 
 
 def test_no_bearer_header_without_a_token(post_webhook, receiver, add_endpoint, running_worker):
-    add_endpoint(receiver.url)
+    add_endpoint(receiver.url, events=MESSAGES)
     post_webhook(text_message())
     (got,) = receiver.wait_for(1)
     assert "Authorization" not in got.headers
@@ -106,20 +110,21 @@ def test_event_filter_selects_what_an_endpoint_gets(post_webhook, make_receiver,
     add_endpoint(everything.url)
     add_endpoint(statuses_only.url, events="message.status_updated")
     post_webhook(text_message("wamid.ONE"))
-    everything.wait_for(1)
+    got = everything.wait_for(2)
+    assert [json.loads(r.body)["event"] for r in got] == ["contact.created", "message.received"]
     time.sleep(0.3)
     assert statuses_only.requests == []
-    assert conn.execute("SELECT count(*) FROM deliveries").fetchone()[0] == 1
+    assert conn.execute("SELECT count(*) FROM deliveries").fetchone()[0] == 2
 
 
 def test_huge_event_is_delivered_whole(post_webhook, receiver, add_endpoint, running_worker, conn):
-    add_endpoint(receiver.url)
+    add_endpoint(receiver.url, events=MESSAGES)
     text = "é" * (1_500_000)  # 3 MB of UTF-8, Meta's limit
     raw = json.dumps(text_message("wamid.HUGE", text=text), ensure_ascii=False).encode()
     assert post_webhook(raw).status_code == 200
     (got,) = receiver.wait_for(1, timeout=20)
     assert json.loads(got.body)["text"] == text
-    assert got.body == conn.execute("SELECT body FROM events").fetchone()[0].encode()
+    assert got.body == conn.execute("SELECT body FROM events WHERE name = 'message.received'").fetchone()[0].encode()
 
 
 # --- failures and retries ---------------------------------------------------------------------------------
@@ -127,7 +132,7 @@ def test_huge_event_is_delivered_whole(post_webhook, receiver, add_endpoint, run
 
 def test_failures_retry_on_schedule_then_succeed(post_webhook, receiver, add_endpoint, running_worker, conn):
     receiver.script = [Behaviour(status=500), Behaviour(status=503, body=b"busy")]
-    add_endpoint(receiver.url)
+    add_endpoint(receiver.url, events=MESSAGES)
     post_webhook(text_message())
     got = receiver.wait_for(3, timeout=15)
     gaps = [b.at - a.at for a, b in zip(got, got[1:], strict=False)]
@@ -143,7 +148,7 @@ def test_exhausted_retries_end_failed_and_redelivery_starts_a_new_cycle(
     post_webhook, receiver, add_endpoint, running_worker, conn, runner
 ):
     receiver.behaviour = Behaviour(status=500, body=b"x" * 5000)
-    add_endpoint(receiver.url)
+    add_endpoint(receiver.url, events=MESSAGES)
     post_webhook(text_message())
     receiver.wait_for(3, timeout=15)
     wait_until(lambda: delivery_row(conn)["state"] == "failed", message="failed")
@@ -160,7 +165,7 @@ def test_exhausted_retries_end_failed_and_redelivery_starts_a_new_cycle(
 def test_redirect_is_a_failure_and_not_followed(post_webhook, make_receiver, add_endpoint, running_worker, conn):
     target, redirecting = make_receiver(), make_receiver()
     redirecting.behaviour = Behaviour(status=302, headers={"Location": target.url})
-    add_endpoint(redirecting.url)
+    add_endpoint(redirecting.url, events=MESSAGES)
     post_webhook(text_message())
     redirecting.wait_for(1)
     wait_until(lambda: attempts_of(conn), message="an attempt")
@@ -173,7 +178,7 @@ def test_redirect_is_a_failure_and_not_followed(post_webhook, make_receiver, add
 
 def test_410_disables_the_endpoint(post_webhook, receiver, add_endpoint, running_worker, conn):
     receiver.behaviour = Behaviour(status=410)
-    endpoint = add_endpoint(receiver.url)
+    endpoint = add_endpoint(receiver.url, events=MESSAGES)
     post_webhook(text_message("wamid.1"))
     receiver.wait_for(1)
     wait_until(lambda: delivery_row(conn)["state"] == "failed", message="failed")
@@ -186,7 +191,7 @@ def test_410_disables_the_endpoint(post_webhook, receiver, add_endpoint, running
 
 def test_retry_after_pushes_the_retry_later_never_sooner(post_webhook, receiver, add_endpoint, running_worker, conn):
     receiver.script = [Behaviour(status=429, headers={"Retry-After": "3"})]
-    add_endpoint(receiver.url)
+    add_endpoint(receiver.url, events=MESSAGES)
     post_webhook(text_message())
     first, second = receiver.wait_for(2, timeout=10)
     assert second.at - first.at >= 3.0
@@ -194,7 +199,7 @@ def test_retry_after_pushes_the_retry_later_never_sooner(post_webhook, receiver,
 
 def test_retry_after_is_capped_at_an_hour(post_webhook, receiver, add_endpoint, running_worker, conn):
     receiver.behaviour = Behaviour(status=503, headers={"Retry-After": "999999"})
-    add_endpoint(receiver.url)
+    add_endpoint(receiver.url, events=MESSAGES)
     post_webhook(text_message())
     receiver.wait_for(1)
     wait_until(lambda: delivery_row(conn)["state"] == "retrying", message="retrying")
@@ -204,7 +209,7 @@ def test_retry_after_is_capped_at_an_hour(post_webhook, receiver, add_endpoint, 
 
 def test_timeout_is_a_failed_attempt(app, post_webhook, receiver, add_endpoint, running_worker, conn):
     receiver.script = [Behaviour(delay=3)]  # timeout is 2 s in tests
-    add_endpoint(receiver.url)
+    add_endpoint(receiver.url, events=MESSAGES)
     post_webhook(text_message())
     wait_until(lambda: attempts_of(conn), timeout=10, message="an attempt")
     first = attempts_of(conn)[0]
@@ -213,7 +218,7 @@ def test_timeout_is_a_failed_attempt(app, post_webhook, receiver, add_endpoint, 
 
 
 def test_receiver_down_is_retried(post_webhook, add_endpoint, running_worker, conn):
-    add_endpoint("http://127.0.0.1:9/hook")  # the discard port: nothing listens
+    add_endpoint("http://127.0.0.1:9/hook", events=MESSAGES)  # the discard port: nothing listens
     post_webhook(text_message())
     wait_until(lambda: delivery_row(conn)["state"] == "failed", timeout=10, message="failed")
     rows = attempts_of(conn)
@@ -221,7 +226,7 @@ def test_receiver_down_is_retried(post_webhook, add_endpoint, running_worker, co
 
 
 def test_deleted_endpoint_fails_its_waiting_deliveries(app, post_webhook, receiver, add_endpoint, conn, runner):
-    endpoint = add_endpoint(receiver.url)
+    endpoint = add_endpoint(receiver.url, events=MESSAGES)
     post_webhook(text_message())
     result = runner.invoke(args=["endpoint", "remove", str(endpoint["id"])])
     assert json.loads(result.output) == {"removed": endpoint["id"]}
@@ -233,7 +238,7 @@ def test_deleted_endpoint_fails_its_waiting_deliveries(app, post_webhook, receiv
 
 
 def test_private_address_is_refused_at_send_time(tmp_path, app, post_webhook, receiver, add_endpoint, conn):
-    add_endpoint(receiver.url)  # saved while private addresses were allowed
+    add_endpoint(receiver.url, events=MESSAGES)  # saved while private addresses were allowed
     strict = app.config["WAHOOK"].sections | {
         "delivery": {**app.config["WAHOOK"]["delivery"], "allow_private_urls": False}
     }
@@ -256,8 +261,8 @@ def test_private_address_is_refused_at_send_time(tmp_path, app, post_webhook, re
 def test_a_hanging_endpoint_does_not_hold_back_another(app, post_webhook, make_receiver, add_endpoint, conn):
     hanging, healthy = make_receiver(), make_receiver()
     hanging.behaviour = Behaviour(delay=10)
-    add_endpoint(hanging.url)
-    add_endpoint(healthy.url)
+    add_endpoint(hanging.url, events=MESSAGES)
+    add_endpoint(healthy.url, events=MESSAGES)
     slow_config = app.config["WAHOOK"].sections | {"delivery": {**app.config["WAHOOK"]["delivery"], "timeout": 15}}
     from config import load_config
 
@@ -279,7 +284,7 @@ def test_a_hanging_endpoint_does_not_hold_back_another(app, post_webhook, make_r
 
 
 def test_two_dispatchers_never_send_the_same_delivery(app, post_webhook, receiver, add_endpoint, conn):
-    add_endpoint(receiver.url)
+    add_endpoint(receiver.url, events=MESSAGES)
     for n in range(200):
         post_webhook(text_message(f"wamid.TWO{n}"))
     first, second = worker.Dispatcher(app.config["WAHOOK"]), worker.Dispatcher(app.config["WAHOOK"])
@@ -297,7 +302,7 @@ def test_two_dispatchers_never_send_the_same_delivery(app, post_webhook, receive
 
 def test_flushed_redis_loses_nothing(app, post_webhook, receiver, add_endpoint, running_worker, conn):
     jobs.set_drain_handler(None)  # no RQ job will ever run: only the sweeper can deliver
-    add_endpoint(receiver.url)
+    add_endpoint(receiver.url, events=MESSAGES)
     for n in range(5):
         post_webhook(text_message(f"wamid.FLUSH{n}"))
     jobs.redis_connection(app.config["WAHOOK"]).flushall()
@@ -339,7 +344,7 @@ def test_redis_stopped_during_intake_then_back(tmp_path, receiver, conn):
 
 def test_worker_killed_mid_attempt_loses_nothing(processes, post_webhook, receiver, add_endpoint, conn):
     receiver.script = [Behaviour(delay=1.5)]
-    add_endpoint(receiver.url)
+    add_endpoint(receiver.url, events=MESSAGES)
     first = processes.start_worker()
     assert post_webhook(text_message("wamid.KILL")).status_code == 200
     wait_until(lambda: receiver.started >= 1, timeout=15, message="the first attempt to begin")
@@ -365,7 +370,7 @@ def test_a_batch_that_slows_down_keeps_its_leases_until_recorded(
     # Leases a second long, answers 0.6 s slow: the batch outlives a lease several times over.
     monkeypatch.setattr(delivery, "LEASE_MARGIN", 0.5)
     receiver.behaviour = Behaviour(delay=0.6)
-    add_endpoint(receiver.url)
+    add_endpoint(receiver.url, events=MESSAGES)
     for n in range(6):
         post_webhook(text_message(f"wamid.SLOW{n}"))
     config = app.config["WAHOOK"]
@@ -393,7 +398,7 @@ def test_a_batch_that_slows_down_keeps_its_leases_until_recorded(
 
 def test_unreadable_retry_after_is_still_a_recorded_failure(post_webhook, receiver, add_endpoint, running_worker, conn):
     receiver.behaviour = Behaviour(status=503, headers={"Retry-After": "²"})
-    add_endpoint(receiver.url)
+    add_endpoint(receiver.url, events=MESSAGES)
     post_webhook(text_message())
     wait_until(lambda: attempts_of(conn), message="an attempt")
     assert attempts_of(conn)[0]["status_code"] == 503
@@ -402,7 +407,7 @@ def test_unreadable_retry_after_is_still_a_recorded_failure(post_webhook, receiv
 
 def test_410_fails_the_rest_of_the_batch_at_once(app, post_webhook, receiver, add_endpoint, conn):
     receiver.behaviour = Behaviour(status=410)
-    add_endpoint(receiver.url)
+    add_endpoint(receiver.url, events=MESSAGES)
     for n in range(3):
         post_webhook(text_message(f"wamid.GONE{n}"))
     dispatcher = worker.Dispatcher(app.config["WAHOOK"])
@@ -418,7 +423,7 @@ def test_410_fails_the_rest_of_the_batch_at_once(app, post_webhook, receiver, ad
 
 def test_410_in_the_middle_of_a_claimed_batch_fails_the_rest(app, post_webhook, receiver, add_endpoint, conn):
     receiver.behaviour = Behaviour(status=410)
-    endpoint = add_endpoint(receiver.url)
+    endpoint = add_endpoint(receiver.url, events=MESSAGES)
     for n in range(3):
         post_webhook(text_message(f"wamid.MID{n}"))
     config = app.config["WAHOOK"]
@@ -434,7 +439,7 @@ def test_410_in_the_middle_of_a_claimed_batch_fails_the_rest(app, post_webhook, 
 
 def test_send_test_is_not_taken_by_a_worker_meanwhile(app, receiver, add_endpoint, conn):
     receiver.behaviour = Behaviour(delay=0.3)
-    endpoint = add_endpoint(receiver.url)
+    endpoint = add_endpoint(receiver.url, events=MESSAGES)
     dispatcher = worker.Dispatcher(app.config["WAHOOK"])
     stop = threading.Event()
 
@@ -456,6 +461,6 @@ def test_send_test_is_not_taken_by_a_worker_meanwhile(app, receiver, add_endpoin
 
 def test_bulk_redelivery_leaves_failed_tests_alone(app, receiver, add_endpoint, conn, runner):
     receiver.behaviour = Behaviour(status=500)
-    endpoint = add_endpoint(receiver.url)
+    endpoint = add_endpoint(receiver.url, events=MESSAGES)
     assert not delivery.send_test(conn, app.config["WAHOOK"], endpoint["id"]).ok
     assert json.loads(runner.invoke(args=["deliveries", "retry"]).output) == {"requeued": 0}

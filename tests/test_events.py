@@ -26,7 +26,8 @@ RECEIVED = calendar.timegm((2026, 11, 20, 21, 40, 0)) + 0.25
 COMMON = ["event", "event_id", "timestamp", "received_at", "waba_id", "phone_number_id", "display_phone_number"]
 MESSAGE_KEYS = [
     *COMMON,
-    *("message_id", "from", "contact_name", "type", "content", "text", "media", "location", "interactive"),
+    *("message_id", "from", "from_user_id", "from_parent_user_id", "contact_name", "contact_user_id"),
+    *("contact_parent_user_id", "type", "content", "text", "media", "location", "interactive"),
     *("reaction", "contacts", "context", "referral", "errors", "original_message_id", "raw"),
 ]
 
@@ -231,11 +232,17 @@ def test_referral_and_forwarded_context():
     assert body["context"] == {"message_id": None, "from": None, "forwarded": True, "frequently_forwarded": True}
 
 
-def test_content_is_one_short_line():
-    body = received(msg("text", {"body": "line one\nline two\t" + "x" * 1000}))
+def test_text_content_is_the_whole_body_never_cut():
+    whole = "line one\nline two\t" + "x" * (4096 - 18)
+    assert len(whole) == 4096  # the longest text WhatsApp allows
+    body = received(msg("text", {"body": whole}))
+    assert body["content"] == whole and body["text"] == whole
+
+
+def test_other_summaries_are_one_short_line():
+    body = received(msg("image", {**MEDIA, "caption": "line one\nline two\t" + "x" * 1000}))
     assert "\n" not in body["content"] and len(body["content"]) <= 256
     assert body["content"].startswith("line one line two x")
-    assert body["text"].startswith("line one\nline two")
 
 
 def test_contact_name_is_matched_by_wa_id():
@@ -260,7 +267,10 @@ def test_status_updates():
     event = only(webhook(messages(statuses=[status("delivered", conversation=conversation, pricing=pricing)])))
     assert event.name == "message.status_updated" and event.dedupe_key == "status:wamid.OUT1:delivered"
     body = event.body
-    assert list(body) == COMMON + ["message_id", "status", "recipient", "errors", "conversation", "pricing", "raw"]
+    assert list(body) == COMMON + [
+        *("message_id", "status", "recipient", "recipient_user_id", "recipient_parent_user_id", "errors"),
+        *("conversation", "pricing", "stale", "current_status", "raw"),
+    ]
     assert (body["message_id"], body["status"], body["recipient"]) == ("wamid.OUT1", "delivered", USER)
     assert body["timestamp"] == 1750263773
     assert body["conversation"] == conversation and body["pricing"] == pricing and body["errors"] == []
@@ -285,7 +295,7 @@ def test_echo():
     }
     event = only(webhook({"value": {**value, "message_echoes": [echo]}, "field": "smb_message_echoes"}))
     assert event.name == "message.echo" and event.body["raw"] is echo
-    assert list(event.body) == COMMON + ["message_id", "from", "to", "type", "content", "raw"]
+    assert list(event.body) == COMMON + ["message_id", "from", "to", "to_user_id", "type", "content", "raw"]
     assert (event.body["message_id"], event.body["to"], event.body["type"]) == ("wamid.SAME", USER, "text")
     assert event.body["content"] == "Here's the info you requested!" and event.body["timestamp"] == 1739321024
     incoming = only(webhook(messages(msg("text", {"body": "x"}, wamid="wamid.SAME"))))
@@ -559,6 +569,7 @@ EXPECTED_KIND_EVENTS = {
     **{kind: "message.received" for kind in samples.KINDS},
     "status": "message.status_updated",
     "status_failed": "message.status_updated",
+    "status_username": "message.status_updated",
     "echo": "message.echo",
     "template": "template.status_changed",
     "template_quality": "template.quality_changed",
@@ -666,3 +677,96 @@ def test_parse_survives_any_part_of_a_real_body_going_wrong(kind, data):
         target = target[key]
     target[path[-1]] = data.draw(json_values)
     check(body)
+
+
+# --- usernames: business-scoped user ids (Meta's contacts/messages/statuses reference shapes) ---
+
+BSUID = "US.13491208655302741918"
+PARENT_BSUID = "US.ENT.11815799212886844830"
+
+
+def username_contact(**extra) -> dict:
+    return {"profile": {"name": "Sheena Nelson", "username": "sheena.grows"}, "user_id": BSUID, **extra}
+
+
+def test_a_username_message_copies_every_user_id():
+    contact = username_contact(wa_id=USER, parent_user_id=PARENT_BSUID)
+    message = msg("text", {"body": "hi"}, from_user_id=BSUID, from_parent_user_id=PARENT_BSUID)
+    event = only(webhook(messages(message, contacts=[contact])))
+    body = event.body
+    assert (body["from"], body["from_user_id"], body["from_parent_user_id"]) == (USER, BSUID, PARENT_BSUID)
+    assert (body["contact_user_id"], body["contact_parent_user_id"]) == (BSUID, PARENT_BSUID)
+    assert body["contact_name"] == "Sheena Nelson"
+    assert event.contact == events.Sighting(USER, BSUID, "Sheena Nelson", contact)
+
+
+def test_a_message_with_no_phone_number_is_complete():
+    message = msg("text", {"body": "no phone here"}, from_user_id=BSUID)
+    del message["from"]
+    event = only(webhook(messages(message, contacts=[username_contact()])))
+    body = event.body
+    assert list(body) == MESSAGE_KEYS
+    assert (body["from"], body["from_user_id"], body["contact_name"]) == ("", BSUID, "Sheena Nelson")
+    assert (body["content"], body["message_id"]) == ("no phone here", message["id"])
+    assert event.dedupe_key == f"message:{message['id']}"  # keyed by its id as usual
+    assert event.contact == events.Sighting(None, BSUID, "Sheena Nelson", username_contact())
+
+
+def test_a_status_to_a_hidden_phone_carries_the_recipient_user_ids():
+    state = status("read", recipient_user_id=BSUID, recipient_parent_user_id=PARENT_BSUID)
+    del state["recipient_id"]
+    body = only(webhook(messages(contacts=[], statuses=[state]))).body
+    assert (body["recipient"], body["recipient_user_id"], body["recipient_parent_user_id"]) == ("", BSUID, PARENT_BSUID)
+    assert (body["stale"], body["current_status"]) == (False, "read")  # settled at intake
+
+
+def test_an_echo_to_a_username_carries_to_user_id():
+    echo = {"from": DISPLAY, "to_user_id": BSUID, "id": "wamid.E", "timestamp": "1739321024", "type": "text"}
+    echo["text"] = {"body": "Thanks!"}
+    metadata = {"display_phone_number": DISPLAY, "phone_number_id": PHONE_ID}
+    value = {"messaging_product": "whatsapp", "metadata": metadata}
+    body = only(webhook({"value": {**value, "message_echoes": [echo]}, "field": "smb_message_echoes"})).body
+    assert (body["to"], body["to_user_id"], body["content"]) == ("", BSUID, "Thanks!")
+
+
+@pytest.mark.parametrize(
+    ("sent", "copied"),
+    [(12345, "12345"), ({"id": BSUID}, None), ([BSUID], None), (True, None), (None, None), (1.5, None)],
+)
+def test_user_ids_that_are_not_strings(sent, copied):
+    message = msg("text", {"body": "x"}, from_user_id=sent, from_parent_user_id=sent)
+    contact = {"profile": {"name": "Odd"}, "wa_id": USER, "user_id": sent, "parent_user_id": sent}
+    event = only(webhook(messages(message, contacts=[contact])))
+    body = event.body
+    assert body["from_user_id"] == body["from_parent_user_id"] == body["contact_user_id"] == copied
+    assert event.contact.wa_id == USER and event.contact.user_id == copied
+    json.dumps(body)
+
+
+def test_a_customer_with_neither_phone_nor_user_id_names_no_contact():
+    message = msg("text", {"body": "who am I"})
+    del message["from"]
+    event = only(webhook(messages(message, contacts=[{"profile": {"name": "Nobody"}}])))
+    assert event.name == "message.received" and event.body["content"] == "who am I"
+    assert event.contact is None and event.body["contact_name"] == ""
+
+
+def test_sender_is_matched_by_user_id_when_there_is_no_phone():
+    contacts = [username_contact(wa_id=USER), {"profile": {"name": "Tom"}, "user_id": "GB.777"}]
+    message = msg("text", {"body": "x"}, from_user_id="GB.777")
+    del message["from"]
+    body = only(webhook(messages(message, contacts=contacts))).body
+    assert (body["contact_name"], body["contact_user_id"]) == ("Tom", "GB.777")
+
+
+@pytest.mark.parametrize("kind", ["username", "username_no_phone", "status_username"])
+def test_username_samples_carry_user_ids(kind):
+    (event,) = parse(samples.sample(kind), RECEIVED)
+    body = event.body
+    if event.name == "message.received":
+        assert body["from_user_id"] == samples.USERNAME_CUSTOMER_ID
+        assert body["from_parent_user_id"] == samples.USERNAME_PARENT_ID
+        assert body["from"] == ("" if kind == "username_no_phone" else samples.CUSTOMER)
+        assert body["contact_name"] == samples.CUSTOMER_NAME
+    else:
+        assert (body["recipient"], body["recipient_user_id"]) == ("", samples.USERNAME_CUSTOMER_ID)

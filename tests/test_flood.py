@@ -22,7 +22,7 @@ TOTAL = 300
 
 def test_worker_killed_mid_flood_loses_nothing(app, processes, receiver, conn):
     with app.app_context():
-        endpoints.create(get_db(), app.config["WAHOOK"], receiver.url)
+        endpoints.create(get_db(), app.config["WAHOOK"], receiver.url, events="message.received")
     base = processes.start_web()
     first = processes.start_worker()
     statuses: list[int] = []

@@ -81,11 +81,13 @@ def test_empty_verify_token_refuses_everything(tmp_path, redis_url):
 
 
 def test_signed_post_is_stored_with_its_event(post_webhook, conn):
+    # The customer's first message: contact.created, then message.received (tests/test_contacts.py).
     response = post_webhook(text_message())
     assert response.status_code == 200
     webhooks, events, _ = counts(conn)
-    assert (webhooks, events) == (1, 1)
-    body = json.loads(conn.execute("SELECT body FROM events").fetchone()[0])
+    assert (webhooks, events) == (1, 2)
+    contact, body = (json.loads(r[0]) for r in conn.execute("SELECT body FROM events ORDER BY id"))
+    assert (contact["event"], contact["wa_id"], contact["name"]) == ("contact.created", "16505551234", "Sheena Nelson")
     assert body["event"] == "message.received"
     assert body["from"] == "16505551234"
 
@@ -268,7 +270,7 @@ def test_duplicate_webhook_makes_no_new_event(post_webhook, conn):
     assert post_webhook(text_message()).status_code == 200
     assert post_webhook(text_message()).status_code == 200
     webhooks, events, _ = counts(conn)
-    assert (webhooks, events) == (2, 1)
+    assert (webhooks, events) == (2, 2)  # one message and its contact.created, no second of either
 
 
 def test_every_message_of_a_batch_becomes_an_event(post_webhook, conn):
@@ -279,7 +281,8 @@ def test_every_message_of_a_batch_becomes_an_event(post_webhook, conn):
     extra = dict(body["entry"][0]["changes"][0]["value"]["messages"][0], id="wamid.C")
     body["entry"][0]["changes"][0]["value"]["messages"].append(extra)
     assert post_webhook(body).status_code == 200
-    ids = {json.loads(r[0])["message_id"] for r in conn.execute("SELECT body FROM events")}
+    rows = conn.execute("SELECT body FROM events WHERE name = 'message.received'")
+    ids = {json.loads(r[0])["message_id"] for r in rows}
     assert ids == {"wamid.A", "wamid.B", "wamid.C"}
 
 
@@ -303,7 +306,7 @@ def test_database_that_cannot_commit_gets_503_and_stores_nothing(app, post_webho
     assert counts(conn) == (0, 0, 0)
     # Meta retries; the retry is stored.
     assert post_webhook(text_message()).status_code == 200
-    assert counts(conn)[:2] == (1, 1)
+    assert counts(conn)[:2] == (1, 2)
 
 
 def test_redis_down_still_answers_200_and_keeps_the_delivery(tmp_path, runner, conn, storage_database):
@@ -318,8 +321,8 @@ def test_redis_down_still_answers_200_and_keeps_the_delivery(tmp_path, runner, c
     raw = json.dumps(text_message()).encode()
     response = app.test_client().post(URL, data=raw, headers={"X-Hub-Signature-256": sign(raw, APP_SECRET)})
     assert response.status_code == 200
-    state = conn.execute("SELECT state FROM deliveries").fetchall()
-    assert [r[0] for r in state] == ["pending"]
+    state = conn.execute("SELECT event_name, state FROM deliveries ORDER BY id").fetchall()
+    assert [tuple(r) for r in state] == [("contact.created", "pending"), ("message.received", "pending")]
 
 
 # --- real gunicorn -----------------------------------------------------------------------
@@ -346,7 +349,7 @@ def test_concurrent_duplicates_against_gunicorn_make_one_event(processes, conn):
     assert statuses == [200] * 40
     webhooks, events, _ = counts(conn)
     assert webhooks == 40
-    assert events == 1
+    assert events == 2  # the message and its contact.created, once each
 
 
 # --- hostile but signed -------------------------------------------------------------------
@@ -358,7 +361,7 @@ def test_a_cut_emoji_is_stored_and_its_event_is_valid_json(post_webhook, conn):
     raw = raw.replace(b"wamid.CUT", b"wamid.\\ud800").replace(b"hi X", b"hi \\ud83d")
     response = post_webhook(raw)
     assert response.status_code == 200
-    (stored,) = conn.execute("SELECT body FROM events").fetchall()
+    (stored,) = conn.execute("SELECT body FROM events WHERE name = 'message.received'").fetchall()
     event = json.loads(stored[0])
     assert event["text"] == "hi \ud83d"
     assert bytes(conn.execute("SELECT body FROM webhooks").fetchone()[0]) == raw
@@ -401,7 +404,7 @@ def test_chunked_body_under_the_limit_is_accepted(processes, conn):
         base + URL, data=iter([body[:100], body[100:]]), headers={"X-Hub-Signature-256": sign(body)}, timeout=10
     )
     assert response.status_code == 200
-    assert counts(conn)[:2] == (1, 1)
+    assert counts(conn)[:2] == (1, 2)
 
 
 def test_processes_starting_together_share_one_whole_simulate_key(tmp_path):

@@ -30,6 +30,10 @@ DOWN = Behaviour(status=502, body=b"redeploying")
 WATCHED = "endpoint.recovered,endpoint.disabled,delivery.failed"
 
 
+# Meta traffic only: the first message of a customer also makes a contact.created.
+MESSAGES = "message.received"
+
+
 def sections_for(tmp_path, redis_url, **delivery_changes) -> dict:
     sections = instance_sections(tmp_path, redis_url)
     sections["delivery"].update(retry_schedule=SHORT_SCHEDULE, **delivery_changes)
@@ -53,7 +57,7 @@ def outage(make_receiver, add_endpoint):
     operational events: (down, watch, the down one's endpoint)."""
     down, watch = make_receiver(), make_receiver()
     down.behaviour = DOWN
-    endpoint = add_endpoint(down.url)
+    endpoint = add_endpoint(down.url, events=MESSAGES)
     add_endpoint(watch.url, events=WATCHED)
     return down, watch, endpoint
 
@@ -135,7 +139,7 @@ def test_recovery_goes_on_after_the_worker_is_killed_half_way(
     processes = Processes(tmp_path, sections_for(tmp_path, redis_url))
     down = make_receiver()
     down.behaviour = DOWN
-    endpoint = add_endpoint(down.url)
+    endpoint = add_endpoint(down.url, events=MESSAGES)
     try:
         first = processes.start_worker()
         wamids = [f"wamid.KILL{n:02}" for n in range(60)]
@@ -170,7 +174,7 @@ def test_a_flapping_receiver_gets_no_duplicates_and_no_storm_of_events(
     conn, post_webhook, make_receiver, add_endpoint, running_worker
 ):
     flappy, watch = make_receiver(), make_receiver()
-    endpoint = add_endpoint(flappy.url)
+    endpoint = add_endpoint(flappy.url, events=MESSAGES)
     add_endpoint(watch.url, events=WATCHED)
     stop = threading.Event()
     ups = []
@@ -213,7 +217,7 @@ def test_probes_wait_10_s_after_the_last_failure_then_double_up_to_10_minutes(
 ):
     config = app.config["WAHOOK"]
     receiver.behaviour = DOWN
-    endpoint = add_endpoint(receiver.url)
+    endpoint = add_endpoint(receiver.url, events=MESSAGES)
     post_webhook(text_message())
     fail_through_the_schedule(app, conn, endpoint["id"])
     row = endpoints.get(conn, endpoint["id"])
@@ -243,7 +247,7 @@ def test_probes_wait_10_s_after_the_last_failure_then_double_up_to_10_minutes(
 
 def test_no_probe_while_deliveries_are_on_their_way(app, conn, post_webhook, receiver, add_endpoint):
     receiver.behaviour = DOWN
-    endpoint = add_endpoint(receiver.url)
+    endpoint = add_endpoint(receiver.url, events=MESSAGES)
     post_webhook(text_message("wamid.FIRST"))
     fail_through_the_schedule(app, conn, endpoint["id"])
     post_webhook(text_message("wamid.SECOND"))  # pending: its own attempts tell whether it is back
@@ -259,7 +263,7 @@ def test_without_auto_recover_failed_deliveries_wait_for_a_click(
 ):
     watch = make_receiver()
     receiver.behaviour = DOWN
-    endpoint = add_endpoint(receiver.url)
+    endpoint = add_endpoint(receiver.url, events=MESSAGES)
     add_endpoint(watch.url, events=WATCHED)
     post_webhook(text_message("wamid.LOST"))
     fail_through_the_schedule(app, conn, endpoint["id"])
@@ -300,8 +304,8 @@ def test_endpoint_disabled_goes_out_for_a_410_and_for_the_admin_once_each(
 ):
     gone, other, watch = make_receiver(), make_receiver(), make_receiver()
     gone.behaviour = Behaviour(status=410)
-    first = add_endpoint(gone.url)
-    second = add_endpoint(other.url)
+    first = add_endpoint(gone.url, events=MESSAGES)
+    second = add_endpoint(other.url, events=MESSAGES)
     add_endpoint(watch.url, events="endpoint.disabled")
     post_webhook(text_message())
     (event,) = wait_until(lambda: operational(watch, "endpoint.disabled"), message="endpoint.disabled for the 410")
@@ -321,7 +325,7 @@ def test_delivery_failed_once_per_delivery_and_again_only_for_a_new_cycle(
 ):
     everything, watch = make_receiver(), make_receiver()
     receiver.behaviour = DOWN
-    endpoint = add_endpoint(receiver.url)
+    endpoint = add_endpoint(receiver.url, events=MESSAGES)
     quiet = add_endpoint(everything.url)  # an empty filter: no operational events
     watcher = add_endpoint(watch.url, events="delivery.failed")
     post_webhook(text_message("wamid.ONCE"))
@@ -334,7 +338,8 @@ def test_delivery_failed_once_per_delivery_and_again_only_for_a_new_cycle(
     (first,) = failed_events()
     assert first["endpoint_id"] == endpoint["id"] and first["attempts"] == 3 and first["last_error"] == "HTTP 502"
     names = {r[0]: r[1] for r in conn.execute("SELECT endpoint_id, count(*) FROM deliveries GROUP BY endpoint_id")}
-    assert names == {endpoint["id"]: 1, quiet["id"]: 1, watcher["id"]: 1}  # only the watcher gets it
+    # Only the watcher gets it; the empty filter got the message and its contact.created.
+    assert names == {endpoint["id"]: 1, quiet["id"]: 2, watcher["id"]: 1}
     for _ in range(2):  # probes fail again: no new delivery.failed
         conn.execute("UPDATE endpoints SET next_probe_at = ? WHERE id = ?", (time.time() - 1, endpoint["id"]))
         outages.sweep(conn, app.config["WAHOOK"])
