@@ -19,7 +19,7 @@ def rows(conn, table: str) -> list[tuple]:
 def test_copy_db_moves_an_install_to_postgresql(
     app, runner, conn, post_webhook, add_endpoint, receiver, running_worker, postgres_server, tmp_path, redis_url
 ):
-    add_endpoint(receiver.url)
+    add_endpoint(receiver.url, events="message.received")
     add_endpoint("http://127.0.0.1:9/gone", format="meta")  # nobody listens: attempts fail
     for i in range(3):
         assert post_webhook(text_message(wamid=f"wamid.copy{i}", text="café ☕")).status_code == 200
