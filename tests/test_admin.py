@@ -193,6 +193,8 @@ POST_FORMS = [
     "/settings/endpoints/1/test",
     "/monitor/redeliver/1",
     "/monitor/redeliver-failed",
+    "/monitor/dismiss/1",
+    "/monitor/dismiss-orphaned",
 ]
 PUBLIC_RULES = {"/login", "/healthz", "/api/webhooks/whatsapp", "/static/<path:filename>"}
 
