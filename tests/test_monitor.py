@@ -45,16 +45,6 @@ def test_redeliver_all_covers_a_failed_test_send(app, admin, conn, receiver, add
     assert element(html, "failed-total") == "0" and element(html, "overall") == "All deliveries are healthy."
 
 
-def test_cli_retry_failed_covers_a_failed_test_send(app, admin, conn, runner, receiver, add_endpoint):
-    endpoint = add_endpoint(receiver.url)
-    receiver.behaviour = Behaviour(status=500)
-    post_form(admin, f"/settings/endpoints/{endpoint['id']}/test")
-    assert states(conn) == {"failed": 1}
-    result = runner.invoke(args=["deliveries", "retry", "--failed"])
-    assert json.loads(result.output) == {"requeued": 1}
-    assert states(conn) == {"pending": 1}
-
-
 def test_banner_is_never_healthy_beside_a_failure_count(app, admin, conn, post_webhook, receiver, add_endpoint):
     endpoint = add_endpoint(receiver.url)
     post_webhook(text_message())
