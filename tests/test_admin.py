@@ -193,7 +193,7 @@ POST_FORMS = [
     "/settings/endpoints/1/test",
     "/monitor/redeliver/1",
     "/monitor/redeliver-failed",
-    "/monitor/dismiss/1",
+    "/monitor/dismiss/2",
     "/monitor/dismiss-orphaned",
 ]
 PUBLIC_RULES = {"/login", "/healthz", "/api/webhooks/whatsapp", "/static/<path:filename>"}
@@ -229,8 +229,11 @@ def test_public_pages_need_no_session(client):
 @pytest.mark.parametrize("path", POST_FORMS)
 def test_every_form_refuses_a_post_without_a_valid_token(app, admin, conn, receiver, post_webhook, path, add_endpoint):
     add_endpoint(receiver.url)
+    add_endpoint(receiver.url)
     post_webhook(text_message())
-    conn.execute("UPDATE deliveries SET state = 'failed'")  # so the redeliver forms would act
+    # So the redeliver forms would act on delivery 1 and the dismiss forms on delivery 2.
+    conn.execute("UPDATE deliveries SET state = 'failed'")
+    conn.execute("UPDATE deliveries SET endpoint_id = NULL WHERE id = 2")
     before = snapshot(conn)
     good = token(admin)
     assert admin.post(path, data={"url": receiver.url}).status_code == 403

@@ -135,6 +135,15 @@ def delivery_states(conn: sqlite3.Connection) -> dict[str, int]:
     return dict(conn.execute("SELECT state, count(*) FROM deliveries GROUP BY state").fetchall())
 
 
+def redeliver_from_the_monitor(page: Page, database: sqlite3.Connection, button: str, flash: str, total: int) -> None:
+    """Press a redeliver button, then wait until all `total` deliveries are delivered and the Failed card says 0."""
+    page.locator(button).first.click()
+    expect(page.locator(".flash")).to_contain_text(flash)
+    wait_until(lambda: delivery_states(database) == {"delivered": total}, timeout=30, message=f"{total} delivered")
+    page.reload()
+    expect(page.locator("#failed-total")).to_have_text("0")
+
+
 def test_admin_flow_in_a_browser(browser, server, database, receiver):
     base = server
     page, errors = new_page(browser, 1280, 900)
@@ -176,11 +185,7 @@ def test_admin_flow_in_a_browser(browser, server, database, receiver):
     expect(page.locator("#failed-total")).to_have_text("1")
     shot(page, "monitor")
     receiver.behaviour = Behaviour(status=200)
-    page.locator("#failed button:has-text('Redeliver')").first.click()
-    expect(page.locator(".flash")).to_contain_text("queued again")
-    wait_until(lambda: delivery_states(database) == {"delivered": 3}, timeout=15, message="redelivered")
-    page.reload()
-    expect(page.locator("#failed-total")).to_have_text("0")
+    redeliver_from_the_monitor(page, database, "#failed button:has-text('Redeliver')", "queued again", 3)
     expect(page.locator("#ep-1-status")).to_contain_text("healthy")
     shot(page, "monitor-after-redeliver")
     assert [json.loads(r.body).get("message_id") for r in receiver.requests][-1] == "wamid.BROWSER2"
@@ -278,11 +283,9 @@ def test_pages_agree_with_the_data(browser, server, database, make_receiver):
     # Redeliver all failed covers every one the card counts, the test send included.
     receiver.behaviour = Behaviour(status=200)
     page.goto(base + "/monitor")
-    page.click("button:has-text('Redeliver all failed')")
-    expect(page.locator(".flash")).to_contain_text("13 failed deliveries queued again.")
-    wait_until(lambda: delivery_states(database) == {"delivered": 13}, timeout=30, message="13 redelivered")
-    page.reload()
-    expect(page.locator("#failed-total")).to_have_text("0")
+    redeliver_from_the_monitor(
+        page, database, "button:has-text('Redeliver all failed')", "13 failed deliveries queued again.", 13
+    )
     expect(page.locator("#overall")).to_have_text("All deliveries are healthy.")
     shot(page, "monitor-all-redelivered")
 
