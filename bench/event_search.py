@@ -31,8 +31,9 @@ CUSTOMERS = 50_000  # so a customer has about 20 events in a million
 PAGE = eventlog.PAGE_SIZE
 
 # Webhook i: a text from customer i % CUSTOMERS (6 in 10), a status to them (3.5 in 10), a
-# template update (1 in 20). Every 1,000th delivery failed; every 997th event is Meta's
-# business-scoped user id case (from_user_id, no phone).
+# template update (1 in 20). One delivery in 1,000 failed (a status; customer 16500004007's
+# all did); every 997th event is a text from a customer known only by a business-scoped
+# user id (from_user_id, no phone).
 FILL = """
 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < :count)
 INSERT INTO {table}
@@ -57,7 +58,7 @@ EVENT_COLUMNS = (
 )
 DELIVERY_COLUMNS = (
     "i, 1, 'https://receiver.example/hook', i, i, name, 'evt_' || i,"
-    " CASE WHEN i % 1000 = 0 THEN 'failed' ELSE 'delivered' END, 1, :t0, NULL, NULL, 200, '', 5, :t0, :t0"
+    " CASE WHEN i % 1000 = 7 THEN 'failed' ELSE 'delivered' END, 1, :t0, NULL, NULL, 200, '', 5, :t0, :t0"
 )
 
 
@@ -146,12 +147,12 @@ def measure(count: int = 1_000_000, folder: Path | None = None) -> dict:
             "event name, rare (template.status_changed)": {"event": "template.status_changed"},
             "delivery state, rare (failed)": {"state": "failed"},
             "delivery state, common (delivered)": {"state": "delivered"},
-            "customer and state failed": {"customer": customer, "state": "failed"},
+            "customer and state failed": {"customer": f"1650{4007:07d}", "state": "failed"},
         }
         after, pages = {}, {}
         for label, chosen in searches.items():
             found = page(conn, chosen)
-            assert found or "failed" in label, (label, found)
+            assert found, (label, found)
             after[label] = timed(lambda chosen=chosen: search.webhook_page(conn, chosen, None, PAGE), 15)
             pages[label] = timed(lambda chosen=chosen: page(conn, chosen), 15)
         conn.close()

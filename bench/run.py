@@ -153,15 +153,14 @@ def run_search(ws: sc.Workspace, plan: sc.Plan, table: Table) -> None:
     result = event_search.measure(count, ws.root)
     say(event_search.report(result))
     before = result["before"]["customer"]
-    worst = max(result["after"].values())
-    customer = result["after"]["customer phone"]
+    worst_page = max(result["pages"].values())
     table.add(
-        f"/events search on {count:,} webhooks: slowest of {len(result['after'])} searches",
-        f"{worst:.1f} ms (customer {customer:.2f} ms; whole page <= {max(result['pages'].values()):.0f} ms)",
+        f"/events search on {count:,} webhooks: slowest page's queries of {len(result['pages'])} searches",
+        f"{worst_page:.1f} ms (the search itself <= {max(result['after'].values()):.2f} ms)",
         f"json scan, customer {before:,.0f} ms",
-        f"{before / max(customer, 0.001):,.0f}x faster",
+        f"{before / worst_page:,.0f}x faster",
         "<= 50 ms",
-        worst <= 50,
+        worst_page <= 50,
     )
 
 
