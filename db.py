@@ -104,6 +104,7 @@ CREATE INDEX IF NOT EXISTS deliveries_state_webhook ON deliveries (state, webhoo
 ]
 
 BUSY_TIMEOUT_MS = 5000
+MIGRATION_WAIT_MS = 600_000
 BUSY_FIRST_PAUSE = 0.00005  # seconds; doubled after each busy try
 BUSY_MAX_PAUSE = 0.002
 WAL_CHECKPOINT_PAGES = 4000  # 16 MB of WAL with 4 KiB pages
@@ -164,13 +165,13 @@ def close_all() -> None:
     _local.conns = {}
 
 
-def begin(conn: sqlite3.Connection) -> None:
+def begin(conn: sqlite3.Connection, wait_ms: int | None = None) -> None:
     """BEGIN IMMEDIATE, waiting for the write lock in steps of a fraction of a millisecond.
 
     SQLite's own busy handler sleeps 1 ms, then 2, 5, 10...: several times what a
     transaction here holds the lock for, so two web processes that collide would both sit
     idle. So the first try does not wait, and then we poll, briefly at first, for at most
-    as long as busy_timeout would have waited.
+    as long as busy_timeout would have waited (or `wait_ms`).
     """
     conn.execute("PRAGMA busy_timeout = 0")
     try:
@@ -184,7 +185,7 @@ def begin(conn: sqlite3.Connection) -> None:
                 if exc.sqlite_errorcode not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
                     raise
             now = time.monotonic()
-            deadline = deadline or now + BUSY_TIMEOUT_MS / 1000
+            deadline = deadline or now + (wait_ms or BUSY_TIMEOUT_MS) / 1000
             if now >= deadline:
                 raise sqlite3.OperationalError("database is locked")
             time.sleep(pause)
@@ -194,9 +195,9 @@ def begin(conn: sqlite3.Connection) -> None:
 
 
 @contextmanager
-def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+def transaction(conn: sqlite3.Connection, wait_ms: int | None = None) -> Iterator[sqlite3.Connection]:
     """BEGIN IMMEDIATE ... COMMIT, rolled back if the block raises."""
-    begin(conn)
+    begin(conn, wait_ms)
     try:
         yield conn
     except BaseException:
@@ -223,7 +224,9 @@ def migrate(conn: sqlite3.Connection, migrations: list[tuple[int, str]] | None =
     """Bring the database to the newest version; return that version. Safe to repeat."""
     steps = [(1, SCHEMA_PATH.read_text(encoding="utf-8"))] + (MIGRATIONS if migrations is None else migrations)
     for version, script in steps:
-        with transaction(conn):
+        # Processes started together all migrate; the first may hold the lock for a while (migration
+        # 4 builds its indexes in about 10 s per million stored webhooks), so the others wait it out.
+        with transaction(conn, MIGRATION_WAIT_MS):
             # Read inside the write lock: another process may have migrated meanwhile.
             if conn.execute("PRAGMA user_version").fetchone()[0] >= version:
                 continue
