@@ -1,5 +1,6 @@
 """The event log: stored Meta webhooks newest first, the events drawn from each and where
-each delivery stands; a detail page shows the raw body and every event as formatted JSON.
+each delivery stands, searchable (search.py); a detail page shows the raw body, every event
+as formatted JSON and every attempt of each delivery across its retry cycles.
 
 Everything here is what customers and Meta sent, so it only ever reaches the page
 through Jinja's escaping: JSON is pretty-printed into a string, never into markup.

@@ -3,7 +3,9 @@
 Everything is read from SQLite on each page load: rates from `attempts` (last hour and
 day), open and failed counts from `deliveries`, the per-minute chart from `attempts`,
 the intake's last webhook from `webhooks` and forged or broken signatures from
-`rejections`. Redelivery buttons restart failed deliveries and wake a worker.
+`rejections`. Redelivery buttons restart failed deliveries and wake a worker; failed
+deliveries of deleted endpoints are counted apart and can only be dismissed.
+`endpoint_health` is also what the settings page shows for each endpoint.
 """
 
 from __future__ import annotations
