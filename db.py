@@ -236,6 +236,15 @@ def migrate(conn: sqlite3.Connection, migrations: list[tuple[int, str]] | None =
     return conn.execute("PRAGMA user_version").fetchone()[0]
 
 
+def row_id(text: str) -> int:
+    """A row id given from outside (a page cursor): ValueError unless it is 1 to 2**63 - 1,
+    so a huge one is refused rather than overflowing SQLite's integer."""
+    value = int(text)
+    if not 0 < value < 2**63:
+        raise ValueError(f"not a row id: {text!r}")
+    return value
+
+
 def get_db() -> sqlite3.Connection:
     """The current app's database connection for this thread."""
     return connection(current_app.config["WAHOOK"].database_path)

@@ -16,7 +16,7 @@ from typing import Any
 from flask import Blueprint, Response, abort, render_template, request
 
 import search
-from db import get_db
+from db import get_db, row_id
 
 bp = Blueprint("eventlog", __name__)
 
@@ -145,7 +145,7 @@ def find_webhook(conn: sqlite3.Connection, ref: str) -> sqlite3.Row | None:
 @bp.get("/events")
 def index():
     conn = get_db()
-    before = request.args.get("before", type=int)
+    before = request.args.get("before", type=row_id)  # an odd cursor is the first page
     filters, problem = search.filters(request.args)
     if problem:
         ids: list[int] = []

@@ -22,7 +22,7 @@ import health
 import jobs
 import outbox
 from auth import safe_next
-from db import get_db
+from db import get_db, row_id
 
 bp = Blueprint("monitor", __name__)
 
@@ -255,7 +255,7 @@ def worker_summary(conn: sqlite3.Connection, now: float) -> dict[str, Any]:
 def index():
     conn = get_db()
     now = time.time()
-    before = request.args.get("before", type=int)
+    before = request.args.get("before", type=row_id)  # an odd cursor is the first page
     attempts, older = recent_attempts(conn, before)
     failed = failed_deliveries(conn, request.args.get("failed_page", 1, type=int))
     health_rows = endpoint_health(conn, now)

@@ -164,3 +164,12 @@ def test_template_summary_leaves_out_a_missing_language():
     assert eventlog.summary("template.status_changed", fields) == "order_confirmation: APPROVED"
     fields["language"] = "en_US"
     assert eventlog.summary("template.status_changed", fields) == "order_confirmation (en_US): APPROVED"
+
+
+@pytest.mark.parametrize("before", ["99999999999999999999999", "-5", "0", "x"])
+def test_an_odd_page_cursor_is_no_error(app, admin, conn, post_webhook, before):
+    post_webhook(text_message())
+    for path in (f"/events?before={before}", f"/events?before={before}&event=message.received"):
+        response = admin.get(path)
+        assert response.status_code == 200, path
+    assert admin.get(f"/monitor?before={before}").status_code == 200
