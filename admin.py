@@ -11,11 +11,13 @@ import math
 import time
 from datetime import UTC, datetime
 
-from flask import Flask, redirect, render_template, url_for
+from flask import Flask, redirect, render_template, request, url_for
 from werkzeug.exceptions import HTTPException
 
+import api
 import auth
 import eventlog
+import keys_page
 import monitor
 import settings
 
@@ -70,6 +72,9 @@ def percent(part: int, whole: int) -> str:
 
 
 def error_page(exc: HTTPException):
+    if request.path.startswith("/api/v1/"):
+        # An API client reads JSON, also for a path or method the API does not have.
+        return api.error(exc.code or 400, exc.description or exc.name)
     if exc.code == 403 and exc.description == "csrf":
         title = "This form has expired"
         text = (
@@ -90,6 +95,7 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(settings.bp)
     app.register_blueprint(monitor.bp)
     app.register_blueprint(eventlog.bp)
+    app.register_blueprint(keys_page.bp)
     app.add_url_rule("/", "index", index)
     app.jinja_env.autoescape = True  # .html templates escape already; this also covers any other name
     app.jinja_env.filters.update(utc=utc, iso=iso, ago=ago, duration=duration)

@@ -6,18 +6,20 @@ the worker) reads no config and opens no database.
 
 from __future__ import annotations
 
-import secrets
 import sys
-from pathlib import Path
 from typing import Any
 
 from flask import Flask
 
 import admin
+import api
 import cli
 import db
 import health
 import intake
+import media_route
+import metrics
+import runstate
 from config import DEFAULTS, ConfigError, load_config
 
 
@@ -25,17 +27,7 @@ def secret_key(config) -> str:
     """admin.secret_key, else a key generated once into the data folder and kept there."""
     if config["admin"]["secret_key"]:
         return config["admin"]["secret_key"]
-    path: Path = config.data_dir / "secret_key"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            # O_EXCL: when two web workers start at once, one writes and the other reads.
-            with path.open("x", encoding="ascii") as f:
-                path.chmod(0o600)
-                f.write(secrets.token_urlsafe(48))
-        except FileExistsError:
-            pass
-    return path.read_text(encoding="ascii").strip()
+    return runstate.generated_key(config.data_dir / runstate.SESSION_KEY_FILE)
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
@@ -49,6 +41,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.config.update(
         WAHOOK=config,
         SECRET_KEY=secret_key(config),
+        # The local key `simulate` signs with (see runstate); the fingerprint of the config
+        # file as read now, so the monitor can tell when it was edited since.
+        WAHOOK_SIMULATE_KEY=runstate.simulate_key(config.data_dir),
+        WAHOOK_CONFIG_LOADED=runstate.fingerprint(config.path),
         MAX_CONTENT_LENGTH=intake.MAX_BODY_BYTES,
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
@@ -59,7 +55,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     db.connection(config.database_path)  # create and migrate now, not on the first request
     app.register_blueprint(intake.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(metrics.bp)
+    app.register_blueprint(api.bp)
     admin.init_app(app)
+    media_route.init_app(app)
     cli.init_app(app)
     return app
 

@@ -53,9 +53,12 @@ CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "object-src 'none'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
 )
-# Reachable without a session: Meta, health checks, the login page and its stylesheet.
-PUBLIC_BLUEPRINTS = frozenset({"intake", "health"})
+# Reachable without a session: Meta, health checks, metrics (their own token), signed media
+# links (the link is its own proof), the API (its own keys), the login page and its stylesheet.
+PUBLIC_BLUEPRINTS = frozenset({"intake", "health", "metrics", "media", "api"})
 PUBLIC_ENDPOINTS = frozenset({"auth.login", "static"})
+# An unknown path or method there gets the API's JSON 404 or 405, not the login page.
+PUBLIC_PATH_PREFIX = "/api/v1/"
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
@@ -230,7 +233,7 @@ def require_login():
     """Send every request for an admin page to the login page when there is no session."""
     if request.blueprint in PUBLIC_BLUEPRINTS or request.endpoint in PUBLIC_ENDPOINTS:
         return None
-    if logged_in():
+    if request.path.startswith(PUBLIC_PATH_PREFIX) or logged_in():
         return None
     if request.method == "GET":
         query = request.query_string.decode("latin-1")
@@ -240,7 +243,11 @@ def require_login():
 
 def check_csrf() -> None:
     """Refuse (403) any state-changing request without this session's token; Meta's POST is exempt."""
-    if request.method not in UNSAFE_METHODS or request.blueprint in PUBLIC_BLUEPRINTS:
+    if (
+        request.method not in UNSAFE_METHODS
+        or request.blueprint in PUBLIC_BLUEPRINTS
+        or request.path.startswith(PUBLIC_PATH_PREFIX)
+    ):
         return
     expected = session.get("csrf")
     given = request.form.get("csrf_token", "")

@@ -1,4 +1,5 @@
-"""Command line: `flask --app app endpoint|deliveries|simulate ...`.
+"""Command line: `./wahook endpoint|deliveries|apikey|simulate|listen|backup ...` (the same as
+`flask --app app ...`).
 
 Every command prints JSON on stdout, so it can be piped into jq or a script. A refused
 value prints {"error": ..., "field": ...} and exits 1.
@@ -10,6 +11,7 @@ import json
 import os
 import sys
 from datetime import datetime
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
@@ -17,11 +19,15 @@ import requests
 from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
 
+import apikeys
+import backup
 import delivery
 import endpoints
 import intake
 import jobs
+import listen
 import outbox
+import runstate
 import samples
 from db import get_db
 
@@ -41,6 +47,7 @@ def config():
 
 endpoint_cli = AppGroup("endpoint", help="Add, list, remove and test the endpoints events go to.")
 deliveries_cli = AppGroup("deliveries", help="Act on deliveries.")
+apikey_cli = AppGroup("apikey", help="Make, list and revoke keys for the publish, pull and stream API.")
 
 
 @endpoint_cli.command("add")
@@ -117,20 +124,85 @@ def deliveries_retry(failed: bool, since: str | None, endpoint_id: int | None) -
     emit({"requeued": count})
 
 
-@click.command("simulate")
+def kinds_help(width: int = 72) -> str:
+    """The sample kinds, comma-separated, broken only between names (click leaves a \\b block alone)."""
+    lines, line = [], ""
+    for kind in samples.KINDS:
+        piece = f"{kind}, " if kind != samples.KINDS[-1] else kind
+        if line and len(line) + len(piece.rstrip()) > width:
+            lines.append(line.rstrip())
+            line = ""
+        line += piece
+    return "\b\nKINDS:\n" + "\n".join([*lines, line])
+
+
+def simulate_target() -> tuple[str, dict | None]:
+    """Where `make run` serves: WAHOOK_BIND when set, else what run.json says, else 127.0.0.1:8000.
+
+    Returns the intake URL and run.json's content (None when no `make run` is running).
+    """
+    info = runstate.read_run_info(config().data_dir)
+    if os.environ.get("WAHOOK_BIND"):
+        base = f"http://{os.environ['WAHOOK_BIND']}"
+    elif info is not None:
+        base = info["url"]
+    else:
+        base = "http://127.0.0.1:8000"
+    return base.rstrip("/") + "/api/webhooks/whatsapp", info
+
+
+@apikey_cli.command("add")
+@click.argument("name")
+@click.option("--scopes", default="publish,read", show_default=True, help="Comma-separated: publish, read.")
+def apikey_add(name: str, scopes: str) -> None:
+    """Make an API key; prints it with the full key, shown this once and stored only as a hash."""
+    try:
+        made, key = apikeys.create(get_db(), name, scopes)
+    except apikeys.ApiKeyError as exc:
+        refuse(exc.message, exc.field)
+    emit({**made.as_dict(), "key": key})
+
+
+@apikey_cli.command("list")
+def apikey_list() -> None:
+    """List API keys (never the keys themselves), with when each was last used."""
+    emit([key.as_dict() for key in apikeys.list_all(get_db())])
+
+
+@apikey_cli.command("revoke")
+@click.argument("key_id", type=int)
+def apikey_revoke(key_id: int) -> None:
+    """Revoke an API key: every request with it is refused (401) from now on."""
+    if not apikeys.revoke(get_db(), key_id):
+        refuse(f"no API key {key_id}")
+    emit({"revoked": key_id})
+
+
+@click.command("simulate", epilog=kinds_help())
 @with_appcontext
-@click.argument("kind", type=click.Choice(samples.KINDS))
+@click.argument("kind", type=click.Choice(samples.KINDS), metavar="KIND")
 @click.option(
     "--url",
     default=None,
-    help="Intake URL; default http://WAHOOK_BIND/api/webhooks/whatsapp (WAHOOK_BIND defaults to 127.0.0.1:8000).",
+    help="Intake URL; default: WAHOOK_BIND when set, else the address `make run` serves, else 127.0.0.1:8000.",
 )
 def simulate(kind: str, url: str | None) -> None:
-    """Post a signed sample Meta webhook to the intake, to see events without Meta."""
-    secret = config()["meta"]["app_secret"]
-    if not secret:
-        refuse("meta.app_secret is empty, so the intake refuses every POST; set it in the config first")
-    url = url or f"http://{os.environ.get('WAHOOK_BIND', '127.0.0.1:8000')}/api/webhooks/whatsapp"
+    """Post a signed sample Meta webhook of KIND to the intake, to see events without Meta.
+
+    It is signed with meta.app_secret when set, else with the install's local simulate key
+    (data folder), which the intake always accepts; also with that key when the config file
+    changed since `make run` started, as the server may still hold an older App secret.
+    """
+    secret = config()["meta"]["app_secret"] or current_app.config["WAHOOK_SIMULATE_KEY"]
+    target, info = simulate_target()
+    url = url or target
+    warning = None
+    if info and runstate.changed_since(Path(info.get("config") or ""), info.get("config_fingerprint")):
+        warning = runstate.stale_config_message(Path(info["config"]))
+        click.echo(f"warning: {warning}", err=True)
+        # The server still runs with the App secret it read at start, which may not be the
+        # file's any more; the local key it accepts whatever that was.
+        secret = current_app.config["WAHOOK_SIMULATE_KEY"]
     raw = json.dumps(samples.sample(kind)).encode()
     signature = intake.meta_signature(secret, raw)
     try:
@@ -142,12 +214,29 @@ def simulate(kind: str, url: str | None) -> None:
         )
     except requests.RequestException as exc:
         refuse(f"could not reach {url}: {exc} (is `make run` running?)")
-    emit({"kind": kind, "url": url, "status_code": response.status_code, "response": response.text[:200]})
+    result = {"kind": kind, "url": url, "status_code": response.status_code, "response": response.text[:200]}
+    emit({**result, **({"warning": warning} if warning else {})})
     if response.status_code != 200:
         sys.exit(1)
+
+
+@click.command("backup")
+@with_appcontext
+@click.argument("path")
+def backup_command(path: str) -> None:
+    """Copy the database to PATH (a new file) while everything runs; the copy is opened and
+    checked (integrity_check, counts) before it is put at PATH."""
+    try:
+        written, size, _ = backup.take(config().database_path, path)
+    except backup.BackupError as exc:
+        refuse(str(exc), "path")
+    emit({"path": str(written), "bytes": size})
 
 
 def init_app(app: Flask) -> None:
     app.cli.add_command(endpoint_cli)
     app.cli.add_command(deliveries_cli)
+    app.cli.add_command(apikey_cli)
     app.cli.add_command(simulate)
+    app.cli.add_command(backup_command)
+    app.cli.add_command(listen.listen)

@@ -101,6 +101,141 @@ CREATE INDEX IF NOT EXISTS events_name ON events (name, webhook_id);
 CREATE INDEX IF NOT EXISTS deliveries_state_webhook ON deliveries (state, webhook_id);
 """,
     ),
+    (
+        7,
+        """
+-- Keys for the publish, pull and stream API. Only a SHA-256 of the key is kept; `prefix`
+-- (its random first part, not secret) finds the row, so the hash is compared in constant time.
+CREATE TABLE IF NOT EXISTS api_keys (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    prefix TEXT NOT NULL UNIQUE,
+    key_hash TEXT NOT NULL,
+    scopes TEXT NOT NULL,                     -- comma separated: publish, read
+    created_at REAL NOT NULL,
+    last_used_at REAL,
+    revoked_at REAL
+);
+
+-- Idempotency-Key of a publish -> the answer it got, per API key, for 24 hours. Written in
+-- the transaction that publishes, so a repeat either sees the event or publishes it itself.
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    api_key_id INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    status INTEGER NOT NULL,
+    answer TEXT NOT NULL,
+    PRIMARY KEY (api_key_id, key)
+);
+CREATE INDEX IF NOT EXISTS idempotency_created ON idempotency_keys (created_at);
+""",
+    ),
+    (
+        8,
+        """
+-- Media custody (media_store.py): one row per Meta media id, downloaded by the worker and
+-- kept in the data folder under the file's sha256, so a file sent twice is kept once.
+CREATE TABLE IF NOT EXISTS media (
+    id INTEGER PRIMARY KEY,
+    media_id TEXT NOT NULL UNIQUE,            -- Meta's id, checked against media_links.SAFE_ID
+    mime_type TEXT NOT NULL DEFAULT '',
+    sha256 TEXT NOT NULL DEFAULT '',          -- Meta's hash as sent (hex or base64)
+    filename TEXT NOT NULL DEFAULT '',        -- a document's name, as the customer sent it
+    file TEXT,                                -- hex sha256 naming the kept file, once downloaded
+    size INTEGER,
+    state TEXT NOT NULL DEFAULT 'pending'
+        CHECK (state IN ('pending', 'retrying', 'downloaded', 'failed')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    lease_owner TEXT,
+    lease_until REAL,
+    last_error TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS media_due ON media (next_attempt_at) WHERE state IN ('pending', 'retrying');
+CREATE INDEX IF NOT EXISTS media_file ON media (file);
+-- The webhooks that carried each media id: the file goes when the last of them is pruned.
+CREATE TABLE IF NOT EXISTS media_refs (
+    media INTEGER NOT NULL REFERENCES media (id) ON DELETE CASCADE,
+    webhook_id INTEGER NOT NULL REFERENCES webhooks (id) ON DELETE CASCADE,
+    PRIMARY KEY (media, webhook_id)
+);
+CREATE INDEX IF NOT EXISTS media_refs_webhook ON media_refs (webhook_id);
+""",
+    ),
+    (
+        9,
+        """
+-- Running totals for GET /metrics (metrics.py), kept by triggers in the very transaction
+-- that changes the rows, so every web process and worker adds to the same numbers and a
+-- scrape reads a few dozen rows instead of counting a million. `kind` names the series;
+-- a counter's row is only ever added to (pruning history does not take from it).
+CREATE TABLE IF NOT EXISTS metric_totals (
+    kind TEXT NOT NULL,                       -- webhooks, events, attempts, deliveries
+    label TEXT NOT NULL DEFAULT '',           -- outcome, event name, or endpoint id
+    label2 TEXT NOT NULL DEFAULT '',          -- result or state
+    value INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (kind, label, label2)
+);
+INSERT OR IGNORE INTO metric_totals (kind, label, label2, value)
+    SELECT 'webhooks', 'received', '', count(*) FROM webhooks;
+INSERT OR IGNORE INTO metric_totals (kind, label, label2, value)
+    SELECT 'webhooks', 'rejected', '', coalesce(sum(count), 0) FROM rejections;
+INSERT OR IGNORE INTO metric_totals (kind, label, label2, value)
+    SELECT 'events', name, '', count(*) FROM events GROUP BY name;
+INSERT OR IGNORE INTO metric_totals (kind, label, label2, value)
+    SELECT 'attempts', coalesce(endpoint_id, 0), CASE WHEN ok THEN 'success' ELSE 'failure' END, count(*)
+    FROM attempts GROUP BY 2, 3;
+INSERT OR IGNORE INTO metric_totals (kind, label, label2, value)
+    SELECT 'deliveries', coalesce(endpoint_id, 0), state, count(*) FROM deliveries GROUP BY 2, 3;
+CREATE TRIGGER IF NOT EXISTS metric_webhook AFTER INSERT ON webhooks BEGIN
+    INSERT INTO metric_totals (kind, label, label2, value) VALUES ('webhooks', 'received', '', 1)
+        ON CONFLICT DO UPDATE SET value = value + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS metric_rejection_new AFTER INSERT ON rejections BEGIN
+    INSERT INTO metric_totals (kind, label, label2, value) VALUES ('webhooks', 'rejected', '', NEW.count)
+        ON CONFLICT DO UPDATE SET value = value + NEW.count;
+END;
+CREATE TRIGGER IF NOT EXISTS metric_rejection_more AFTER UPDATE OF count ON rejections
+    WHEN NEW.count > OLD.count BEGIN
+    INSERT INTO metric_totals (kind, label, label2, value)
+        VALUES ('webhooks', 'rejected', '', NEW.count - OLD.count)
+        ON CONFLICT DO UPDATE SET value = value + NEW.count - OLD.count;
+END;
+CREATE TRIGGER IF NOT EXISTS metric_event AFTER INSERT ON events BEGIN
+    INSERT INTO metric_totals (kind, label, label2, value) VALUES ('events', NEW.name, '', 1)
+        ON CONFLICT DO UPDATE SET value = value + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS metric_attempt AFTER INSERT ON attempts BEGIN
+    INSERT INTO metric_totals (kind, label, label2, value)
+        VALUES ('attempts', coalesce(NEW.endpoint_id, 0), CASE WHEN NEW.ok THEN 'success' ELSE 'failure' END, 1)
+        ON CONFLICT DO UPDATE SET value = value + 1;
+END;
+-- Deliveries are a gauge (how many are in each state now): added on insert, moved on a
+-- change of state or endpoint (a deleted endpoint sets it NULL), taken away on delete.
+CREATE TRIGGER IF NOT EXISTS metric_delivery_new AFTER INSERT ON deliveries BEGIN
+    INSERT INTO metric_totals (kind, label, label2, value)
+        VALUES ('deliveries', coalesce(NEW.endpoint_id, 0), NEW.state, 1)
+        ON CONFLICT DO UPDATE SET value = value + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS metric_delivery_moved AFTER UPDATE OF state, endpoint_id ON deliveries
+    WHEN OLD.state IS NOT NEW.state OR OLD.endpoint_id IS NOT NEW.endpoint_id BEGIN
+    UPDATE metric_totals SET value = value - 1
+        WHERE kind = 'deliveries' AND label = CAST(coalesce(OLD.endpoint_id, 0) AS TEXT) AND label2 = OLD.state;
+    INSERT INTO metric_totals (kind, label, label2, value)
+        VALUES ('deliveries', coalesce(NEW.endpoint_id, 0), NEW.state, 1)
+        ON CONFLICT DO UPDATE SET value = value + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS metric_delivery_gone AFTER DELETE ON deliveries BEGIN
+    UPDATE metric_totals SET value = value - 1
+        WHERE kind = 'deliveries' AND label = CAST(coalesce(OLD.endpoint_id, 0) AS TEXT) AND label2 = OLD.state;
+END;
+-- The oldest delivery still on its way, per endpoint, in one index look-up each.
+CREATE INDEX IF NOT EXISTS deliveries_waiting_since ON deliveries (endpoint_id, created_at)
+    WHERE state IN ('pending', 'retrying');
+""",
+    ),
 ]
 
 BUSY_TIMEOUT_MS = 5000
@@ -194,17 +329,36 @@ def begin(conn: sqlite3.Connection, wait_ms: int | None = None) -> None:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
 
+def _new_write_lock() -> None:
+    global _write_lock
+    _write_lock = threading.RLock()
+
+
+# The threads of one process (gthread web workers) queue here for the write lock, in order
+# and without waking, instead of all polling SQLite's lock; only the one holding this polls
+# against other processes. Reentrant, so a transaction opened inside another on a second
+# connection still reaches SQLite and fails there as before rather than hanging here.
+_write_lock = threading.RLock()
+os.register_at_fork(after_in_child=_new_write_lock)
+
+
 @contextmanager
 def transaction(conn: sqlite3.Connection, wait_ms: int | None = None) -> Iterator[sqlite3.Connection]:
     """BEGIN IMMEDIATE ... COMMIT, rolled back if the block raises."""
-    begin(conn, wait_ms)
+    wait = (wait_ms or BUSY_TIMEOUT_MS) / 1000
+    if not _write_lock.acquire(timeout=wait):
+        raise sqlite3.OperationalError("database is locked")
     try:
-        yield conn
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
+        begin(conn, wait_ms)
+        try:
+            yield conn
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+    finally:
+        _write_lock.release()
 
 
 def statements(script: str) -> Iterator[str]:
@@ -222,7 +376,10 @@ def statements(script: str) -> Iterator[str]:
 
 def migrate(conn: sqlite3.Connection, migrations: list[tuple[int, str]] | None = None) -> int:
     """Bring the database to the newest version; return that version. Safe to repeat."""
-    steps = [(1, SCHEMA_PATH.read_text(encoding="utf-8"))] + (MIGRATIONS if migrations is None else migrations)
+    # By number, whatever order the list was written in: a version skipped here would never run.
+    steps = [(1, SCHEMA_PATH.read_text(encoding="utf-8"))] + sorted(
+        MIGRATIONS if migrations is None else migrations, key=lambda step: step[0]
+    )
     for version, script in steps:
         # Processes started together all migrate; the first may hold the lock for a while (migration
         # 4 builds its indexes in about 10 s per million stored webhooks), so the others wait it out.

@@ -16,17 +16,16 @@ import sqlite3
 import time
 from typing import Any
 
+import names
 import outbox
 import safe_http
 from db import transaction
-from events import SELECTABLE_NAMES
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 (a prefix, not a secret)
 # Standard Webhooks secrets are 24 to 64 random bytes; we generate 32.
 SECRET_MIN_BYTES, SECRET_MAX_BYTES = 24, 64
 FORMATS = ("events", "meta")
 MAX_URL_LENGTH = 2048
-EXTRA_EVENT_RE = re.compile(r"whatsapp\.[a-z0-9_.-]{1,64}")
 TOKEN_RE = re.compile(r"[\x21-\x7e]{1,512}")  # printable, no spaces or line breaks: it goes in a header
 
 
@@ -70,19 +69,12 @@ def mask(value: str) -> str:
     return value[:2] + "…"
 
 
-def clean_events(names: Any) -> list[str]:
-    """The event filter as a sorted list of known names; [] selects every event."""
-    if names is None or names == "":
-        return []
-    if isinstance(names, str):
-        names = names.split(",")
-    cleaned = sorted({str(n).strip() for n in names if str(n).strip()})
-    unknown = [n for n in cleaned if n not in SELECTABLE_NAMES and not EXTRA_EVENT_RE.fullmatch(n)]
-    if unknown:
-        raise EndpointError(
-            "events", f"unknown event {unknown[0]!r}; known: {', '.join(SELECTABLE_NAMES)}, whatsapp.<field>"
-        )
-    return cleaned
+def clean_events(value: Any) -> list[str]:
+    """The event filter as a sorted list of names and `prefix.*` entries; [] selects every event."""
+    try:
+        return names.clean_filter(value)
+    except ValueError as exc:
+        raise EndpointError("events", str(exc)) from None
 
 
 def check_fields(config, values: dict[str, Any]) -> dict[str, Any]:

@@ -2,7 +2,9 @@
 when started from this folder (`make run` passes it with -c).
 
 Environment: WAHOOK_BIND (default 127.0.0.1:8000), WAHOOK_WEB_WORKERS (default 2),
-WAHOOK_ACCESS_LOG=1 to log every request, WAHOOK_LOG_LEVEL (default info).
+WAHOOK_WEB_THREADS (threads per web process, default 64; open streams use all but 8),
+WAHOOK_ACCESS_LOG=1 to log every request, WAHOOK_LOG_LEVEL (default info),
+WAHOOK_LOG_FORMAT=json for JSON lines.
 """
 
 from __future__ import annotations
@@ -10,26 +12,34 @@ from __future__ import annotations
 import os
 import sys
 
+import logs
+
 wsgi_app = "app:app"
 bind = [os.environ.get("WAHOOK_BIND") or "127.0.0.1:8000"]
 
-# Sync workers: every request is short (check a signature, one SQLite commit), and the
-# slow part, delivery, happens in worker.py. Two match the 2-core box wahook targets;
-# more mostly queue up behind SQLite's single writer.
+# Threaded workers (gthread). Intake requests are short (check a signature, one SQLite
+# commit) and the slow part, delivery, happens in worker.py; but an event stream
+# (GET /api/v1/stream) stays open for hours. A sync worker would give each open stream a
+# whole process and leave none for Meta's POSTs. A gthread worker gives it one thread: each
+# process serves at most `threads - stream.RESERVED_THREADS` streams, and the reserved
+# threads always take Meta's POSTs (see stream.py and the README's "Streams and intake").
+# Two processes match the 2-core box wahook targets; more mostly queue up behind SQLite's
+# single writer.
 workers = int(os.environ.get("WAHOOK_WEB_WORKERS") or 2)
-worker_class = "sync"
+worker_class = "gthread"
+threads = int(os.environ.get("WAHOOK_WEB_THREADS") or 64)
 
 # The app is built in each worker after the fork (not preloaded), so no SQLite
 # connection or Redis socket is ever shared between processes.
 preload_app = False
 
-# A request that takes this long is stuck (say, on a disk that stopped answering):
-# the worker is replaced. Intake answers in milliseconds, so this never cuts real work.
+# A worker whose main loop has not checked in for this long is stuck and is replaced. With
+# gthread the main loop runs beside the request threads, so a long stream does not count.
 timeout = 30
-# Time in-flight requests get to finish on shutdown or reload.
+# Time in-flight requests get to finish on shutdown or reload (streams end at once).
 graceful_timeout = 10
-# Meta and reverse proxies reuse connections; a short keep-alive saves a TCP handshake
-# without letting idle clients hold a sync worker for long.
+# Meta and reverse proxies reuse connections; a short keep-alive saves a TCP handshake.
+# (An idle kept-alive connection waits in gthread's poller, not in a thread.)
 keepalive = 5
 
 # Errors to stderr (the terminal, or the journal under systemd). No access log by
@@ -38,6 +48,8 @@ keepalive = 5
 errorlog = "-"
 accesslog = "-" if os.environ.get("WAHOOK_ACCESS_LOG") in ("1", "true", "yes") else None
 loglevel = os.environ.get("WAHOOK_LOG_LEVEL") or "info"
+# WAHOOK_LOG_FORMAT=json: one JSON object per line from gunicorn and the app (see logs.py).
+logconfig_dict = logs.gunicorn_logconfig()
 
 # gunicorn's runtime control socket defaults to one shared path in $HOME; two instances
 # on one machine (or a test run next to a live one) would fight over it. Signals suffice.
@@ -58,3 +70,10 @@ def on_starting(server) -> None:
         load_config()
     except ConfigError as exc:
         sys.exit(f"wahook: configuration error: {exc}")
+
+
+def post_worker_init(worker) -> None:
+    """Size this process's stream slots to its threads, and let streams end when it stops."""
+    import stream
+
+    stream.configure(worker.cfg.threads, lambda: worker.alive)

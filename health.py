@@ -1,4 +1,7 @@
-"""GET /healthz: ping every dependency; 200 when all answer, 503 with the reasons otherwise."""
+"""GET /healthz: ping every dependency; 200 when all answer, 503 with the reasons otherwise.
+
+`meta` says whether Meta has gone quiet (silence.py); it never makes the answer a 503.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import time
 from flask import Blueprint, current_app, jsonify
 
 import jobs
+import silence
 from db import get_db
 
 bp = Blueprint("health", __name__)
@@ -44,8 +48,16 @@ def check_worker() -> str:
     return "ok"
 
 
+def check_meta() -> str:
+    """ "silent" when Meta has been quiet too long (see silence.py); an alarm, not an outage."""
+    try:
+        return silence.health_value(get_db(), current_app.config["WAHOOK"])
+    except Exception as exc:
+        return f"unknown: {exc}"
+
+
 @bp.get("/healthz")
 def healthz():
     report = {"database": check_database(), "redis": check_redis(), "worker": check_worker()}
-    report = {"ok": all(v == "ok" for v in report.values()), **report}
+    report = {"ok": all(v == "ok" for v in report.values()), **report, "meta": check_meta()}
     return jsonify(report), 200 if report["ok"] else 503

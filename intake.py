@@ -22,6 +22,8 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 import events as meta_events
 import jobs
+import media_links
+import media_store
 import outbox
 from db import get_db, transaction
 
@@ -59,18 +61,24 @@ def meta_signature(app_secret: str, raw: bytes) -> str:
     return "sha256=" + hmac.new(app_secret.encode("utf-8"), raw, hashlib.sha256).hexdigest()
 
 
-def signature_problem(raw: bytes, header: str | None, app_secret: str) -> str | None:
-    """Why the X-Hub-Signature-256 header does not prove Meta sent `raw`; None if it does."""
-    if not app_secret:
-        return "no app_secret configured"
+def signature_problem(raw: bytes, header: str | None, app_secret: str, local_key: str = "") -> str | None:
+    """Why the X-Hub-Signature-256 header does not prove Meta (or `simulate`) sent `raw`; None if it does.
+
+    `local_key` is the install's simulate key (see runstate): a body signed with it is
+    accepted whether or not the App secret is set, so `simulate` works on a fresh install
+    and keeps working after. Both comparisons run every time, in constant time.
+    """
     if not header:
-        return "missing signature"
+        return "missing signature" if app_secret else "no app_secret configured"
     match = SIGNATURE_RE.fullmatch(header.strip())
     if not match:
-        return "malformed signature"
-    if not hmac.compare_digest(meta_signature(app_secret, raw), "sha256=" + match.group(1).lower()):
-        return "wrong signature"
-    return None
+        return "malformed signature" if app_secret else "no app_secret configured"
+    given = "sha256=" + match.group(1).lower()
+    meta_ok = hmac.compare_digest(meta_signature(app_secret or "-", raw), given) and bool(app_secret)
+    local_ok = hmac.compare_digest(meta_signature(local_key or "-", raw), given) and bool(local_key)
+    if meta_ok or local_ok:
+        return None
+    return "wrong signature" if app_secret else "no app_secret configured"
 
 
 def count_rejection(reason: str) -> None:
@@ -87,22 +95,23 @@ def count_rejection(reason: str) -> None:
         log.warning("could not count a rejected signature: %s", exc)
 
 
-def read_body() -> bytes | None:
-    """The raw body, or None when it is over MAX_BODY_BYTES.
+def read_body(limit: int = MAX_BODY_BYTES) -> bytes | None:
+    """The raw body, or None when it is over `limit` bytes.
 
     A chunked body has no length to check first, and werkzeug's limit would hand back its
-    first 4 MiB as if that were all (then refused as a bad signature). So it is read up to
+    first `limit` bytes as if that were all (then refused as a bad signature). So it is read up to
     one byte past the limit, and when longer the rest is drained, within a bound, so the
     client gets to read its 413.
     """
     if request.content_length is not None or not request.environ.get("wsgi.input_terminated"):
+        request.max_content_length = limit
         try:
             return request.get_data(cache=False)
         except RequestEntityTooLarge:
             return None
     stream = request.environ["wsgi.input"]
-    raw = stream.read(MAX_BODY_BYTES + 1)
-    if len(raw) <= MAX_BODY_BYTES:
+    raw = stream.read(limit + 1)
+    if len(raw) <= limit:
         return raw
     drained = 0
     while drained < DRAIN_LIMIT and (chunk := stream.read(64 * 1024)):
@@ -132,7 +141,12 @@ def receive() -> Response:
     raw = read_body()
     if raw is None:
         return text("body larger than 4 MiB", 413)
-    problem = signature_problem(raw, request.headers.get("X-Hub-Signature-256"), config["meta"]["app_secret"])
+    problem = signature_problem(
+        raw,
+        request.headers.get("X-Hub-Signature-256"),
+        config["meta"]["app_secret"],
+        current_app.config.get("WAHOOK_SIMULATE_KEY", ""),
+    )
     if problem:
         count_rejection(problem)
         return text(f"signature refused: {problem}", 401)
@@ -150,6 +164,7 @@ def receive() -> Response:
         # A parser bug must not cost Meta's retries or the body: keep it raw, with no events.
         log.exception("could not draw events from a webhook; stored raw")
         drawn = []
+    media_links.attach(drawn, config, received_at)
     try:
         new_deliveries = store(get_db(), raw, body, drawn, received_at)
     except sqlite3.Error as exc:
@@ -205,6 +220,10 @@ def store(conn: sqlite3.Connection, raw: bytes, body: dict, drawn: list, receive
             for event, text_body in zip(drawn, encoded, strict=True)
         ]
         new_names, made = outbox.add_events(conn, new, received_at, webhook=(webhook_id, webhook_public_id))
+        media_store.track(conn, drawn, webhook_id, received_at)
         if len(new_names) != len(drawn):
             conn.execute("UPDATE webhooks SET event_count = ? WHERE id = ?", (len(new_names), webhook_id))
+    log.info(
+        "webhook stored: %d new events, %d deliveries", len(new_names), made, extra={"webhook_id": webhook_public_id}
+    )
     return made

@@ -21,6 +21,8 @@ import endpoints
 import health
 import jobs
 import outbox
+import runstate
+import silence
 from auth import safe_next
 from db import get_db, row_id
 
@@ -273,6 +275,8 @@ def index():
         failed_total=failed.total,
         intake=intake_summary(conn, now),
         open_total=sum(e.pending + e.retrying for e in health_rows),
+        **runstate.page_notices(current_app.config["WAHOOK"], current_app.config.get("WAHOOK_CONFIG_LOADED")),
+        quiet=silence.state(conn, current_app.config["WAHOOK"], now),
     )
 
 

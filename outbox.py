@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from db import transaction
-from events import OPERATIONAL_EVENTS, event_id_for, iso
+from events import OPERATIONAL_EVENTS, event_id_for, iso, storable
 
 ACTIVE = ("pending", "retrying")
 _ACTIVE_SQL = "state IN ('pending', 'retrying')"
@@ -377,6 +377,7 @@ def publish(
     now = time.time()
     event_id = event_id_for(dedupe_key)
     body = {"event": name, "event_id": event_id, "timestamp": int(now), "received_at": iso(now), **data}
-    text = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+    # storable: a lone surrogate an API client sent ("\ud800") stays escaped, so it can be stored.
+    text = storable(json.dumps(body, ensure_ascii=False, separators=(",", ":")))
     new, _ = add_events(conn, [NewEvent(event_id, name, dedupe_key, text)], now, exclude_endpoint=exclude_endpoint)
     return event_id if new else None

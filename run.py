@@ -38,6 +38,7 @@ from types import FrameType
 
 import db
 import embedded_redis
+import runstate
 from config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parent
@@ -246,6 +247,7 @@ class Launcher:
         self.force = False
         self.redis_dir: Path | None = None
         self.grace = MIN_GRACE
+        self.run_dir: Path | None = None  # where run.json was written
 
     def on_signal(self, signum: int, frame: FrameType | None) -> None:
         if self.stop_requested:
@@ -321,6 +323,7 @@ def banner(config, cfg_file: Path, local: str, public: str | None) -> str:
             "",
             "Warning: meta.app_secret is empty, so every webhook from Meta is refused. Copy the",
             "App secret (Meta app, App settings > Basic) into the config file and restart.",
+            "Until then `./wahook simulate text` works: it signs with a local key in the data folder.",
         ]
     lines += ["", "Press Ctrl-C to stop."]
     return "\n".join(lines)
@@ -391,6 +394,14 @@ def run(launcher: Launcher) -> int:
         launcher.children.append(start_child(name, [sys.executable, str(ROOT / "worker.py")], env))
 
     local = local_base(host, port)
+    loaded = runstate.fingerprint(cfg_file)
+    info = {"pid": os.getpid(), "bind": bind, "url": local, "config": str(cfg_file), "config_fingerprint": loaded}
+    try:
+        runstate.write_run_info(data_dir, {**info, "started_at": time.time()})
+        launcher.run_dir = data_dir
+    except OSError as exc:
+        complain(f"could not write {data_dir / runstate.RUN_FILE} ({exc.strerror}); simulate needs WAHOOK_BIND")
+    watch = runstate.ConfigWatch(cfg_file, loaded)
     report = launcher.wait_healthy(f"{local}/healthz", HEALTH_WAIT)
     if not launcher.stop_requested and not launcher.first_dead():
         say(banner(config, cfg_file, local, public))
@@ -402,10 +413,23 @@ def run(launcher: Launcher) -> int:
     while not launcher.stop_requested:
         dead = launcher.first_dead()
         if dead:
-            complain(f"{dead.name} stopped unexpectedly (exit status {dead.exit_code()}); stopping everything")
+            complain(f"{dead.name} stopped unexpectedly ({describe_exit(dead.exit_code())}); stopping everything")
             return 1
+        notice = watch.check(time.monotonic())
+        if notice:
+            say(f"\n{notice}")
         time.sleep(0.2)
     return 0
+
+
+def describe_exit(code: int | None) -> str:
+    """'exit status 3' or, for a negative status, 'killed by SIGKILL'."""
+    if code is not None and code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
 
 
 def main() -> int:
@@ -422,6 +446,8 @@ def main() -> int:
         complain(str(exc))
         status = 1
     finally:
+        if launcher.run_dir is not None:
+            runstate.remove_run_info(launcher.run_dir, os.getpid())
         if launcher.children or launcher.redis_dir:
             if status == 0:
                 say("\nStopping wahook...")

@@ -208,8 +208,10 @@ def _resolve(host: str, port: int, timeout: float | None = None) -> list[tuple]:
 
 @lru_cache(maxsize=1)
 def _resolver(pid: int) -> ThreadPoolExecutor:
-    # Keyed by process: a worker that forks (as RQ does per job) gets its own threads, since a
-    # parent's executor in a child believes it has threads that did not survive the fork.
+    # Keyed by process: a process forked after its parent resolved a name (gunicorn forks its
+    # workers; RQ's SimpleWorker does not fork per job, but a test or a plugin might) gets its
+    # own threads, since a parent's executor in a child believes it has threads that did not
+    # survive the fork.
     return ThreadPoolExecutor(max_workers=4, thread_name_prefix="wahook-dns")
 
 

@@ -28,6 +28,7 @@ from flask import (
     url_for,
 )
 
+import apikeys
 import delivery
 import endpoints
 import monitor
@@ -95,6 +96,7 @@ def settings_page(add_errors: dict[str, str] | None = None, status: int = 200):
             app_secret_set=bool(meta["app_secret"]),
             endpoints=[endpoints.as_dict(row) for row in endpoints.list_all(conn)],
             health={item.id: item for item in monitor.endpoint_health(conn)},
+            api_keys=[key.as_dict() for key in apikeys.list_all(conn)],
             groups=SELECTABLE_GROUPS,
             formats=endpoints.FORMATS,
             values=form_values(),

@@ -96,7 +96,9 @@ def _result(output: str, seconds: float | None = None) -> WrkResult:
     )
 
 
-def wrk_command(url: str, pool: Path, seconds: float, threads: int, connections: int, mode: str, marker: str):
+def wrk_command(
+    url: str, pool: Path, seconds: float, threads: int, connections: int, mode: str, marker: str, header: str = ""
+):
     """wrk posting bodies from `pool` through post.lua; `mode` is "loop" (timed) or "once"."""
     return [
         ensure_wrk(),
@@ -114,12 +116,16 @@ def wrk_command(url: str, pool: Path, seconds: float, threads: int, connections:
         mode,
         marker,
         FILLER,
+        *([header] if header else []),
     ]
 
 
-def wrk_timed(url: str, pool: Path, seconds: float, threads: int = 2, connections: int = 16) -> WrkResult:
-    """Post bodies from `pool` for `seconds`, as fast as the server answers."""
-    command = wrk_command(url, pool, seconds, threads, connections, "loop", "-")
+def wrk_timed(
+    url: str, pool: Path, seconds: float, threads: int = 2, connections: int = 16, header: str = ""
+) -> WrkResult:
+    """Post bodies from `pool` for `seconds`, as fast as the server answers; the pool's first
+    column goes in `header` (default X-Hub-Signature-256)."""
+    command = wrk_command(url, pool, seconds, threads, connections, "loop", "-", header)
     done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=False)
     return _result(done.stdout + done.stderr)
 

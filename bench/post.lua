@@ -1,7 +1,9 @@
 -- wrk script: POST pre-signed Meta webhook bodies, each a different one.
 --
--- wrk -s post.lua URL -- POOL THREADS MODE MARKER FILLER
+-- wrk -s post.lua URL -- POOL THREADS MODE MARKER FILLER [HEADER]
 --   POOL    file of "signature<TAB>body" lines; thread i posts lines i, i+THREADS, ...
+--   HEADER  the header the first column goes in (default X-Hub-Signature-256; the publish
+--           benchmark puts "Bearer <key>" in Authorization)
 --   MODE    "loop": wrap around at the end (a timed run; the pool should be larger than it)
 --           "once": post every line once; once all are sent, write MARKER.<thread> and go on
 --           with harmless GETs (FILLER is their query string) until the benchmark stops wrk.
@@ -22,6 +24,7 @@ function init(args)
   -- args[0] is the URL; ours follow it.
   local pool, nthreads = args[1], tonumber(args[2])
   mode, marker, filler = args[3], args[4], args[5]
+  header = args[6] or "X-Hub-Signature-256"
   sigs, bodies = {}, {}
   local i = 0
   for line in io.lines(pool) do
@@ -38,7 +41,7 @@ function init(args)
 end
 
 local function post(k)
-  return wrk.format("POST", nil, {["Content-Type"] = "application/json", ["X-Hub-Signature-256"] = sigs[k]}, bodies[k])
+  return wrk.format("POST", nil, {["Content-Type"] = "application/json", [header] = sigs[k]}, bodies[k])
 end
 
 function request()

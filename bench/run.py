@@ -7,7 +7,8 @@ status webhooks, each with new wamids; deliveries go to a fast asyncio receiver 
 
     BENCH_QUICK=1     fewer and shorter rounds, for trying a change (a minute or two; the full
                       run takes five or six)
-    BENCH_ONLY=a,b    only these measures: receiver, intake, drain, latency, burst, outage, search
+    BENCH_ONLY=a,b    only these measures: receiver, intake, drain, latency, burst, outage, metrics,
+                      media, streams, publish, search
     BENCH_ROOT=dir    measure the wahook checkout in `dir` instead of this one (before/after)
 """
 
@@ -18,7 +19,10 @@ import sys
 import time
 from collections.abc import Callable
 
+import api_scenarios
 import event_search
+import media_bench
+import metrics_scrape
 import scenarios as sc
 
 MB = 1024 * 1024
@@ -147,6 +151,60 @@ def run_outage(ws: sc.Workspace, plan: sc.Plan, table: Table) -> None:
     )
 
 
+def run_metrics(ws: sc.Workspace, plan: sc.Plan, table: Table) -> None:
+    stored = 1_000_000
+    got = metrics_scrape.measure(ws.root / "metrics", stored, rounds=max(10, plan.rounds * 10))
+    table.add(
+        f"metrics: one GET /metrics scrape, {got['stored']:,} deliveries stored ({got['series']} samples)",
+        f"median {got['ours_ms']:.1f} ms, worst {got['worst_ms']:.1f} ms",
+        f"counting deliveries by endpoint and state: {got['naive_ms']:.0f} ms",
+        f"{got['naive_ms'] / got['ours_ms']:.0f}x faster",
+        "< 50 ms",
+        got["ours_ms"] < 50,
+    )
+
+
+def run_media(ws: sc.Workspace, plan: sc.Plan, table: Table) -> None:
+    run = media_bench.media_drain(ws, plan)
+    quiet, stream, download = (sc.median(v) for v in (run.quiet, run.stream, run.download))
+    ratio = download / quiet
+    table.add(
+        f"media: drain/s of {plan.drain_events:,} events, 1 worker, while {media_bench.STREAM_RATE:g} image"
+        f" messages/s of {media_bench.IMAGE_BYTES // 1024} KB are downloaded",
+        f"{download:,.0f}/s ({spread(run.download)}); {run.downloaded} images downloaded, {run.failed} not",
+        f"no images {quiet:,.0f}/s; images, no token {stream:,.0f}/s",
+        f"{ratio:.2f} ({download / stream:.2f} vs no token)",
+        ">= 0.9",
+        ratio >= 0.9 and run.downloaded > 0 and not run.duplicates,
+    )
+
+
+def run_streams(ws: sc.Workspace, plan: sc.Plan, table: Table) -> None:
+    result, notes = api_scenarios.streams(ws, plan)
+    ours, theirs = sc.median(result.ours), sc.median(result.theirs)
+    table.add(
+        f"intake with {api_scenarios.STREAMS} event streams open ({plan.rounds} rounds of {plan.intake_seconds:g} s)",
+        f"{ours:,.0f}/s ({spread(result.ours)}), p99 {sc.median(notes['p99_with']):.0f} ms",
+        f"no streams {theirs:,.0f}/s, p99 {sc.median(notes['p99_without']):.0f} ms",
+        f"{result.ratio:.2f}",
+        ">= 0.9, all 200",
+        result.ratio >= 0.9 and not notes["non2xx"] and not notes["errors"],
+    )
+
+
+def run_publish(ws: sc.Workspace, plan: sc.Plan, table: Table) -> None:
+    result, notes = api_scenarios.publish(ws, plan)
+    ours, theirs = sc.median(result.ours), sc.median(result.theirs)
+    table.add(
+        f"publish: POST /api/v1/events/s, stored + enqueued ({plan.rounds} rounds of {plan.intake_seconds:g} s)",
+        f"{ours:,.0f}/s ({spread(result.ours)})",
+        f"intake {theirs:,.0f}/s, same stack",
+        f"{result.ratio:.2f}",
+        "every 202 stored",
+        notes["stored"] >= notes["posted"] and not notes["non2xx"] and not notes["errors"],
+    )
+
+
 def run_search(ws: sc.Workspace, plan: sc.Plan, table: Table) -> None:
     """The event log's search on a big database, before and after its indexes (migration 4)."""
     count = 200_000 if plan.rounds < 5 else 1_000_000  # BENCH_QUICK=1 fills a fifth
@@ -171,6 +229,10 @@ MEASURES: dict[str, Callable[[sc.Workspace, sc.Plan, Table], None]] = {
     "latency": run_latency,
     "burst": run_burst,
     "outage": run_outage,
+    "metrics": run_metrics,
+    "media": run_media,
+    "streams": run_streams,
+    "publish": run_publish,
     "search": run_search,
 }
 

@@ -27,6 +27,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import apikeys  # noqa: E402
 import db  # noqa: E402
 import embedded_redis  # noqa: E402
 import endpoints  # noqa: E402
@@ -107,6 +108,15 @@ class Stack:
         try:
             db.migrate(conn)
             return endpoints.create(conn, self.config, url)["id"]
+        finally:
+            conn.close()
+
+    def add_api_key(self, scopes: str = "publish,read") -> str:
+        """Create the database (if new) and an API key; returns the full key."""
+        conn = db.connect(self.config.database_path)
+        try:
+            db.migrate(conn)
+            return apikeys.create(conn, "bench", scopes)[1]
         finally:
             conn.close()
 

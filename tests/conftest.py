@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import apikeys  # noqa: E402
 import db  # noqa: E402
 import embedded_redis  # noqa: E402
 import endpoints  # noqa: E402
@@ -27,6 +30,8 @@ import jobs  # noqa: E402
 import worker  # noqa: E402
 from app import create_app  # noqa: E402
 from db import get_db  # noqa: E402
+from graph_stub import TOKEN as GRAPH_TOKEN  # noqa: E402
+from graph_stub import GraphStub  # noqa: E402
 from receiver import Receiver  # noqa: E402
 
 APP_SECRET = "test-app-secret"
@@ -70,6 +75,56 @@ def text_message(wamid: str = "wamid.HBgLMTU1NTAxMjM0NTY3FQIAEhgUM0VCMEE", text:
     }
 
 
+def media_message(media_id: str, mtype: str = "image", wamid: str | None = None, **fields) -> dict:
+    """A media message webhook (image, document, ...) as Meta documents it."""
+    body = text_message(wamid or f"wamid.media{media_id}")
+    message = body["entry"][0]["changes"][0]["value"]["messages"][0]
+    del message["text"]
+    message["type"] = mtype
+    message[mtype] = {"id": media_id, "mime_type": "image/jpeg", "sha256": "", **fields}
+    return body
+
+
+@pytest.fixture
+def graph():
+    """A local stand-in for the Graph API (tests/graph_stub.py)."""
+    stub = GraphStub()
+    yield stub
+    stub.close()
+
+
+@pytest.fixture
+def media_app(tmp_path, redis_url, graph):
+    """The app with an access token and meta.graph_url pointing at the stand-in."""
+    sections = instance_sections(tmp_path, redis_url)
+    sections["meta"].update(access_token=GRAPH_TOKEN, graph_url=graph.graph_url)
+    application = create_app({"TESTING": True, "config_path": str(tmp_path / "config.toml"), **sections})
+    yield application
+    db.close_all()
+
+
+TOKEN_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+def csrf_from(html: str) -> str:
+    match = TOKEN_RE.search(html)
+    assert match, "page has no CSRF field"
+    return match.group(1)
+
+
+def login(client, password: str = ADMIN_PASSWORD, **kwargs):
+    token = csrf_from(client.get("/login", **kwargs).text)
+    return client.post("/login", data={"password": password, "csrf_token": token}, **kwargs)
+
+
+def token(client) -> str:
+    return csrf_from(client.get("/settings").text)
+
+
+def post_form(client, url: str, data: dict | None = None, **kwargs):
+    return client.post(url, data={"csrf_token": token(client), **(data or {})}, **kwargs)
+
+
 @pytest.fixture
 def add_endpoint(app):
     """add_endpoint(url, **fields): an endpoint stored as the settings page would store it."""
@@ -79,6 +134,17 @@ def add_endpoint(app):
             return endpoints.create(get_db(), app.config["WAHOOK"], url, **fields)
 
     return add
+
+
+@pytest.fixture
+def make_key(app):
+    """make_key(scopes="publish,read"): a new API key (the full key), as `apikey add` makes it."""
+
+    def make(scopes: str = "publish,read", name: str = "test client") -> str:
+        with app.app_context():
+            return apikeys.create(get_db(), name, scopes)[1]
+
+    return make
 
 
 def cli_json(runner, *args):
@@ -145,16 +211,25 @@ def post_webhook(client):
     return post
 
 
-@pytest.fixture
-def running_worker(app):
-    """The worker's dispatcher and sweeper in this process, as worker.py runs them."""
+@contextmanager
+def worker_in_process(app):
+    """The worker's dispatcher and sweeper in this process, as worker.py runs them, for `app`."""
     dispatcher = worker.Dispatcher(app.config["WAHOOK"])
     jobs.set_drain_handler(dispatcher.on_drain_job)
     sweeper = threading.Thread(target=worker.sweep, args=(dispatcher,), daemon=True)
     sweeper.start()
-    yield dispatcher
-    dispatcher.stop(grace=0.5)
-    jobs.set_drain_handler(None)
+    try:
+        yield dispatcher
+    finally:
+        dispatcher.stop(grace=0.5)
+        jobs.set_drain_handler(None)
+
+
+@pytest.fixture
+def running_worker(app):
+    """The worker's dispatcher and sweeper in this process, as worker.py runs them."""
+    with worker_in_process(app) as dispatcher:
+        yield dispatcher
 
 
 @pytest.fixture
@@ -266,6 +341,18 @@ class Processes:
         self.children.append(process)
         return process
 
+    def cli(self, *args: str) -> tuple[int, dict]:
+        """`flask --app app ARGS` as a separate process on this config; (exit code, its JSON)."""
+        result = subprocess.run(
+            [sys.executable, "-m", "flask", "--app", "app", *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        return result.returncode, json.loads(result.stdout)
+
     def stop_all(self) -> None:
         for process in self.children:
             if process.poll() is None:
@@ -284,3 +371,21 @@ def processes(tmp_path, redis_url):
     started = Processes(tmp_path, instance_sections(tmp_path, redis_url))
     yield started
     started.stop_all()
+
+
+@pytest.fixture
+def fresh_processes(tmp_path, redis_url):
+    """Like `processes`, for a fresh install: Meta's App secret not set yet."""
+    sections = instance_sections(tmp_path, redis_url)
+    sections["meta"]["app_secret"] = ""
+    started = Processes(tmp_path, sections)
+    yield started
+    started.stop_all()
+
+
+def make_app(tmp_path, redis_url, **changes):
+    """An app like the `app` fixture with some config sections changed."""
+    sections = instance_sections(tmp_path, redis_url)
+    for section, values in changes.items():
+        sections[section] = {**sections[section], **values}
+    return create_app({"TESTING": True, "config_path": str(tmp_path / "none.toml"), **sections})

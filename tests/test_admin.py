@@ -15,36 +15,15 @@ import requests
 import db
 import endpoints
 import monitor
-from app import create_app
-from conftest import ADMIN_PASSWORD, instance_sections, text_message, wait_until
+from conftest import ADMIN_PASSWORD, csrf_from, login, make_app, post_form, text_message, token, wait_until
 from db import get_db
 from receiver import Behaviour
 
 HOSTILE_TEXT = "<script>alert(1)</script><img src=x onerror=alert(2)>"
 HOSTILE_NAME = '<b onmouseover="alert(3)">Eve</b>'
-TOKEN_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
 # --- helpers ------------------------------------------------------------------------------------
-
-
-def csrf_from(html: str) -> str:
-    match = TOKEN_RE.search(html)
-    assert match, "page has no CSRF field"
-    return match.group(1)
-
-
-def login(client, password: str = ADMIN_PASSWORD, **kwargs):
-    token = csrf_from(client.get("/login", **kwargs).text)
-    return client.post("/login", data={"password": password, "csrf_token": token}, **kwargs)
-
-
-def token(client) -> str:
-    return csrf_from(client.get("/settings").text)
-
-
-def post_form(client, url: str, data: dict | None = None, **kwargs):
-    return client.post(url, data={"csrf_token": token(client), **(data or {})}, **kwargs)
 
 
 def element(html: str, element_id: str) -> str:
@@ -64,14 +43,6 @@ def admin(client):
     """The test client, logged in."""
     assert login(client).status_code == 303
     return client
-
-
-def make_app(tmp_path, redis_url, **changes):
-    """An app like the `app` fixture with some config sections changed."""
-    sections = instance_sections(tmp_path, redis_url)
-    for section, values in changes.items():
-        sections[section] = {**sections[section], **values}
-    return create_app({"TESTING": True, "config_path": str(tmp_path / "none.toml"), **sections})
 
 
 # --- login, sessions, logout --------------------------------------------------------------------
@@ -195,8 +166,21 @@ POST_FORMS = [
     "/monitor/redeliver-failed",
     "/monitor/dismiss/2",
     "/monitor/dismiss-orphaned",
+    "/settings/media/check-token",
+    "/settings/apikeys",
+    "/settings/apikeys/1/revoke",
 ]
-PUBLIC_RULES = {"/login", "/healthz", "/api/webhooks/whatsapp", "/static/<path:filename>"}
+# The API's own routes answer to API keys, not sessions (tests/test_api.py).
+PUBLIC_RULES = {
+    "/login",
+    "/healthz",
+    "/api/webhooks/whatsapp",
+    "/static/<path:filename>",
+    "/api/v1/events",
+    "/api/v1/stream",
+    "/metrics",
+}
+PUBLIC_RULES |= {"/media/<token>", "/media/", "/media/<path:rest>"}  # signed media links (test_media_route)
 
 
 def rule_pattern(rule: str) -> re.Pattern:
@@ -224,6 +208,7 @@ def test_public_pages_need_no_session(client):
     assert client.get("/healthz").status_code in (200, 503)
     assert client.get("/api/webhooks/whatsapp").status_code == 400  # the intake's own answer
     assert client.get("/static/style.css").status_code == 200
+    assert client.get("/media/x.y").status_code == 403  # the link's own answer: it is its own proof
 
 
 @pytest.mark.parametrize("path", POST_FORMS)

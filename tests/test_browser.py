@@ -1,5 +1,6 @@
-"""The admin pages in a real browser: headless Chromium (Debian's package, never a downloaded
-one) driven by Playwright, against real gunicorn and worker processes and a local receiver.
+"""The admin pages in a real browser: headless Chromium (Debian's package, else Playwright's
+own; provision finds or installs one) driven by Playwright, against real gunicorn and
+worker processes and a local receiver.
 
 Screenshots of every page land in test-output/screenshots/ for a person to look at.
 """
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import sqlite3
 
 import pytest
@@ -16,6 +16,7 @@ import requests
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 import db
+import provision
 from conftest import ADMIN_PASSWORD, ROOT, sign, text_message, wait_until
 from receiver import Behaviour
 
@@ -37,12 +38,10 @@ STEP_TIMEOUT_MS = 10_000
 
 @pytest.fixture(scope="module")
 def browser():
-    executable = shutil.which("chromium")
-    if executable is None:
-        pytest.fail(
-            "the browser tests need Debian's chromium package (apt-get install chromium); CI installs it in .ci/run",
-            pytrace=False,
-        )
+    try:
+        executable = provision.chromium_executable()
+    except provision.Missing as exc:
+        pytest.fail(str(exc), pytrace=False)
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, timeout=30_000)
         yield launched
@@ -217,6 +216,14 @@ def test_pages_fit_a_phone(browser, server, database, receiver):
     page, errors = new_page(browser, 375, 812)
     log_in(page, base)
     add_endpoint(page, base, receiver.url)
+    # An API key, so its row is on the page too: made once, then listed by its prefix.
+    page.fill("#api-key-name", "campaign tool on a phone")
+    page.click("button:has-text('Make API key')")
+    expect(page.locator("h1")).to_have_text("API key made")
+    expect(page.locator("#api-key")).to_have_value(re.compile(r"^wak_"))
+    no_sideways_scroll(page)
+    page.click("text=Done, back to settings")
+    expect(page.locator("#api-keys")).to_contain_text("campaign tool on a phone")
     page.click("button:has-text('Send test')")
     expect(page.locator("#test-outcome")).to_contain_text("Test delivered")
     no_sideways_scroll(page)
@@ -340,3 +347,36 @@ def test_pages_agree_with_the_data(browser, server, database, make_receiver):
     expect(page.locator(".flash")).to_contain_text("1 failed delivery of deleted endpoints dismissed")
     expect(page.locator("#orphaned")).to_have_count(0)
     assert errors == [] and phone_errors == [], errors + phone_errors
+
+
+def test_monitor_says_meta_is_refused_until_the_app_secret_is_set(browser, fresh_processes, tmp_path):
+    # A fresh install: no App secret. A simulated webhook (signed with the local key) gets in,
+    # one signed as Meta would is refused, and the monitor says why and what to do.
+    base = fresh_processes.start_web(workers=1)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    local_key = (tmp_path / "data" / "simulate_key").read_text().strip()
+    raw = json.dumps(text_message("wamid.SIMULATED")).encode()
+    for secret, status in ((local_key, 200), ("what-meta-signs-with", 401)):
+        headers = {"Content-Type": "application/json", "X-Hub-Signature-256": sign(raw, secret)}
+        assert (
+            requests.post(base + "/api/webhooks/whatsapp", data=raw, headers=headers, timeout=5).status_code == status
+        )
+    page, errors = new_page(browser, 1280, 900)
+    log_in(page, base)
+    notice = page.locator("#app-secret-notice")
+    expect(notice).to_contain_text("Meta's App secret is not set")
+    expect(notice).to_contain_text("refused with 401")
+    expect(notice).to_contain_text(str(fresh_processes.config_path))
+    expect(notice).to_contain_text("./wahook simulate")
+    expect(page.locator("#rejected-hour")).to_have_text("1")
+    expect(page.locator("#config-stale-notice")).to_have_count(0)
+    shot(page, "monitor-app-secret-not-set")
+
+    # The file edited while running: the page says the server still runs the old values.
+    text = fresh_processes.config_path.read_text()
+    fresh_processes.config_path.write_text(text.replace('app_secret = ""', 'app_secret = "now-set"'))
+    page.reload()
+    expect(page.locator("#config-stale-notice")).to_contain_text("still use the old values")
+    expect(page.locator("#app-secret-notice")).to_be_visible()  # still true of what runs
+    shot(page, "monitor-config-changed")
+    assert errors == [], errors

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 
 import pytest
+from click.testing import CliRunner
 from standardwebhooks.webhooks import Webhook
 
+import cli
+import db
 import endpoints
+import runstate
 import samples
-from conftest import cli_json, text_message, wait_until
+from app import create_app
+from conftest import ROOT, cli_json, text_message, wait_until
 from receiver import Behaviour
 
 
@@ -36,16 +45,84 @@ def test_simulate_unknown_kind_lists_the_kinds(runner):
     assert "text" in result.output and "template" in result.output
 
 
-def test_simulate_without_app_secret_says_so(tmp_path, redis_url):
-    from app import create_app
-    from conftest import instance_sections
-
-    sections = instance_sections(tmp_path, redis_url)
-    sections["meta"]["app_secret"] = ""
-    app = create_app({"config_path": str(tmp_path / "none.toml"), **sections})
+def test_simulate_on_a_fresh_install_gets_a_200_without_an_app_secret(fresh_processes, monkeypatch):
+    # Meta's App secret not set yet: simulate signs with the install's local key, and the
+    # web server of the same install (another process) accepts it.
+    base = fresh_processes.start_web(workers=1)
+    monkeypatch.setenv("WAHOOK_BIND", base.removeprefix("http://"))
+    app = create_app({"config_path": str(fresh_processes.config_path)})
     result = app.test_cli_runner().invoke(args=["simulate", "text"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["status_code"] == 200
+    db.close_all()
+
+
+def run_info(app, url: str, pid: int | None = None, fingerprint=None) -> None:
+    """run.json as `make run` writes it in the app's data folder."""
+    config = app.config["WAHOOK"]
+    runstate.write_run_info(
+        config.data_dir,
+        {
+            "pid": pid or os.getpid(),
+            "bind": url.removeprefix("http://"),
+            "url": url,
+            "config": str(config.path),
+            "config_fingerprint": fingerprint,
+        },
+    )
+
+
+def test_simulate_posts_where_make_run_serves_and_wahook_bind_still_wins(processes, app, runner, monkeypatch):
+    base = processes.start_web(workers=1)
+    monkeypatch.delenv("WAHOOK_BIND", raising=False)
+    run_info(app, base)
+    result = runner.invoke(args=["simulate", "text"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["url"] == base + "/api/webhooks/whatsapp"
+
+    monkeypatch.setenv("WAHOOK_BIND", "127.0.0.1:9")
+    result = runner.invoke(args=["simulate", "text"])
     assert result.exit_code == 1
-    assert "app_secret" in json.loads(result.output)["error"]
+    assert "http://127.0.0.1:9/api/webhooks/whatsapp" in json.loads(result.stdout)["error"]
+
+
+def test_simulate_ignores_what_a_dead_make_run_left(app, monkeypatch):
+    monkeypatch.delenv("WAHOOK_BIND", raising=False)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    run_info(app, "http://127.0.0.1:9", pid=dead.pid)
+    with app.app_context():
+        assert cli.simulate_target()[0] == "http://127.0.0.1:8000/api/webhooks/whatsapp"
+    for garbage in ("{", "[]", '{"url": 1, "pid": "x"}', "\udcff"):
+        (app.config["WAHOOK"].data_dir / "run.json").write_text(garbage, errors="surrogateescape")
+        with app.app_context():
+            assert cli.simulate_target() == ("http://127.0.0.1:8000/api/webhooks/whatsapp", None)
+
+
+def test_simulate_says_when_the_config_changed_since_the_server_started(processes, redis_url, monkeypatch):
+    base = processes.start_web(workers=1)
+    monkeypatch.delenv("WAHOOK_BIND", raising=False)
+    app = create_app({"config_path": str(processes.config_path)})
+    run_info(app, base, fingerprint=runstate.fingerprint(processes.config_path))
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["simulate", "text"])
+    assert result.exit_code == 0 and "warning" not in json.loads(result.stdout)
+
+    with processes.config_path.open("a") as f:
+        f.write("\n# an edit\n")
+    result = runner.invoke(args=["simulate", "text"])
+    assert result.exit_code == 0, result.output
+    warning = json.loads(result.stdout)["warning"]
+    assert "still use the old values" in warning and "Restart" in warning
+    assert f"warning: {warning}" in result.stderr
+    db.close_all()
+
+
+def test_simulate_help_lists_kinds_whole():
+    result = CliRunner().invoke(cli.simulate, ["--help"], terminal_width=60)
+    words = set(re.findall(r"[a-z_]+", result.output))
+    assert set(samples.KINDS) <= words, set(samples.KINDS) - words
+    assert max(len(line) for line in result.output.splitlines()) <= 80
 
 
 def test_simulate_with_nothing_listening_says_so(runner):
@@ -141,3 +218,26 @@ def test_cli_retry_failed_covers_a_failed_test_send(runner, receiver, conn):
     assert cli_json(runner, "endpoint", "test", "1")[0] == 1
     assert cli_json(runner, "deliveries", "retry", "--failed") == (0, {"requeued": 1})
     assert [tuple(r) for r in conn.execute("SELECT event_name, state FROM deliveries")] == [("webhook.test", "pending")]
+
+
+def test_wahook_script_runs_the_cli_from_any_folder_without_an_active_venv(tmp_path):
+    # A relative WAHOOK_CONFIG is taken from where the command was typed, as a user means it.
+    (tmp_path / "config.toml").write_text('[storage]\ndatabase = "data/here.db"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WAHOOK_", "VIRTUAL_ENV"))}
+    env["PATH"] = "/usr/local/bin:/usr/bin:/bin"  # no venv on PATH
+    env["WAHOOK_CONFIG"] = "config.toml"
+    done = subprocess.run(
+        [str(ROOT / "wahook"), "endpoint", "list"], cwd=tmp_path, env=env, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == []
+    assert (tmp_path / "data" / "here.db").exists()
+    bad = subprocess.run(
+        [str(ROOT / "wahook"), "endpoint", "remove", "7"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert bad.returncode == 1 and json.loads(bad.stdout) == {"error": "no endpoint 7"}

@@ -109,3 +109,37 @@ def test_a_process_starting_during_a_long_migration_waits_for_it(tmp_path, monke
     with pytest.raises(sqlite3.OperationalError):  # an ordinary write still gives up after the busy timeout
         holder.execute("BEGIN IMMEDIATE")
         db.begin(db.connect(path))
+
+
+def test_many_threads_of_one_process_write_without_a_lock_error(tmp_path):
+    """gthread web workers: 32 threads, each its own connection, all commit (they queue on the
+    process's write lock rather than time out polling SQLite's); another connection still
+    cannot begin while one holds the write lock."""
+    path = tmp_path / "w.db"
+    setup = db.connect(path)
+    setup.execute("CREATE TABLE t (n INTEGER)")
+    errors: list[Exception] = []
+
+    def write() -> None:
+        conn = db.connect(path)
+        try:
+            for n in range(50):
+                with db.transaction(conn):
+                    conn.execute("INSERT INTO t VALUES (?)", (n,))
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=write) for _ in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+    assert setup.execute("SELECT count(*) FROM t").fetchone()[0] == 32 * 50
+
+    other = db.connect(path)
+    other.execute("PRAGMA busy_timeout = 0")
+    with db.transaction(setup), pytest.raises(sqlite3.OperationalError):
+        db.begin(other)

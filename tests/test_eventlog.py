@@ -12,9 +12,9 @@ import db
 import eventlog
 import samples
 import search
-from conftest import text_message, wait_until
+from conftest import login, post_form, text_message, wait_until
 from receiver import Behaviour
-from test_admin import element, login, post_form, status_update
+from test_admin import element, status_update
 
 
 @pytest.fixture

@@ -12,14 +12,20 @@ from conftest import instance_sections, wait_until
 def test_no_worker_is_503_with_the_reason(client):
     response = client.get("/healthz")
     assert response.status_code == 503
-    assert response.json == {"ok": False, "database": "ok", "redis": "ok", "worker": "error: no worker has started"}
+    assert response.json == {
+        "ok": False,
+        "database": "ok",
+        "redis": "ok",
+        "worker": "error: no worker has started",
+        "meta": "ok",
+    }
 
 
 def test_all_up_is_200(client, conn):
     worker.heartbeat(conn, "w1", time.time())
     response = client.get("/healthz")
     assert response.status_code == 200
-    assert response.json == {"ok": True, "database": "ok", "redis": "ok", "worker": "ok"}
+    assert response.json == {"ok": True, "database": "ok", "redis": "ok", "worker": "ok", "meta": "ok"}
 
 
 def test_silent_worker_is_503(client, conn):

@@ -4,6 +4,7 @@ durability before the 200, duplicates, and concurrent duplicates against real gu
 from __future__ import annotations
 
 import json
+import stat
 import threading
 import time
 
@@ -11,6 +12,7 @@ import pytest
 import requests
 
 import db
+import runstate
 from app import create_app
 from conftest import APP_SECRET, VERIFY_TOKEN, sign, text_message
 
@@ -128,6 +130,53 @@ def test_empty_app_secret_refuses_every_post(tmp_path, redis_url):
     # Even a body "signed" with the empty key must not pass.
     response = app.test_client().post(URL, data=raw, headers={"X-Hub-Signature-256": sign(raw, "")})
     assert response.status_code == 401
+
+
+def local_key_app(tmp_path, redis_url, app_secret: str = ""):
+    """An install as `make run` leaves it: its own data folder, App secret as given."""
+    return create_app(
+        {
+            "config_path": str(tmp_path / "none.toml"),
+            "meta": {"app_secret": app_secret},
+            "storage": {"database": str(tmp_path / "data" / "w.db")},
+            "redis": {"url": redis_url},
+        }
+    )
+
+
+def test_a_fresh_install_accepts_a_body_signed_with_its_local_simulate_key(tmp_path, redis_url):
+    app = local_key_app(tmp_path, redis_url)
+    key_file = tmp_path / "data" / "simulate_key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    key = key_file.read_text().strip()
+    assert len(key) >= 40
+    raw = json.dumps(text_message("wamid.LOCAL")).encode()
+    client = app.test_client()
+    assert client.post(URL, data=raw, headers={"X-Hub-Signature-256": sign(raw, key)}).status_code == 200
+    # Anything else is still refused, and says why: Meta's own POSTs wait for the App secret.
+    for header in (sign(raw, "what-meta-would-use"), sign(raw, ""), "", "sha256=zz"):
+        response = client.post(URL, data=raw, headers={"X-Hub-Signature-256": header})
+        assert response.status_code == 401
+        assert response.get_data(as_text=True) == "signature refused: no app_secret configured"
+    with app.app_context():
+        conn = db.connection(app.config["WAHOOK"].database_path)
+        assert conn.execute("SELECT count(*) FROM webhooks").fetchone()[0] == 1
+        assert conn.execute("SELECT sum(count) FROM rejections").fetchone()[0] == 4
+    # The key is kept: a second process of the same install signs and checks with the same one.
+    assert local_key_app(tmp_path, redis_url).config["WAHOOK_SIMULATE_KEY"] == key
+
+
+def test_the_local_key_keeps_working_once_the_app_secret_is_set(tmp_path, redis_url):
+    local_key_app(tmp_path, redis_url)
+    key = (tmp_path / "data" / "simulate_key").read_text().strip()
+    client = local_key_app(tmp_path, redis_url, app_secret=APP_SECRET).test_client()
+    for n, secret in enumerate((key, APP_SECRET)):
+        raw = json.dumps(text_message(f"wamid.BOTH{n}")).encode()
+        assert client.post(URL, data=raw, headers={"X-Hub-Signature-256": sign(raw, secret)}).status_code == 200
+    raw = json.dumps(text_message("wamid.FORGED")).encode()
+    response = client.post(URL, data=raw, headers={"X-Hub-Signature-256": sign(raw, key[:-1])})
+    assert response.status_code == 401
+    assert response.get_data(as_text=True) == "signature refused: wrong signature"
 
 
 # --- malformed and oversized bodies -------------------------------------------------------
@@ -331,3 +380,25 @@ def test_chunked_body_under_the_limit_is_accepted(processes, conn):
     )
     assert response.status_code == 200
     assert counts(conn)[:2] == (1, 1)
+
+
+def test_processes_starting_together_share_one_whole_simulate_key(tmp_path):
+    # Web workers start at the same moment: each must read the same, complete key.
+    keys: list[str] = []
+    threads = [threading.Thread(target=lambda: keys.append(runstate.simulate_key(tmp_path / "d"))) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(keys)) == 1 and len(keys[0]) >= 40
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["simulate_key"]
+
+
+def test_an_empty_or_unreadable_simulate_key_accepts_nothing(tmp_path, redis_url):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "simulate_key").write_bytes(b"\xff\xfe")
+    app = local_key_app(tmp_path, redis_url)
+    assert app.config["WAHOOK_SIMULATE_KEY"] == ""
+    raw = json.dumps(text_message()).encode()
+    response = app.test_client().post(URL, data=raw, headers={"X-Hub-Signature-256": sign(raw, "")})
+    assert response.status_code == 401

@@ -5,6 +5,7 @@ stopping leaves no process behind. The first tests are quick checks of its helpe
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -373,5 +374,60 @@ def test_a_child_that_dies_stops_everything(launch):
     worker = next(p for p in instance.tracked if p.cmdline()[-1].endswith("worker.py"))
     worker.kill()
     assert instance.finish() == 1
-    assert any("the worker stopped unexpectedly" in line for line in instance.stderr), instance.stderr
+    assert any("the worker stopped unexpectedly (killed by SIGKILL)" in line for line in instance.stderr), (
+        instance.stderr
+    )
     instance.assert_nothing_left()
+
+
+def wahook(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """`./wahook ARGS` as a user types it in a second terminal."""
+    return subprocess.run(
+        [str(ROOT / "wahook"), *args], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+@pytest.mark.slow
+def test_simulate_reaches_a_fresh_make_run_and_hears_of_config_edits(tmp_path, launch):
+    # A fresh install on a port of its own; a second terminal knows only the config file.
+    instance = launch()
+    check_running(instance)
+    data = tmp_path / "data"
+    info = json.loads((data / "run.json").read_text())
+    assert info["url"] == f"http://127.0.0.1:{instance.port}" and info["pid"] == instance.process.pid
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WAHOOK_")}
+    env["WAHOOK_CONFIG"] = str(instance.config_file)
+    done = wahook("simulate", "text", env=env)
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    answer = json.loads(done.stdout)
+    assert answer["status_code"] == 200 and answer["url"] == f"http://127.0.0.1:{instance.port}/api/webhooks/whatsapp"
+    assert "warning" not in answer
+    assert load_config(instance.config_file)["meta"]["app_secret"] == ""  # nothing was edited
+
+    # An edit while running: make run says it once, simulate says it too.
+    text = instance.config_file.read_text()
+    # Setting the App secret without a restart: the server does not know it yet, and simulate
+    # still gets its 200 (signed with the local key) along with the reminder.
+    instance.config_file.write_text(text.replace('app_secret = ""', 'app_secret = "set-while-running"'))
+    line = instance.wait_for_line(r"changed after wahook started", limit=15)
+    assert "still use the old values" in line
+    done = wahook("simulate", "text", env=env)
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    answer = json.loads(done.stdout)
+    assert answer["status_code"] == 200
+    assert "still use the old values" in answer["warning"]
+    assert "still use the old values" in done.stderr
+    instance.config_file.write_text(text)
+    instance.wait_for_line(r"is back to the values wahook is running with", limit=15)
+    assert sum("changed after wahook started" in line for line in instance.stdout) == 1
+
+    assert instance.stop() == 0
+    instance.assert_nothing_left()
+    assert not (data / "run.json").exists()
+
+
+def test_a_child_killed_by_a_signal_is_reported_by_the_signal_name():
+    assert run.describe_exit(-9) == "killed by SIGKILL"
+    assert run.describe_exit(-15) == "killed by SIGTERM"
+    assert run.describe_exit(3) == "exit status 3"
+    assert run.describe_exit(-200) == "killed by signal 200"

@@ -13,9 +13,9 @@ import pytest
 
 import db
 import monitor
-from conftest import text_message, wait_until
+from conftest import login, post_form, text_message, wait_until
 from receiver import Behaviour
-from test_admin import element, login, post_form
+from test_admin import element
 
 
 @pytest.fixture

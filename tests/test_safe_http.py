@@ -3,7 +3,6 @@ what a receiver gets, and how slow, broken or hostile receivers show up as Deliv
 
 from __future__ import annotations
 
-import shutil
 import socket
 import ssl
 import struct
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+import provision
 from safe_http import DeliveryError, Sender, check_url
 
 HINT = "allow_private_urls"
@@ -506,12 +506,14 @@ def test_several_threads_can_post_at_once(server):
 @pytest.fixture(scope="session")
 def certs(tmp_path_factory) -> dict[str, Path]:
     """A throwaway CA and a certificate for `localhost` only, made with the openssl CLI."""
-    if shutil.which("openssl") is None:
-        pytest.fail("the openssl command is needed to make test certificates (apt-get install openssl)")
+    try:
+        command = provision.openssl_command()
+    except provision.Missing as exc:
+        pytest.fail(str(exc), pytrace=False)
     folder = tmp_path_factory.mktemp("tls")
 
     def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+        subprocess.run([command, *args], cwd=folder, check=True, capture_output=True)
 
     curve = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
     openssl("req", "-x509", *curve, "-keyout", "ca.key", "-out", "ca.pem", "-days", "3", "-subj", "/CN=wahook test CA",

@@ -1,0 +1,71 @@
+"""Noticing when Meta goes quiet: with `meta.silence_hours` > 0 and an enabled endpoint, no
+Meta webhook for that long is an alarm, shown on the monitor, in /healthz and /metrics, and
+sent once as a `gateway.silent` event.
+
+A webhook stored by any web process ends the silent period at once, since everything here
+is read from the database when asked.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+
+import outbox
+from db import transaction
+from events import iso
+
+
+@dataclass(frozen=True)
+class Quiet:
+    """Where the silence watch stands. `since` is the last Meta webhook, or when endpoints
+    began to exist when that was later (a new install is not silent before it is set up)."""
+
+    hours: float  # meta.silence_hours; 0 = not watching
+    since: float | None
+    silent: bool
+
+    @property
+    def period_key(self) -> str:
+        """Names one silent period, so its event goes out once however often it is checked."""
+        return f"gateway.silent:{self.since!r}"
+
+
+def state(conn: sqlite3.Connection, config, now: float | None = None) -> Quiet:
+    """Whether Meta has been quiet for `meta.silence_hours` while an endpoint is enabled."""
+    hours = float(config["meta"]["silence_hours"])
+    if hours <= 0:
+        return Quiet(hours, None, False)
+    first_endpoint = conn.execute("SELECT min(created_at) FROM endpoints WHERE enabled = 1").fetchone()[0]
+    if first_endpoint is None:
+        return Quiet(hours, None, False)
+    last = conn.execute("SELECT max(received_at) FROM webhooks").fetchone()[0]
+    since = max(last or 0.0, first_endpoint)
+    now = time.time() if now is None else now
+    return Quiet(hours, since, now - since >= hours * 3600)
+
+
+def check(conn: sqlite3.Connection, config, now: float | None = None) -> str | None:
+    """Send `gateway.silent` once per silent period; the new event's id, or None.
+
+    A read first, so a gateway that stays silent for days does not take the write lock
+    every time it looks.
+    """
+    quiet = state(conn, config, now)
+    if not quiet.silent:
+        return None
+    if conn.execute("SELECT 1 FROM events WHERE dedupe_key = ?", (quiet.period_key,)).fetchone():
+        return None
+    with transaction(conn):
+        return outbox.publish(
+            conn,
+            "gateway.silent",
+            {"since": iso(quiet.since), "hours": quiet.hours},
+            dedupe_key=quiet.period_key,
+        )
+
+
+def health_value(conn: sqlite3.Connection, config) -> str:
+    """/healthz's "meta": "silent" or "ok" (a quiet Meta is an alarm, not an outage)."""
+    return "silent" if state(conn, config).silent else "ok"

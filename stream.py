@@ -1,0 +1,70 @@
+"""Server-Sent Events for `GET /api/v1/stream`: the frames, the loop, and the stream slots.
+
+A stream holds one gunicorn thread for as long as it is open (see gunicorn.conf.py: gthread
+workers with WAHOOK_WEB_THREADS threads each). So each web process serves at most
+`threads - RESERVED_THREADS` streams at once; one more is refused with 503 and a
+Retry-After, and the reserved threads are always left for Meta's POSTs and the pages.
+
+The loop looks for new commits every POLL_SECONDS with `PRAGMA data_version` (feed.Watcher),
+reads a page only when something was committed, sends a comment line when it has been
+quiet for HEARTBEAT_SECONDS (proxies and browsers drop silent connections; a dead client
+shows up as a failed write), and ends when its worker is shutting down, so a stream never
+holds up a restart. A client resumes with Last-Event-ID.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import db
+import feed
+
+POLL_SECONDS = 0.2
+HEARTBEAT_SECONDS = 10.0  # the contract asks for at least one line every 15 s
+PAGE = 200
+RESERVED_THREADS = 8
+DEFAULT_SLOTS = 32  # outside gunicorn (the Flask test client, `flask run`)
+RETRY_MS = 2000  # how long an EventSource waits before reconnecting
+
+_slots = threading.BoundedSemaphore(DEFAULT_SLOTS)
+_serving: Callable[[], bool] = lambda: True  # noqa: E731 (replaced by the worker hook)
+
+
+def configure(threads: int, serving: Callable[[], bool]) -> None:
+    """Called in each gunicorn worker after boot: size the slots to its threads and learn how
+    to tell that it is shutting down."""
+    global _slots, _serving
+    _slots = threading.BoundedSemaphore(max(1, threads - RESERVED_THREADS))
+    _serving = serving
+
+
+def take_slot() -> bool:
+    return _slots.acquire(blocking=False)
+
+
+def release_slot() -> None:
+    _slots.release()
+
+
+def frame(row) -> str:
+    """One event as an SSE message. The body is one line of JSON (json.dumps escapes newlines)."""
+    return f"id: {row['event_id']}\nevent: {row['name']}\ndata: {row['body']}\n\n"
+
+
+def events(database_path: str | os.PathLike, after_row: int, wanted: list[str]) -> Iterator[str]:
+    """The stream's text, from the event after row `after_row` on, until the client or the worker
+    goes. Its slot is released by the response's close (see api.events_stream), which also runs
+    for a generator that never started."""
+    conn = db.connection(database_path)
+    yield f"retry: {RETRY_MS}\n: connected\n\n"
+    quiet_since = time.monotonic()
+    for rows in feed.follow(conn, after_row, wanted, POLL_SECONDS, PAGE, lambda: _serving()):
+        if rows:
+            yield "".join(frame(row) for row in rows)
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= HEARTBEAT_SECONDS:
+            yield f": keep-alive {int(time.time())}\n\n"
+            quiet_since = time.monotonic()
