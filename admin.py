@@ -12,7 +12,7 @@ import time
 from datetime import UTC, datetime
 
 from flask import Flask, redirect, render_template, request, url_for
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 import api
 import auth
@@ -83,7 +83,11 @@ def error_page(exc: HTTPException):
     else:
         title = exc.name
         text = exc.description if exc.code != 404 else "There is nothing at this address."
-    return render_template("error.html", title=title, text=text, code=exc.code), exc.code
+    headers = {}
+    if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+        # The methods a client may use, not the HEAD and OPTIONS every route answers anyway.
+        headers["Allow"] = ", ".join(m for m in sorted(exc.valid_methods) if m not in ("HEAD", "OPTIONS"))
+    return render_template("error.html", title=title, text=text, code=exc.code), exc.code, headers
 
 
 def index():

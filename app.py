@@ -51,6 +51,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     )
     app.config.update(test_config)
 
+    db.use_synchronous(config.database_path, config["storage"]["synchronous"])
     db.init_app(app)
     db.connection(config.database_path)  # create and migrate now, not on the first request
     app.register_blueprint(intake.bp)

@@ -37,6 +37,7 @@ from flask import (
     url_for,
 )
 from flask.sessions import SecureCookieSessionInterface, SessionMixin
+from werkzeug.exceptions import MethodNotAllowed
 
 from db import get_db, transaction
 
@@ -229,9 +230,21 @@ def logout():
     return redirect(url_for("auth.login"), 303)
 
 
+def public_route() -> bool:
+    """Whether the request is for a route anyone may reach, also when its method is not one the
+    route takes (a PUT to the intake gets its 405 and Allow header, not the login page)."""
+    endpoint = request.endpoint
+    if endpoint is None and isinstance(request.routing_exception, MethodNotAllowed):
+        allowed = sorted(request.routing_exception.valid_methods or [])
+        if allowed:
+            adapter = current_app.url_map.bind_to_environ(request.environ)
+            endpoint, _ = adapter.match(method=allowed[0])
+    return endpoint is not None and (endpoint in PUBLIC_ENDPOINTS or endpoint.partition(".")[0] in PUBLIC_BLUEPRINTS)
+
+
 def require_login():
     """Send every request for an admin page to the login page when there is no session."""
-    if request.blueprint in PUBLIC_BLUEPRINTS or request.endpoint in PUBLIC_ENDPOINTS:
+    if public_route():
         return None
     if request.path.startswith(PUBLIC_PATH_PREFIX) or logged_in():
         return None
@@ -249,6 +262,8 @@ def check_csrf() -> None:
         or request.path.startswith(PUBLIC_PATH_PREFIX)
     ):
         return
+    if isinstance(request.routing_exception, MethodNotAllowed):
+        return  # no view runs: the answer is a 405
     expected = session.get("csrf")
     given = request.form.get("csrf_token", "")
     if not isinstance(expected, str) or not expected or not hmac.compare_digest(given.encode(), expected.encode()):

@@ -82,6 +82,27 @@ def endpoint_remove(endpoint_id: int) -> None:
     emit({"removed": endpoint_id})
 
 
+@endpoint_cli.command("rotate-secret")
+@click.argument("endpoint_id", type=int)
+@click.option(
+    "--keep-old-hours",
+    metavar="HOURS",
+    default="24",
+    show_default=True,
+    help="How long the old secret keeps signing alongside the new one (0 to 720; 0 = stop at once).",
+)
+def endpoint_rotate_secret(endpoint_id: int, keep_old_hours: str) -> None:
+    """Give an endpoint a new secret; prints it with the new secret in full (shown this once)."""
+    try:
+        hours = endpoints.check_keep_old_hours(keep_old_hours)
+        row = endpoints.rotate_secret(get_db(), endpoint_id, hours)
+    except endpoints.EndpointError as exc:
+        refuse(exc.message, exc.field)
+    except KeyError:
+        refuse(f"no endpoint {endpoint_id}")
+    emit({**endpoints.as_dict(row, show_secret=True), "previous_secret_until": row["previous_secret_until"]})
+
+
 @endpoint_cli.command("test")
 @click.argument("endpoint_id", type=int)
 def endpoint_test(endpoint_id: int) -> None:
@@ -148,7 +169,7 @@ def simulate_target() -> tuple[str, dict | None]:
         base = info["url"]
     else:
         base = "http://127.0.0.1:8000"
-    return base.rstrip("/") + "/api/webhooks/whatsapp", info
+    return base.rstrip("/") + intake.PATH, info
 
 
 @apikey_cli.command("add")

@@ -102,6 +102,29 @@ CREATE INDEX IF NOT EXISTS deliveries_state_webhook ON deliveries (state, webhoo
 """,
     ),
     (
+        5,
+        """
+-- Secret rotation: the secret a rotation replaced keeps signing alongside the new one until
+-- previous_secret_until, so receivers can switch without losing a delivery.
+ALTER TABLE endpoints ADD COLUMN previous_secret TEXT NOT NULL DEFAULT '';
+ALTER TABLE endpoints ADD COLUMN previous_secret_until REAL;
+-- An endpoint's failing streak (see outages.py): when its attempts started failing (NULL while
+-- it is healthy), when it is next probed and the probe interval, and until when deliveries of
+-- the outage are being redelivered to it after it came back.
+ALTER TABLE endpoints ADD COLUMN failing_since REAL;
+ALTER TABLE endpoints ADD COLUMN next_probe_at REAL;
+ALTER TABLE endpoints ADD COLUMN probe_interval REAL;
+ALTER TABLE endpoints ADD COLUMN recovering_until REAL;
+-- Retry cycles a delivery was given by hand (delivery.failed is sent once per cycle), and how
+-- often automatic recovery redelivered it in this cycle (a few times at most: an event the
+-- receiver refuses must not be sent again after every outage).
+ALTER TABLE deliveries ADD COLUMN cycle INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE deliveries ADD COLUMN auto_redelivered INTEGER NOT NULL DEFAULT 0;
+-- The oldest failed deliveries of an endpoint, for its probe and its recovery.
+CREATE INDEX IF NOT EXISTS deliveries_failed ON deliveries (endpoint_id, id) WHERE state = 'failed';
+""",
+    ),
+    (
         7,
         """
 -- Keys for the publish, pull and stream API. Only a SHA-256 of the key is kept; `prefix`
@@ -243,6 +266,10 @@ MIGRATION_WAIT_MS = 600_000
 BUSY_FIRST_PAUSE = 0.00005  # seconds; doubled after each busy try
 BUSY_MAX_PAUSE = 0.002
 WAL_CHECKPOINT_PAGES = 4000  # 16 MB of WAL with 4 KiB pages
+WAL_SWITCH_WAIT = 30.0  # seconds a process starting on a new database waits for the others
+
+# storage.synchronous per database path, as FULL or NORMAL; FULL where nobody said otherwise.
+_synchronous: dict[str, str] = {}
 
 _local = threading.local()
 _migrated: set[str] = set()
@@ -259,10 +286,11 @@ def connect(path: str | os.PathLike) -> sqlite3.Connection:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
     conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA journal_mode = WAL")
-    # NORMAL in WAL mode: a commit survives any crash of our processes; only an OS crash
-    # or power loss can take back the last moments. FULL costs an fsync per webhook.
-    conn.execute("PRAGMA synchronous = NORMAL")
+    use_wal(conn)
+    # FULL: every commit is on disk before it returns, so a 200 to Meta and a delivery's new
+    # state survive power loss. NORMAL in WAL mode survives any crash of our processes but
+    # an OS crash or power loss can take back the last commits; it saves an fsync per commit.
+    conn.execute(f"PRAGMA synchronous = {_synchronous.get(str(path), 'FULL')}")
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA foreign_keys = ON")
     # A webhook's commit appends about 16 pages to the WAL; copying them back into the
@@ -270,6 +298,40 @@ def connect(path: str | os.PathLike) -> sqlite3.Connection:
     # checkpoint. Every WAL_CHECKPOINT_PAGES the same hot pages are copied once, not 4 times.
     conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}")
     return conn
+
+
+def use_synchronous(path: str | os.PathLike, level: str) -> None:
+    """Make every connection to `path` opened from now on use `storage.synchronous` = level."""
+    if level not in ("full", "normal"):
+        raise ValueError(f"synchronous must be full or normal, not {level!r}")
+    _synchronous[str(path)] = level.upper()
+
+
+def use_wal(conn: sqlite3.Connection) -> None:
+    """Switch to WAL, waiting out other processes doing the same.
+
+    On a brand-new file the switch needs an exclusive lock, and SQLite answers "database is
+    locked" at once, without its busy handler, to every process that opens the file while
+    another switches it: start-up must wait, not die.
+    """
+    retry_while_busy(conn, "PRAGMA journal_mode = WAL", WAL_SWITCH_WAIT, 0.001, 0.05)
+
+
+def retry_while_busy(conn: sqlite3.Connection, statement: str, wait: float, pause: float, max_pause: float) -> None:
+    """Run `statement`, trying again while another connection holds the lock, for `wait` seconds
+    at most, pausing `pause` at first and doubling up to `max_pause`; then "database is locked"."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            conn.execute(statement)
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                raise
+            if time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, max_pause)
 
 
 def connection(path: str | os.PathLike) -> sqlite3.Connection:
@@ -310,21 +372,7 @@ def begin(conn: sqlite3.Connection, wait_ms: int | None = None) -> None:
     """
     conn.execute("PRAGMA busy_timeout = 0")
     try:
-        deadline = None
-        pause = BUSY_FIRST_PAUSE
-        while True:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as exc:
-                if exc.sqlite_errorcode not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-                    raise
-            now = time.monotonic()
-            deadline = deadline or now + (wait_ms or BUSY_TIMEOUT_MS) / 1000
-            if now >= deadline:
-                raise sqlite3.OperationalError("database is locked")
-            time.sleep(pause)
-            pause = min(pause * 2, BUSY_MAX_PAUSE)
+        retry_while_busy(conn, "BEGIN IMMEDIATE", (wait_ms or BUSY_TIMEOUT_MS) / 1000, BUSY_FIRST_PAUSE, BUSY_MAX_PAUSE)
     finally:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 

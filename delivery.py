@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 
 import endpoints
+import outages
 import outbox
 import safe_http
 from db import transaction
@@ -54,19 +55,27 @@ class Outcome:
         }
 
 
-def signature_headers(secret: str, message_id: str, timestamp: int, body: bytes) -> dict[str, str]:
-    """Both signatures of SPEC section 5 for one attempt."""
+def signature_headers(secrets_: str | list[str], message_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+    """Both signatures of SPEC section 5 for one attempt.
+
+    With several secrets (the new one first, then the one a rotation replaced, while their
+    overlap lasts) `webhook-signature` carries one `v1,` signature per secret, space separated,
+    as Standard Webhooks allows; `X-Webhook-Signature` is made with the first (newest) only.
+    """
+    keys = [secrets_] if isinstance(secrets_, str) else secrets_
     stamp = str(timestamp).encode("ascii")
-    plain = hmac.new(secret.encode("utf-8"), stamp + b"." + body, hashlib.sha256).hexdigest()
-    standard = hmac.new(
-        endpoints.secret_key_bytes(secret), message_id.encode("utf-8") + b"." + stamp + b"." + body, hashlib.sha256
-    ).digest()
+    plain = hmac.new(keys[0].encode("utf-8"), stamp + b"." + body, hashlib.sha256).hexdigest()
+    signed = message_id.encode("utf-8") + b"." + stamp + b"." + body
+    standard = " ".join(
+        "v1," + base64.b64encode(hmac.new(endpoints.secret_key_bytes(key), signed, hashlib.sha256).digest()).decode()
+        for key in keys
+    )
     return {
         "X-Webhook-Timestamp": str(timestamp),
         "X-Webhook-Signature": plain,
         "webhook-id": message_id,
         "webhook-timestamp": str(timestamp),
-        "webhook-signature": "v1," + base64.b64encode(standard).decode("ascii"),
+        "webhook-signature": standard,
     }
 
 
@@ -101,7 +110,9 @@ def build_headers(endpoint: sqlite3.Row, delivery: sqlite3.Row, body: bytes) -> 
         "User-Agent": USER_AGENT,
         "X-Webhook-Event": delivery["event_name"],
         "X-Webhook-Id": delivery["message_id"],
-        **signature_headers(endpoint["secret"], delivery["message_id"], int(time.time()), body),
+        **signature_headers(
+            endpoints.signing_secrets(endpoint, time.time()), delivery["message_id"], int(time.time()), body
+        ),
     }
     if endpoint["bearer_token"]:
         headers["Authorization"] = f"Bearer {endpoint['bearer_token']}"
@@ -167,17 +178,21 @@ def record(conn: sqlite3.Connection, config, owner: str, results: list[tuple[sql
     """Store the attempts and move each delivery on, in one transaction for the batch."""
     now = time.time()
     gone: dict[int, str] = {}
+    finished = []
     with transaction(conn):
         for delivery, outcome in results:
             outbox.record_attempt(conn, delivery, now - outcome.duration_ms / 1000, outcome)
             state, attempts, next_at = next_step(config, delivery, outcome, now)
-            outbox.finish(conn, delivery["id"], owner, state, attempts, next_at, outcome)
+            if outbox.finish(conn, delivery["id"], owner, state, attempts, next_at, outcome):
+                finished.append((delivery, outcome, state, attempts))
             if outcome.status_code == 410 and delivery["endpoint_id"] is not None:
                 gone[delivery["endpoint_id"]] = f"receiver answered 410 Gone at {iso(now)}"
         for endpoint_id, reason in gone.items():
             endpoints.mark_disabled(conn, endpoint_id, reason)
             # The rest of our batch: mark_disabled leaves leased deliveries to their owner, us.
             outbox.fail_leased(conn, owner, f"endpoint disabled: {reason}", endpoint_id=endpoint_id)
+        if results:
+            outages.after_batch(conn, config, results[0][0]["endpoint_id"], finished, now)
 
 
 def fail_unsendable(conn: sqlite3.Connection, owner: str, deliveries: list[sqlite3.Row], reason: str) -> None:

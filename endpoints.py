@@ -26,6 +26,7 @@ SECRET_PREFIX = "whsec_"  # noqa: S105 (a prefix, not a secret)
 SECRET_MIN_BYTES, SECRET_MAX_BYTES = 24, 64
 FORMATS = ("events", "meta")
 MAX_URL_LENGTH = 2048
+MAX_KEEP_OLD_HOURS = 720  # 30 days: an overlap is for switching receivers, not for keeping two secrets
 TOKEN_RE = re.compile(r"[\x21-\x7e]{1,512}")  # printable, no spaces or line breaks: it goes in a header
 
 
@@ -112,7 +113,10 @@ def check_fields(config, values: dict[str, Any]) -> dict[str, Any]:
     if "enabled" in values:
         cleaned["enabled"] = 1 if values["enabled"] else 0
         if cleaned["enabled"]:
-            cleaned["disabled_reason"] = ""
+            # A fresh start: the failures before it was disabled are no streak to recover from.
+            cleaned.update(
+                disabled_reason="", failing_since=None, next_probe_at=None, probe_interval=None, recovering_until=None
+            )
     return cleaned
 
 
@@ -174,25 +178,59 @@ def update(conn: sqlite3.Connection, config, endpoint_id: int, **fields: Any) ->
     return get(conn, endpoint_id)
 
 
-def rotate_secret(conn: sqlite3.Connection, endpoint_id: int) -> str:
-    """Give the endpoint a new generated secret and return it (shown once, in full)."""
+def check_keep_old_hours(value: Any) -> float:
+    """The overlap a rotation gives the old secret, in hours: a number from 0 to MAX_KEEP_OLD_HOURS."""
+    try:
+        hours = float(str(value).strip())
+    except ValueError:
+        raise EndpointError("keep_old_hours", f"keep-old-hours must be a number of hours, not {value!r}") from None
+    if not 0 <= hours <= MAX_KEEP_OLD_HOURS:  # also refuses nan
+        raise EndpointError("keep_old_hours", f"keep-old-hours must be from 0 to {MAX_KEEP_OLD_HOURS}")
+    return hours
+
+
+def rotate_secret(conn: sqlite3.Connection, endpoint_id: int, keep_old_hours: float = 0) -> sqlite3.Row:
+    """Give the endpoint a new generated secret; the old one keeps signing alongside it for
+    `keep_old_hours` (0: it stops at once). Returns the row, whose new secret is shown once."""
     secret = generate_secret()
+    now = time.time()
     with transaction(conn):
         if not conn.execute(
-            "UPDATE endpoints SET secret = ?, updated_at = ? WHERE id = ?", (secret, time.time(), endpoint_id)
+            "UPDATE endpoints SET previous_secret = CASE WHEN ? > 0 THEN secret ELSE '' END,"
+            " previous_secret_until = CASE WHEN ? > 0 THEN ? END, secret = ?, updated_at = ? WHERE id = ?",
+            (keep_old_hours, keep_old_hours, now + keep_old_hours * 3600, secret, now, endpoint_id),
         ).rowcount:
             raise KeyError(endpoint_id)
-    return secret
+    return get(conn, endpoint_id)
+
+
+def signing_secrets(row: sqlite3.Row, now: float) -> list[str]:
+    """The secrets a delivery is signed with: the current one, then the old one during an overlap."""
+    if row["previous_secret"] and (row["previous_secret_until"] or 0) > now:
+        return [row["secret"], row["previous_secret"]]
+    return [row["secret"]]
 
 
 def mark_disabled(conn: sqlite3.Connection, endpoint_id: int, reason: str) -> None:
-    """Stop sending to an endpoint (a 410 from it, or the admin), failing what was waiting.
-    Call inside a transaction; `disable` is the same in one of its own."""
+    """Stop sending to an endpoint (a 410 from it, disable_after_hours, or the admin), failing
+    what was waiting, and send `endpoint.disabled` to the endpoints that select it when it was
+    enabled until now. Call inside a transaction; `disable` is the same in one of its own."""
+    now = time.time()
+    row = get(conn, endpoint_id)
     conn.execute(
-        "UPDATE endpoints SET enabled = 0, disabled_reason = ?, updated_at = ? WHERE id = ?",
-        (reason, time.time(), endpoint_id),
+        "UPDATE endpoints SET enabled = 0, disabled_reason = ?, updated_at = ?, failing_since = NULL,"
+        " next_probe_at = NULL, probe_interval = NULL, recovering_until = NULL WHERE id = ?",
+        (reason, now, endpoint_id),
     )
     outbox.fail_waiting(conn, endpoint_id, f"endpoint disabled: {reason}")
+    if row is not None and row["enabled"]:
+        outbox.publish(
+            conn,
+            "endpoint.disabled",
+            {"endpoint_id": endpoint_id, "url": row["url"], "reason": reason},
+            dedupe_key=f"endpoint.disabled:{endpoint_id}:{now!r}",
+            exclude_endpoint=endpoint_id,
+        )
 
 
 def disable(conn: sqlite3.Connection, endpoint_id: int, reason: str) -> None:

@@ -29,7 +29,9 @@ from db import get_db, transaction
 
 log = logging.getLogger("wahook.intake")
 
-bp = Blueprint("intake", __name__, url_prefix="/api/webhooks")
+# Meta's callback URL path; run.py prints it, simulate and the benchmark post to it.
+PATH = "/api/webhooks/whatsapp"
+bp = Blueprint("intake", __name__)
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 DRAIN_LIMIT = 64 * 1024 * 1024  # past this an oversized chunked body is cut off, not read
@@ -40,7 +42,7 @@ def text(body: str, status: int) -> Response:
     return Response(body, status=status, mimetype="text/plain")
 
 
-@bp.get("/whatsapp")
+@bp.get(PATH)
 def verify() -> Response:
     """Meta's subscription check: echo hub.challenge when the verify token matches."""
     mode = request.args.get("hub.mode")
@@ -135,7 +137,7 @@ def _finite(literal: str) -> float:
 DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite)
 
 
-@bp.post("/whatsapp")
+@bp.post(PATH)
 def receive() -> Response:
     config = current_app.config["WAHOOK"]
     raw = read_body()
@@ -193,10 +195,10 @@ def store(conn: sqlite3.Connection, raw: bytes, body: dict, drawn: list, receive
     """
     fields = sorted(
         {
-            c.get("field", "")
-            for e in body.get("entry") or []
+            c["field"]
+            for e in meta_events.as_list(body.get("entry"))
             if isinstance(e, dict)
-            for c in (e.get("changes") or [])
+            for c in meta_events.as_list(e.get("changes"))
             if isinstance(c, dict) and isinstance(c.get("field"), str)
         }
     )

@@ -20,6 +20,7 @@ from flask import Blueprint, current_app, flash, redirect, render_template, requ
 import endpoints
 import health
 import jobs
+import outages
 import outbox
 import runstate
 import silence
@@ -53,14 +54,18 @@ class EndpointHealth:
     failing_since: float | None = None
     last_attempt: sqlite3.Row | None = None
     last_error: sqlite3.Row | None = None  # the newest failed attempt of the last day
+    outage: str = "healthy"  # outages.endpoint_state: failing, recovering or healthy
+    recovering_until: float | None = None
 
     @property
     def state(self) -> str:
-        """healthy, failing, disabled or idle: what the status line and its colour say."""
+        """healthy, failing, recovering, disabled or idle: what the status line and its colour say."""
         if not self.enabled:
             return "disabled"
-        if self.streak:
+        if self.streak or self.outage == "failing":
             return "failing"
+        if self.outage == "recovering":
+            return "recovering"
         if self.last_attempt is None:
             return "idle"
         return "healthy"
@@ -74,7 +79,15 @@ def endpoint_health(conn: sqlite3.Connection, now: float | None = None) -> list[
     """
     now = time.time() if now is None else now
     rows = {
-        row["id"]: EndpointHealth(row["id"], row["url"], bool(row["enabled"]), row["disabled_reason"])
+        row["id"]: EndpointHealth(
+            row["id"],
+            row["url"],
+            bool(row["enabled"]),
+            row["disabled_reason"],
+            failing_since=row["failing_since"],
+            outage=outages.endpoint_state(row),
+            recovering_until=row["recovering_until"],
+        )
         for row in endpoints.list_all(conn)
     }
     for row in conn.execute(
@@ -93,8 +106,8 @@ def endpoint_health(conn: sqlite3.Connection, now: float | None = None) -> list[
         if row[0] in rows:
             setattr(rows[row[0]], row[1], row[2])
     for item in rows.values():
-        # Without an index on attempts(endpoint_id) these walk back from the newest attempt;
-        # for an endpoint in use that is a short walk.
+        # Each is one look-up in the attempts_endpoint index (endpoint_id, id), however long
+        # the endpoint has been quiet.
         item.last_attempt = conn.execute(
             "SELECT * FROM attempts WHERE endpoint_id = ? ORDER BY id DESC LIMIT 1", (item.id,)
         ).fetchone()

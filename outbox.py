@@ -26,6 +26,9 @@ from db import transaction
 from events import OPERATIONAL_EVENTS, event_id_for, iso, storable
 
 ACTIVE = ("pending", "retrying")
+# How often automatic recovery may redeliver one delivery within a retry cycle given by hand: an
+# event a receiver refuses while it takes others must not go out again after every outage.
+MAX_AUTO_REDELIVERIES = 3
 _ACTIVE_SQL = "state IN ('pending', 'retrying')"
 
 # Sent only to endpoints that name them: an empty filter selects every other event.
@@ -333,7 +336,7 @@ def redeliver(
         clauses.append("endpoint_id = ?")
         params.append(endpoint_id)
     where = " AND ".join(clauses)  # every clause is ours; values go in as parameters
-    sql = f"UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?, lease_owner = NULL, lease_until = NULL, dismissed_at = NULL, updated_at = ? WHERE {where}"  # noqa: E501, S608
+    sql = f"UPDATE deliveries SET state = 'pending', attempts = 0, cycle = cycle + 1, auto_redelivered = 0, next_attempt_at = ?, lease_owner = NULL, lease_until = NULL, dismissed_at = NULL, updated_at = ? WHERE {where}"  # noqa: E501, S608
     now = time.time()
     with transaction(conn):
         return conn.execute(sql, (now, now, *params)).rowcount
@@ -381,3 +384,52 @@ def publish(
     text = storable(json.dumps(body, ensure_ascii=False, separators=(",", ":")))
     new, _ = add_events(conn, [NewEvent(event_id, name, dedupe_key, text)], now, exclude_endpoint=exclude_endpoint)
     return event_id if new else None
+
+
+# -- outages (see outages.py): the deliveries an endpoint's failing streak left failed
+
+_STREAK_SQL = (
+    "endpoint_id = ? AND state = 'failed' AND updated_at >= ? AND event_name != 'webhook.test'"
+    f" AND auto_redelivered < {MAX_AUTO_REDELIVERIES}"
+)
+
+
+def has_active(conn: sqlite3.Connection, endpoint_id: int) -> bool:
+    """Whether the endpoint has deliveries pending or retrying (they are probes enough)."""
+    sql = f"SELECT EXISTS (SELECT 1 FROM deliveries WHERE endpoint_id = ? AND {_ACTIVE_SQL})"  # noqa: S608
+    return bool(conn.execute(sql, (endpoint_id,)).fetchone()[0])
+
+
+def start_probe(conn: sqlite3.Connection, endpoint_id: int, since: float, last_attempt: int) -> int | None:
+    """Make the endpoint's oldest failed delivery of the streak since `since` due now, as the last
+    attempt of its cycle (`last_attempt`: a failure leaves it failed, with no new retries).
+    Returns its id, or None when there is none. Call inside a transaction."""
+    now = time.time()
+    row = conn.execute(
+        "UPDATE deliveries SET state = 'retrying', attempts = ?, next_attempt_at = ?, updated_at = ?"  # noqa: S608
+        f" WHERE id = (SELECT id FROM deliveries WHERE {_STREAK_SQL} ORDER BY id LIMIT 1) RETURNING id",
+        (last_attempt, now, now, endpoint_id, since),
+    ).fetchone()
+    return None if row is None else row[0]
+
+
+def count_streak_failed(conn: sqlite3.Connection, endpoint_id: int, since: float) -> int:
+    sql = f"SELECT count(*) FROM deliveries WHERE {_STREAK_SQL}"  # noqa: S608
+    return conn.execute(sql, (endpoint_id, since)).fetchone()[0]
+
+
+def redeliver_streak(conn: sqlite3.Connection, endpoint_id: int, since: float, per_second: int) -> float | None:
+    """Start a fresh retry cycle for the deliveries the streak since `since` left failed, oldest
+    first, `per_second` of them due each second from now, so a receiver that just came back is
+    not flooded. Returns when the last one is due (None when there were none). Call inside a
+    transaction."""
+    now = time.time()
+    streak = f"SELECT id FROM deliveries WHERE {_STREAK_SQL} ORDER BY id"  # noqa: S608 (our SQL)
+    ids = [row[0] for row in conn.execute(streak, (endpoint_id, since))]
+    conn.executemany(
+        "UPDATE deliveries SET state = 'pending', attempts = 0, auto_redelivered = auto_redelivered + 1,"
+        " next_attempt_at = ?, lease_owner = NULL, lease_until = NULL, updated_at = ?"
+        " WHERE id = ? AND state = 'failed'",
+        [(now + index // per_second, now, delivery_id) for index, delivery_id in enumerate(ids)],
+    )
+    return now + (len(ids) - 1) // per_second if ids else None

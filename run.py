@@ -38,13 +38,13 @@ from types import FrameType
 
 import db
 import embedded_redis
+import intake
 import runstate
 from config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parent
 EXAMPLE = ROOT / "config.example.toml"
 DEFAULT_BIND = "127.0.0.1:8000"
-CALLBACK_PATH = "/api/webhooks/whatsapp"
 HEALTH_WAIT = 60.0  # seconds; a first start on a slow disk takes a few
 MIN_GRACE = 15.0  # seconds children get to finish after SIGTERM
 # Filled into config.toml when empty, so a fresh install is usable and not open.
@@ -308,7 +308,7 @@ def banner(config, cfg_file: Path, local: str, public: str | None) -> str:
         f"  Admin pages:     {base}/settings",
         f"  Admin password:  {password}",
         f"  Verify token:    {token}",
-        f"  Callback URL:    {base}{CALLBACK_PATH}",
+        f"  Callback URL:    {base}{intake.PATH}",
         f"  Config file:     {cfg_file}",
         "",
         "In your Meta app, WhatsApp > Configuration: paste the callback URL and verify token.",

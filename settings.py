@@ -203,11 +203,20 @@ def new_secret(endpoint_id: int):
     if request.method == "GET":
         return render_template("confirm.html", action="secret", endpoint=endpoints.as_dict(row))
     try:
-        secret = endpoints.rotate_secret(get_db(), endpoint_id)
+        hours = endpoints.check_keep_old_hours(request.form.get("keep_old_hours", "24"))
+    except endpoints.EndpointError as exc:
+        return render_template("confirm.html", action="secret", endpoint=endpoints.as_dict(row), error=exc.message), 400
+    try:
+        rotated = endpoints.rotate_secret(get_db(), endpoint_id, hours)
     except KeyError:
         abort(404)
     return render_template(
-        "secret.html", title="New secret generated", endpoint=endpoints.as_dict(row), secret=secret, new=False
+        "secret.html",
+        title="New secret generated",
+        endpoint=endpoints.as_dict(row),
+        secret=rotated["secret"],
+        new=False,
+        old_until=rotated["previous_secret_until"],
     )
 
 

@@ -13,7 +13,8 @@ Inside one worker:
   `meta.access_token` is set, so downloads and deliveries never wait for each other;
 - a sweeper thread does the same every second without Redis, which is what makes
   retries happen on time and makes a lost job, a flushed Redis or a dead worker harmless;
-  it also writes the heartbeat /healthz reads, and prunes old history.
+  it also probes failing endpoints and disables those failing for too long (outages.py),
+  writes the heartbeat /healthz reads, and prunes old history.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import jobs
 import logs
 import media_store
 import media_worker
+import outages
 import outbox
 import safe_http
 import silence
@@ -314,8 +316,8 @@ def prune(conn, retention_days: int, media_folder: Path | None = None) -> int:
 
 
 def sweep(dispatcher: Dispatcher) -> None:
-    """Every second: pump what is due and look for a silent Meta; every few seconds: heartbeat;
-    every hour: prune."""
+    """Every second: probe or disable failing endpoints, pump what is due and look for a silent
+    Meta; every few seconds: heartbeat; every hour: prune."""
     started = time.time()
     last_beat = last_prune = 0.0
     while not dispatcher.stopping.is_set():
@@ -325,6 +327,7 @@ def sweep(dispatcher: Dispatcher) -> None:
             if now - last_beat >= HEARTBEAT_INTERVAL:
                 heartbeat(conn, dispatcher.name, started)
                 last_beat = now
+            outages.sweep(conn, dispatcher.config)  # may make a probe due: before the pump
             dispatcher.pump()
             silence.check(conn, dispatcher.config)
             if now - last_prune >= PRUNE_INTERVAL:
@@ -365,6 +368,7 @@ def main() -> int:
     except ConfigError as exc:
         print(f"wahook: configuration error: {exc}", file=sys.stderr)
         return 2
+    db.use_synchronous(config.database_path, config["storage"]["synchronous"])
     db.connection(config.database_path)
     if config.redis_embedded:
         embedded_redis.ensure_running(config.data_dir)

@@ -8,7 +8,7 @@ status webhooks, each with new wamids; deliveries go to a fast asyncio receiver 
     BENCH_QUICK=1     fewer and shorter rounds, for trying a change (a minute or two; the full
                       run takes five or six)
     BENCH_ONLY=a,b    only these measures: receiver, intake, drain, latency, burst, outage, metrics,
-                      media, streams, publish, search
+                      media, streams, publish, durability, search
     BENCH_ROOT=dir    measure the wahook checkout in `dir` instead of this one (before/after)
 """
 
@@ -205,6 +205,17 @@ def run_publish(ws: sc.Workspace, plan: sc.Plan, table: Table) -> None:
     )
 
 
+def run_durability(ws: sc.Workspace, plan: sc.Plan, table: Table) -> None:
+    intake, drain = sc.durability(ws, plan)
+    for what, result, unit in (("intake", intake, "webhooks"), ("drain", drain, "deliveries")):
+        table.add(
+            f"durability: {what} {unit}/s with storage.synchronous = full (survives power loss)",
+            f"{sc.median(result.ours):,.0f}/s ({spread(result.ours)})",
+            f"normal (survives crashes only) {sc.median(result.theirs):,.0f}/s ({spread(result.theirs)})",
+            f"{result.ratio:.2f}",
+        )
+
+
 def run_search(ws: sc.Workspace, plan: sc.Plan, table: Table) -> None:
     """The event log's search on a big database, before and after its indexes (migration 4)."""
     count = 200_000 if plan.rounds < 5 else 1_000_000  # BENCH_QUICK=1 fills a fifth
@@ -233,6 +244,7 @@ MEASURES: dict[str, Callable[[sc.Workspace, sc.Plan, Table], None]] = {
     "media": run_media,
     "streams": run_streams,
     "publish": run_publish,
+    "durability": run_durability,
     "search": run_search,
 }
 

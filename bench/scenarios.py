@@ -135,24 +135,32 @@ def intake(ws: Workspace, plan: Plan) -> tuple[Comparison, dict]:
         result.theirs.append(run.rate)
         notes["p99_theirs"].append(run.p99_ms)
 
-        ours = ws.stack()
-        ours.start_redis()
-        ours.add_endpoint(ws.sink.url)
-        base = ours.start_web()
-        wrk_timed(base + INTAKE_PATH, warm, 1)
-        cpu = ours.cpu_seconds()
-        run = wrk_timed(base + INTAKE_PATH, pool, plan.intake_seconds)
-        notes["cpu_ours"].append((ours.cpu_seconds() - cpu) / run.posted * 1e6)
-        stored = ours.counts()
-        ours.stop()
+        run, cpu_us = intake_once(ws, pool, warm, plan.intake_seconds)
+        notes["cpu_ours"].append(cpu_us)
         result.ours.append(run.rate)
         notes["p99_ours"].append(run.p99_ms)
         notes["wraps"] += run.wraps
         notes["non2xx"] += run.non2xx
         notes["errors"] += run.socket_errors
-        if stored.get("pending", 0) < run.posted:
-            raise RuntimeError(f"intake answered {run.posted} posts but stored {stored}")
     return result, notes
+
+
+def intake_once(ws: Workspace, pool: Path, warm: Path, seconds: float, **options):
+    """One timed wrk run against a fresh wahook (`options` go to its Stack); (the run, server CPU
+    microseconds per webhook). Raises when fewer deliveries were stored than posts answered."""
+    ours = ws.stack(**options)
+    ours.start_redis()
+    ours.add_endpoint(ws.sink.url)
+    base = ours.start_web()
+    wrk_timed(base + INTAKE_PATH, warm, 1)
+    cpu = ours.cpu_seconds()
+    run = wrk_timed(base + INTAKE_PATH, pool, seconds)
+    cpu_us = (ours.cpu_seconds() - cpu) / run.posted * 1e6
+    stored = ours.counts()
+    ours.stop()
+    if stored.get("pending", 0) < run.posted:
+        raise RuntimeError(f"intake answered {run.posted} posts but stored {stored}")
+    return run, cpu_us
 
 
 # -- delivery drain
@@ -203,9 +211,11 @@ def requests_loop(url: str, posts: int) -> float:
     return posts / elapsed
 
 
-def drain_once(ws: Workspace, template: Path, events: int, workers: int) -> tuple[float, int, dict]:
+def drain_once(
+    ws: Workspace, template: Path, events: int, workers: int, synchronous: str = "full"
+) -> tuple[float, int, dict]:
     """Deliver a prepared queue with `workers` worker processes; (deliveries/s, duplicates, peak memory)."""
-    stack = ws.stack(workers=workers)
+    stack = ws.stack(workers=workers, synchronous=synchronous)
     stack.adopt_database(template)
     stack.start_redis()
     ws.sink.reset()
@@ -347,3 +357,23 @@ def outage(ws: Workspace, plan: Plan) -> tuple[Comparison, dict]:
             if not up:
                 notes["caught_up_s"].append(got["caught_up_s"])
     return result, notes
+
+
+# -- durability
+
+
+def durability(ws: Workspace, plan: Plan) -> tuple[Comparison, Comparison]:
+    """What storage.synchronous = "full" (ours) costs against "normal" (theirs): intake webhooks/s
+    and drain deliveries/s, each level in turn, round after round, in the same run."""
+    pool, warm = ws.root / "durability.pool", ws.root / "durability-warm.pool"
+    write_pool(pool, plan.intake_pool)
+    write_pool(warm, 3000)
+    intake_rates, drain_rates = Comparison(), Comparison()
+    for _ in range(plan.rounds):
+        for level, side in (("normal", intake_rates.theirs), ("full", intake_rates.ours)):
+            side.append(intake_once(ws, pool, warm, plan.intake_seconds, synchronous=level)[0].rate)
+    template = prepare_queue(ws, plan.drain_events)
+    for _ in range(plan.drain_rounds):
+        for level, side in (("normal", drain_rates.theirs), ("full", drain_rates.ours)):
+            side.append(drain_once(ws, template, plan.drain_events, 1, synchronous=level)[0])
+    return intake_rates, drain_rates

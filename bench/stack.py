@@ -54,7 +54,7 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.02):
     raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def config_text(database: Path, workers: int, retry_schedule: list[int]) -> str:
+def config_text(database: Path, workers: int, retry_schedule: list[int], synchronous: str = "full") -> str:
     return "\n".join(
         [
             "[meta]",
@@ -62,6 +62,7 @@ def config_text(database: Path, workers: int, retry_schedule: list[int]) -> str:
             f'verify_token = "{VERIFY_TOKEN}"',
             "[storage]",
             f"database = {json.dumps(str(database))}",
+            f"synchronous = {json.dumps(synchronous)}",
             "[delivery]",
             "allow_http = true",
             "allow_private_urls = true",
@@ -76,14 +77,22 @@ class Stack:
     """One wahook installation in `folder`: config, database, Redis, web server, workers."""
 
     def __init__(
-        self, folder: Path, *, workers: int = 1, retry_schedule: list[int] | None = None, root: Path = ROOT
+        self,
+        folder: Path,
+        *,
+        workers: int = 1,
+        retry_schedule: list[int] | None = None,
+        root: Path = ROOT,
+        synchronous: str = "full",
     ) -> None:
         self.root = root  # the wahook checkout to run (another one can be compared against this one)
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self.data = folder / "data"
         self.config_path = folder / "config.toml"
-        self.config_path.write_text(config_text(self.data / "wahook.db", workers, retry_schedule or [10, 10, 10]))
+        self.config_path.write_text(
+            config_text(self.data / "wahook.db", workers, retry_schedule or [10, 10, 10], synchronous)
+        )
         self.config = load_config(self.config_path)
         self.workers = workers
         self.web: subprocess.Popen | None = None

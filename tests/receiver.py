@@ -15,6 +15,7 @@ class Received:
     headers: dict[str, str]
     body: bytes
     at: float
+    status: int = 200  # what it was answered
 
 
 @dataclass
@@ -54,7 +55,9 @@ class Receiver:
                 if behaviour.delay:
                     time.sleep(behaviour.delay)
                 with outer.arrived:
-                    outer.requests.append(Received(self.path, dict(self.headers.items()), body, time.time()))
+                    outer.requests.append(
+                        Received(self.path, dict(self.headers.items()), body, time.time(), behaviour.status)
+                    )
                     outer.arrived.notify_all()
                 self.send_response(behaviour.status)
                 for key, value in behaviour.headers.items():

@@ -211,6 +211,18 @@ def test_public_pages_need_no_session(client):
     assert client.get("/media/x.y").status_code == 403  # the link's own answer: it is its own proof
 
 
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH"])
+@pytest.mark.parametrize(
+    ("path", "allow"),
+    [("/api/webhooks/whatsapp", "GET, POST"), ("/healthz", "GET"), ("/metrics", "GET"), ("/login", "GET, POST")],
+)
+def test_public_routes_answer_other_methods_with_405_and_allow(client, conn, path, allow, method):
+    response = client.open(path, method=method, data=b"{}")
+    assert response.status_code == 405
+    assert response.headers["Allow"] == allow
+    assert conn.execute("SELECT count(*) FROM webhooks").fetchone()[0] == 0
+
+
 @pytest.mark.parametrize("path", POST_FORMS)
 def test_every_form_refuses_a_post_without_a_valid_token(app, admin, conn, receiver, post_webhook, path, add_endpoint):
     add_endpoint(receiver.url)
@@ -436,12 +448,35 @@ def test_delete_asks_first(app, admin, conn, receiver, add_endpoint):
 
 def test_new_secret_is_shown_once(app, admin, conn, receiver, add_endpoint):
     endpoint = add_endpoint(receiver.url)
-    assert "stops working" in admin.get(f"/settings/endpoints/{endpoint['id']}/secret").text
+    page = admin.get(f"/settings/endpoints/{endpoint['id']}/secret").text
+    assert "keep signing" in page and 'name="keep_old_hours"' in page and 'value="24"' in page
     assert endpoints.get(conn, endpoint["id"])["secret"] == endpoint["secret"]
-    response = post_form(admin, f"/settings/endpoints/{endpoint['id']}/secret")
-    secret = endpoints.get(conn, endpoint["id"])["secret"]
-    assert secret != endpoint["secret"] and secret in response.text
-    assert secret not in admin.get("/settings").text
+    response = post_form(admin, f"/settings/endpoints/{endpoint['id']}/secret", {"keep_old_hours": "0"})
+    row = endpoints.get(conn, endpoint["id"])
+    assert row["secret"] != endpoint["secret"] and row["secret"] in response.text
+    assert endpoints.signing_secrets(row, time.time()) == [row["secret"]]
+    assert "no longer signs" in response.text
+    assert row["secret"] not in admin.get("/settings").text
+
+
+def test_new_secret_with_an_overlap_keeps_the_old_one_signing(admin, conn, receiver, add_endpoint):
+    endpoint = add_endpoint(receiver.url)
+    response = post_form(admin, f"/settings/endpoints/{endpoint['id']}/secret", {"keep_old_hours": "1.5"})
+    assert response.status_code == 200
+    row = endpoints.get(conn, endpoint["id"])
+    assert endpoints.signing_secrets(row, time.time()) == [row["secret"], endpoint["secret"]]
+    assert abs(row["previous_secret_until"] - (time.time() + 5400)) < 60
+    assert "keeps signing alongside the new one until" in element(response.text, "old-secret-until")
+    # The old secret is never shown again, in full or otherwise beyond its mask.
+    assert endpoint["secret"] not in response.text
+
+
+@pytest.mark.parametrize("hours", ["-1", "721", "nan", "a day", ""])
+def test_new_secret_refuses_a_bad_overlap_and_changes_nothing(admin, conn, receiver, add_endpoint, hours):
+    endpoint = add_endpoint(receiver.url)
+    response = post_form(admin, f"/settings/endpoints/{endpoint['id']}/secret", {"keep_old_hours": hours})
+    assert response.status_code == 400 and "keep-old-hours must be" in response.text
+    assert endpoints.get(conn, endpoint["id"])["secret"] == endpoint["secret"]
 
 
 @pytest.mark.parametrize(
@@ -555,22 +590,37 @@ def test_monitor_numbers_for_real_deliveries_and_redelivery(
     bad.behaviour = Behaviour(status=200)
     response = post_form(admin, f"/monitor/redeliver/{failed_ids[0]}", follow_redirects=True)
     assert "queued again" in response.text
-    wait_until(lambda: states(conn) == {"delivered": 3, "failed": 1}, timeout=10, message="one redelivered")
+    # The 2xx ends the endpoint's outage: the other failed delivery follows by itself.
+    wait_until(lambda: states(conn) == {"delivered": 4}, timeout=10, message="one redelivered, one recovered")
     html = admin.get("/monitor").text
-    assert element(html, "failed-total") == "1"
-    assert element(html, f"ep-{f}-status").startswith("healthy")
+    assert element(html, "failed-total") == "0"
+    assert element(html, f"ep-{f}-status").startswith(("healthy", "recovering"))
     assert element(html, f"ep-{f}-streak") == "0 failed attempts in a row"
-    assert element(html, f"ep-{f}-hour") == "14 % ok · 86 % failed (1 of 7 attempts ok)"
+    assert element(html, f"ep-{f}-hour") == "25 % ok · 75 % failed (2 of 8 attempts ok)"
     # A delivery that is not failed is left alone, and the page says so.
     response = post_form(admin, f"/monitor/redeliver/{failed_ids[0]}", follow_redirects=True)
     assert "was not redelivered" in response.text
-
     response = post_form(admin, "/monitor/redeliver-failed", follow_redirects=True)
-    assert "1 failed delivery queued again" in response.text
-    wait_until(lambda: states(conn) == {"delivered": 4}, timeout=10, message="all redelivered")
-    html = admin.get("/monitor").text
-    assert element(html, "failed-total") == "0" and element(html, "overall") == "All deliveries are healthy."
+    assert "There was no failed delivery to redeliver." in response.text
+    wait_until(
+        lambda: element(admin.get("/monitor").text, f"ep-{f}-status").startswith("healthy"),
+        message="healthy once the recovery is over",
+    )
+    assert element(admin.get("/monitor").text, "overall") == "All deliveries are healthy."
     assert len(bad.requests) == 8
+
+
+def test_monitor_shows_each_endpoint_failing_recovering_or_healthy(admin, conn, add_endpoint, receiver):
+    ids = [add_endpoint(receiver.url)["id"] for _ in range(3)]
+    now = time.time()
+    conn.execute("UPDATE endpoints SET failing_since = ?, next_probe_at = ? WHERE id = ?", (now - 600, now, ids[0]))
+    conn.execute("UPDATE endpoints SET recovering_until = ? WHERE id = ?", (now + 60, ids[1]))
+    html = admin.get("/monitor").text
+    assert element(html, f"ep-{ids[0]}-status").startswith("failing since")
+    assert element(html, f"ep-{ids[1]}-status").startswith("recovering: answering again")
+    assert 'class="card health health-recovering"' in html
+    assert element(html, f"ep-{ids[2]}-status").startswith("no deliveries yet")
+    assert element(html, "overall").startswith("1 endpoint is failing")
 
 
 def test_rates_chart_and_streak_for_known_attempt_times(app, conn, post_webhook, receiver, add_endpoint):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 from click.testing import CliRunner
@@ -218,6 +220,68 @@ def test_cli_retry_failed_covers_a_failed_test_send(runner, receiver, conn):
     assert cli_json(runner, "endpoint", "test", "1")[0] == 1
     assert cli_json(runner, "deliveries", "retry", "--failed") == (0, {"requeued": 1})
     assert [tuple(r) for r in conn.execute("SELECT event_name, state FROM deliveries")] == [("webhook.test", "pending")]
+
+
+def verifies(secret: str, got) -> bool:
+    """Whether the Standard Webhooks library, holding only `secret`, accepts a received request."""
+    from standardwebhooks.webhooks import WebhookVerificationError
+
+    try:
+        Webhook(secret).verify(got.body, {k.lower(): v for k, v in got.headers.items()})
+    except WebhookVerificationError:
+        return False
+    return True
+
+
+def test_cli_rotate_secret_keeps_the_old_one_signing_during_the_overlap(runner, receiver, conn):
+    code, added = cli_json(runner, "endpoint", "add", receiver.url)
+    old = added["secret"]
+    code, rotated = cli_json(runner, "endpoint", "rotate-secret", str(added["id"]), "--keep-old-hours", "0.5")
+    assert code == 0 and rotated["id"] == added["id"]
+    new = rotated["secret"]
+    assert new != old and endpoints.check_secret(new) is None
+    assert rotated["previous_secret_until"] == pytest.approx(
+        endpoints.get(conn, added["id"])["created_at"] + 1800, abs=60
+    )
+    assert cli_json(runner, "endpoint", "test", str(added["id"]))[0] == 0
+    (got,) = receiver.wait_for(1)
+    # A receiver still holding the old secret and one already holding the new both accept it.
+    assert verifies(old, got) and verifies(new, got)
+    assert not verifies(endpoints.generate_secret(), got)
+    signatures = got.headers["webhook-signature"].split(" ")
+    assert len(signatures) == 2 and all(s.startswith("v1,") for s in signatures)
+    # New first; X-Webhook-Signature is made with the new secret alone.
+    assert verifies(new, type(got)(got.path, {**got.headers, "webhook-signature": signatures[0]}, got.body, got.at))
+    stamp = got.headers["X-Webhook-Timestamp"].encode()
+    assert got.headers["X-Webhook-Signature"] == hmac.new(new.encode(), stamp + b"." + got.body, "sha256").hexdigest()
+    # Once the overlap is over only the new secret signs.
+    conn.execute("UPDATE endpoints SET previous_secret_until = ? WHERE id = ?", (time.time() - 1, added["id"]))
+    assert cli_json(runner, "endpoint", "test", str(added["id"]))[0] == 0
+    later = receiver.wait_for(2)[1]
+    assert verifies(new, later) and not verifies(old, later)
+    assert " " not in later.headers["webhook-signature"]
+
+
+def test_cli_rotate_secret_defaults_to_a_day_and_zero_ends_the_old_one(runner, receiver, conn):
+    code, added = cli_json(runner, "endpoint", "add", receiver.url)
+    code, rotated = cli_json(runner, "endpoint", "rotate-secret", str(added["id"]))
+    assert code == 0 and rotated["previous_secret_until"] == pytest.approx(time.time() + 86400, abs=60)
+    code, again = cli_json(runner, "endpoint", "rotate-secret", str(added["id"]), "--keep-old-hours", "0")
+    assert code == 0 and again["previous_secret_until"] is None
+    assert endpoints.signing_secrets(endpoints.get(conn, added["id"]), time.time()) == [again["secret"]]
+
+
+@pytest.mark.parametrize("hours", ["-2", "1e9", "nan", "inf", "soon", ""])
+def test_cli_rotate_secret_refuses_bad_overlaps(runner, receiver, conn, hours):
+    code, added = cli_json(runner, "endpoint", "add", receiver.url)
+    code, answer = cli_json(runner, "endpoint", "rotate-secret", str(added["id"]), "--keep-old-hours", hours)
+    assert code == 1 and answer["field"] == "keep_old_hours"
+    assert endpoints.get(conn, added["id"])["secret"] == added["secret"]
+
+
+def test_cli_rotate_secret_of_an_unknown_endpoint(runner):
+    code, answer = cli_json(runner, "endpoint", "rotate-secret", "999")
+    assert code == 1 and "no endpoint 999" in answer["error"]
 
 
 def test_wahook_script_runs_the_cli_from_any_folder_without_an_active_venv(tmp_path):

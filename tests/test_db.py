@@ -4,8 +4,11 @@ transaction each, together with their version."""
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -143,3 +146,71 @@ def test_many_threads_of_one_process_write_without_a_lock_error(tmp_path):
     other.execute("PRAGMA busy_timeout = 0")
     with db.transaction(setup), pytest.raises(sqlite3.OperationalError):
         db.begin(other)
+
+
+OPEN_AT_ONCE = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+import db
+start = float(sys.argv[3])
+while time.time() < start:
+    pass
+conn = db.connection(sys.argv[2])
+print(conn.execute("PRAGMA journal_mode").fetchone()[0], conn.execute("PRAGMA user_version").fetchone()[0])
+"""
+
+
+def test_eight_processes_opening_a_new_database_at_once_all_start(tmp_path):
+    """Switching a new file to WAL takes an exclusive lock that SQLite's busy handler does not
+    wait for: a process that lost the race used to die with "database is locked"."""
+    root = str(Path(db.__file__).parent)
+    latest = max(version for version, _ in db.MIGRATIONS)
+    for round_ in range(4):
+        path = tmp_path / f"new-{round_}" / "wahook.db"
+        start = time.time() + 1.5  # every interpreter is up and spinning by then
+        children = [
+            subprocess.Popen(
+                [sys.executable, "-c", OPEN_AT_ONCE, root, str(path), str(start)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(8)
+        ]
+        for child in children:
+            out, err = child.communicate(timeout=60)
+            assert child.returncode == 0, err
+            assert out.split() == ["wal", str(latest)]
+
+
+def test_synchronous_follows_the_config(tmp_path):
+    """FULL by default: a commit (a 200 to Meta, a delivery's new state) is on disk before it
+    returns, so it survives power loss; NORMAL when the admin asks for speed instead."""
+    full = db.connect(tmp_path / "a.db")
+    assert full.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    db.use_synchronous(tmp_path / "b.db", "normal")
+    normal = db.connect(tmp_path / "b.db")
+    assert normal.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    with pytest.raises(ValueError):
+        db.use_synchronous(tmp_path / "c.db", "off")
+
+
+def test_every_connection_of_an_app_uses_its_synchronous(tmp_path, redis_url):
+    from app import create_app
+    from conftest import instance_sections
+
+    for level, expected in (("normal", 1), ("full", 2)):
+        sections = instance_sections(tmp_path / level, redis_url)
+        sections["storage"]["synchronous"] = level
+        app = create_app({"TESTING": True, "config_path": str(tmp_path / "none.toml"), **sections})
+        path = app.config["WAHOOK"].database_path
+        assert db.connection(path).execute("PRAGMA synchronous").fetchone()[0] == expected
+        seen = []
+
+        def in_thread(path=path, seen=seen) -> None:
+            seen.append(db.connection(path).execute("PRAGMA synchronous").fetchone()[0])
+
+        thread = threading.Thread(target=in_thread)
+        thread.start()
+        thread.join()
+        assert seen == [expected]

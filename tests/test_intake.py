@@ -220,8 +220,27 @@ def test_body_just_under_4_mib_is_accepted(post_webhook, conn):
             "entry": [{"changes": [{"field": "messages", "value": {"messages": [{"type": "text"}]}}]}],
         },
         {"object": "whatsapp_business_account", "entry": [None, 3, "x", {"changes": [None, {"value": 5}]}]},
+        # Scalars where Meta puts lists once made a 500 while the field list was built.
+        {"object": "whatsapp_business_account", "entry": 7},
+        {"object": "whatsapp_business_account", "entry": True},
+        {"object": "whatsapp_business_account", "entry": 2.5},
+        {"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": 3}]},
+        {"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": False}]},
+        {"entry": None, "changes": 1},
     ],
-    ids=["no-entry", "entry-not-list", "changes-not-list", "message-without-id", "junk-entries"],
+    ids=[
+        "no-entry",
+        "entry-not-list",
+        "changes-not-list",
+        "message-without-id",
+        "junk-entries",
+        "entry-int",
+        "entry-true",
+        "entry-float",
+        "changes-int",
+        "changes-false",
+        "no-object",
+    ],
 )
 def test_odd_inner_parts_are_stored_and_acknowledged(post_webhook, conn, body):
     assert post_webhook(body).status_code == 200
