@@ -150,8 +150,12 @@ def create(conn: sqlite3.Connection, config, url: str, **fields: Any) -> sqlite3
     values.setdefault("events", "[]")
     now = time.time()
     values.update(created_at=now, updated_at=now)
-    columns = ", ".join(values)
     with transaction(conn):
+        # Past every id ever used (db migration 4), so a deleted endpoint's id is never given again.
+        values["id"] = conn.execute(
+            "UPDATE endpoint_ids SET last = max(last, (SELECT coalesce(max(id), 0) FROM endpoints)) + 1 RETURNING last"
+        ).fetchone()[0]
+        columns = ", ".join(values)
         endpoint_id = conn.execute(
             f"INSERT INTO endpoints ({columns}) VALUES ({', '.join('?' for _ in values)})",  # noqa: S608 (names are ours)
             tuple(values.values()),
