@@ -9,19 +9,10 @@ import json
 import re
 import time
 
-import pytest
-
 import db
 import monitor
-from conftest import element, login, post_form, text_message, wait_until
+from conftest import element, post_form, text_message, wait_until
 from receiver import Behaviour
-
-
-@pytest.fixture
-def admin(client):
-    assert login(client).status_code == 303
-    return client
-
 
 # Meta messages only: a customer's first message also makes a contact.created.
 MESSAGES = "message.received"
