@@ -297,6 +297,13 @@ _migrated: set[str] = set()
 _migrate_lock = threading.Lock()
 
 
+def create_private(path: str | os.PathLike) -> None:
+    """Create the database file readable by its owner only, if it is not there yet: it holds
+    endpoint secrets and customers' messages. SQLite gives its -wal and -shm files the same mode."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+
+
 def connect(path: str | os.PathLike) -> sqlite3.Connection:
     """Open a new connection with the pragmas every wahook connection uses.
 
@@ -304,7 +311,8 @@ def connect(path: str | os.PathLike) -> sqlite3.Connection:
     lock up front (BEGIN IMMEDIATE): a deferred transaction that upgrades later can fail
     with "database is locked" without waiting for busy_timeout.
     """
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if not Path(path).exists():
+        create_private(path)
     conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
     conn.row_factory = sqlite3.Row
     use_wal(conn)

@@ -17,6 +17,7 @@ from flask import Blueprint, Response, abort, render_template, request
 
 import search
 from db import get_db, row_id
+from events import storable
 
 bp = Blueprint("eventlog", __name__)
 
@@ -54,7 +55,8 @@ def pretty(text: str | bytes) -> tuple[str, bool]:
     if isinstance(text, bytes):
         text = text.decode("utf-8", errors="replace")
     with contextlib.suppress(ValueError, RecursionError):
-        text = json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+        # A lone surrogate (a cut emoji) decodes from JSON but cannot be sent as UTF-8: keep it escaped.
+        text = storable(json.dumps(json.loads(text), indent=2, ensure_ascii=False))
     return (text[:SHOWN_BYTES], True) if len(text) > SHOWN_BYTES else (text, False)
 
 
@@ -70,8 +72,9 @@ CUSTOMER_FIELDS = {
 
 
 def field_text(fields: dict[str, Any], key: str) -> str:
+    """A field as page text; a lone surrogate a customer sent stays escaped, so the page can be sent."""
     value = fields.get(key)
-    return "" if value is None else str(value)
+    return "" if value is None else storable(str(value))
 
 
 def customer(name: str, fields: dict[str, Any]) -> str:

@@ -772,3 +772,10 @@ def test_gunicorn_takes_https_from_a_local_proxy_only(processes):
     proxied = requests.get(base + "/login", headers={"X-Forwarded-Proto": "https"}, timeout=5)
     assert "HttpOnly" in plain.headers["Set-Cookie"] and "Secure" not in plain.headers["Set-Cookie"]
     assert "; Secure" in proxied.headers["Set-Cookie"] and "SameSite=Lax" in proxied.headers["Set-Cookie"]
+
+
+@pytest.mark.parametrize(
+    "path", ["/settings/endpoints/99999999999999999999999", "/events/99999999999999999999999", "/settings/endpoints/0"]
+)
+def test_an_id_too_large_for_the_database_is_not_found(admin, path):
+    assert admin.get(path).status_code == 404

@@ -214,3 +214,12 @@ def test_every_connection_of_an_app_uses_its_synchronous(tmp_path, redis_url):
         thread.start()
         thread.join()
         assert seen == [expected]
+
+
+def test_the_database_and_its_wal_are_private(tmp_path):
+    conn = db.connect(tmp_path / "data" / "w.db")
+    db.migrate(conn)
+    with db.transaction(conn):
+        conn.execute("INSERT INTO rejections (minute, reason, count) VALUES (1, 'x', 1)")
+    for name in ("w.db", "w.db-wal"):
+        assert (tmp_path / "data" / name).stat().st_mode & 0o777 == 0o600, name

@@ -224,3 +224,14 @@ def test_an_odd_page_cursor_is_no_error(app, admin, conn, post_webhook, before):
         response = admin.get(path)
         assert response.status_code == 200, path
     assert admin.get(f"/monitor?before={before}").status_code == 200
+
+
+def test_a_lone_surrogate_a_customer_sent_leaves_every_page_working(admin, post_webhook):
+    # JSON allows "\udfff"; a cut emoji arrives that way, in a name, a number or a text.
+    raw = json.dumps(text_message("wamid.SURROGATE", text="hi X")).encode()
+    raw = raw.replace(b'"16505551234"', b'"\\udfff"').replace(b"hi X", b"hi \\ud83d")
+    assert post_webhook(raw).status_code == 200
+    for path in ("/events", "/events/1", "/events?customer=16505551234", "/events/1/raw"):
+        response = admin.get(path)
+        assert response.status_code == 200, path
+    assert "hi \\ud83d" in unescape(admin.get("/events").text)
