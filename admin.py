@@ -12,7 +12,7 @@ import time
 from datetime import UTC, datetime
 
 from flask import Flask, redirect, render_template, request, url_for
-from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.exceptions import HTTPException
 
 import api
 import auth
@@ -74,7 +74,7 @@ def percent(part: int, whole: int) -> str:
 def error_page(exc: HTTPException):
     if request.path.startswith("/api/v1/"):
         # An API client reads JSON, also for a path or method the API does not have.
-        return api.error(exc.code or 400, exc.description or exc.name)
+        return api.http_error(exc)
     if exc.code == 403 and exc.description == "csrf":
         title = "This form has expired"
         text = (
@@ -83,10 +83,8 @@ def error_page(exc: HTTPException):
     else:
         title = exc.name
         text = exc.description if exc.code != 404 else "There is nothing at this address."
-    headers = {}
-    if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
-        # The methods a client may use, not the HEAD and OPTIONS every route answers anyway.
-        headers["Allow"] = ", ".join(m for m in sorted(exc.valid_methods) if m not in ("HEAD", "OPTIONS"))
+    allow = api.allowed_methods(exc)
+    headers = {"Allow": allow} if allow else {}
     return render_template("error.html", title=title, text=text, code=exc.code), exc.code, headers
 
 

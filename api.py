@@ -21,7 +21,7 @@ import time
 
 import psycopg
 from flask import Blueprint, Response, current_app, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 import apikeys
 import db
@@ -74,8 +74,20 @@ def api_error(exc: ApiError) -> Response:
 
 
 @bp.errorhandler(HTTPException)
+def allowed_methods(exc: HTTPException) -> str | None:
+    """The Allow header of a 405: the methods a client may use, not the HEAD and OPTIONS every
+    route answers anyway. None for any other error."""
+    if not isinstance(exc, MethodNotAllowed) or not exc.valid_methods:
+        return None
+    return ", ".join(m for m in sorted(exc.valid_methods) if m not in ("HEAD", "OPTIONS"))
+
+
 def http_error(exc: HTTPException) -> Response:
-    return error(exc.code or 400, exc.description or exc.name)
+    response = error(exc.code or 400, exc.description or exc.name)
+    allow = allowed_methods(exc)
+    if allow:
+        response.headers["Allow"] = allow
+    return response
 
 
 @bp.errorhandler(sqlite3.Error)

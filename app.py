@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 from flask import Flask
+from werkzeug.routing import IntegerConverter
 
 import admin
 import api
@@ -30,6 +31,15 @@ def secret_key(config) -> str:
     return runstate.generated_key(config.data_dir / runstate.SESSION_KEY_FILE)
 
 
+class RowIdConverter(IntegerConverter):
+    """`<int:...>` in every route, limited to what a database row id can be: a larger number in
+    a URL is a 404, not an overflow in SQLite (a 500)."""
+
+    def __init__(self, url_map, *args, **kwargs) -> None:
+        kwargs.setdefault("max", 2**63 - 1)
+        super().__init__(url_map, *args, **kwargs)
+
+
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the app. `test_config` may hold config sections (as in config.toml),
     `config_path`, and plain Flask settings such as TESTING."""
@@ -38,6 +48,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     config = load_config(test_config.pop("config_path", None), overrides)
 
     app = Flask(__name__)
+    app.url_map.converters["int"] = RowIdConverter  # before any route is added
     app.config.update(
         WAHOOK=config,
         SECRET_KEY=secret_key(config),

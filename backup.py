@@ -91,6 +91,7 @@ def take(database: str | os.PathLike, target: str | os.PathLike) -> tuple[Path, 
     try:
         source = db.connect(database)
         try:
+            db.create_private(partial)
             copy = sqlite3.connect(partial)
             try:
                 source.backup(copy)  # pages=-1: every page in one step, one snapshot

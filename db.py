@@ -57,6 +57,64 @@ CREATE INDEX IF NOT EXISTS attempts_endpoint ON attempts (endpoint_id, id);
 """,
     ),
     (
+        4,
+        """
+-- Endpoint ids are never reused, so a new endpoint never inherits a deleted one's attempts.
+-- INTEGER PRIMARY KEY hands out max(id) + 1, which is a deleted endpoint's id again; the
+-- table cannot become AUTOINCREMENT without being rebuilt, and rebuilding it (DROP TABLE)
+-- would null every delivery's endpoint through ON DELETE SET NULL. So the highest id ever
+-- used is kept here, seeded from every place an old id survives.
+CREATE TABLE IF NOT EXISTS endpoint_ids (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    last INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO endpoint_ids (one, last) VALUES (1, max(
+    (SELECT coalesce(max(id), 0) FROM endpoints),
+    (SELECT coalesce(max(endpoint_id), 0) FROM deliveries),
+    (SELECT coalesce(max(endpoint_id), 0) FROM attempts)
+));
+-- An endpoint inserted with an explicit id (a restored backup, a script) raises the mark too.
+CREATE TRIGGER IF NOT EXISTS endpoint_ids_seen AFTER INSERT ON endpoints BEGIN
+    UPDATE endpoint_ids SET last = max(last, NEW.id);
+END;
+
+-- A failed delivery of a deleted endpoint can never be sent again; the admin dismisses it.
+-- It then leaves the monitor's counts but keeps its row and attempts (the history).
+ALTER TABLE deliveries ADD COLUMN dismissed_at REAL;
+
+-- The event log's search. The customer (a phone number, or a business-scoped user id) and
+-- the WhatsApp message id are read out of the event's JSON by generated columns: nothing at
+-- intake has to fill them, old rows have them at once, and the indexes hold the values.
+ALTER TABLE events ADD COLUMN customer TEXT GENERATED ALWAYS AS (
+    CASE WHEN json_valid(body) THEN coalesce(
+        nullif(json_extract(body, '$.recipient'), ''),
+        CASE WHEN name = 'message.echo' THEN nullif(json_extract(body, '$.to'), '') END,
+        nullif(json_extract(body, '$.from'), ''),
+        nullif(json_extract(body, '$.wa_id'), ''),
+        nullif(json_extract(body, '$.user_phone'), '')
+    ) END
+) VIRTUAL;
+ALTER TABLE events ADD COLUMN customer_user_id TEXT GENERATED ALWAYS AS (
+    CASE WHEN json_valid(body) THEN coalesce(
+        nullif(json_extract(body, '$.recipient_user_id'), ''),
+        CASE WHEN name = 'message.echo' THEN nullif(json_extract(body, '$.to_user_id'), '') END,
+        nullif(json_extract(body, '$.from_user_id'), ''),
+        nullif(json_extract(body, '$.user_id'), '')
+    ) END
+) VIRTUAL;
+ALTER TABLE events ADD COLUMN message_id TEXT GENERATED ALWAYS AS (
+    CASE WHEN json_valid(body) THEN nullif(json_extract(body, '$.message_id'), '') END
+) VIRTUAL;
+-- Each search walks one index newest webhook first and stops after a page.
+CREATE INDEX IF NOT EXISTS events_customer ON events (customer, webhook_id) WHERE customer IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_customer_user ON events (customer_user_id, webhook_id)
+    WHERE customer_user_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_message ON events (message_id, webhook_id) WHERE message_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_name ON events (name, webhook_id);
+CREATE INDEX IF NOT EXISTS deliveries_state_webhook ON deliveries (state, webhook_id);
+""",
+    ),
+    (
         5,
         """
 -- Secret rotation: the secret a rotation replaced keeps signing alongside the new one until
@@ -238,6 +296,7 @@ CREATE INDEX IF NOT EXISTS deliveries_waiting_since ON deliveries (endpoint_id, 
 ]
 
 BUSY_TIMEOUT_MS = 5000
+MIGRATION_WAIT_MS = 600_000
 BUSY_FIRST_PAUSE = 0.00005  # seconds; doubled after each busy try
 BUSY_MAX_PAUSE = 0.002
 WAL_CHECKPOINT_PAGES = 4000  # 16 MB of WAL with 4 KiB pages
@@ -272,6 +331,13 @@ def connect(database: str | os.PathLike) -> Connection:
     return connect_sqlite(database)
 
 
+def create_private(path: str | os.PathLike) -> None:
+    """Create the database file readable by its owner only, if it is not there yet: it holds
+    endpoint secrets and customers' messages. SQLite gives its -wal and -shm files the same mode."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+
+
 def connect_sqlite(path: str | os.PathLike) -> sqlite3.Connection:
     """Open a new SQLite connection with the pragmas every wahook connection uses.
 
@@ -279,7 +345,8 @@ def connect_sqlite(path: str | os.PathLike) -> sqlite3.Connection:
     lock up front (BEGIN IMMEDIATE): a deferred transaction that upgrades later can fail
     with "database is locked" without waiting for busy_timeout.
     """
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if not Path(path).exists():
+        create_private(path)
     conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
     conn.row_factory = sqlite3.Row
     use_wal(conn)
@@ -364,21 +431,21 @@ def close_all() -> None:
     _local.conns = {}
 
 
-def begin(conn: Connection) -> None:
+def begin(conn: Connection, wait_ms: int | None = None) -> None:
     """BEGIN IMMEDIATE, waiting for the write lock in steps of a fraction of a millisecond.
 
     SQLite's own busy handler sleeps 1 ms, then 2, 5, 10...: several times what a
     transaction here holds the lock for, so two web processes that collide would both sit
     idle. So the first try does not wait, and then we poll, briefly at first, for at most
-    as long as busy_timeout would have waited. PostgreSQL locks rows, not the database:
-    a plain BEGIN, and each statement waits for the rows it needs.
+    as long as busy_timeout would have waited (or `wait_ms`). PostgreSQL locks rows, not the
+    database: a plain BEGIN, and each statement waits for the rows it needs.
     """
     if engine(conn) == "postgresql":
         conn.execute("BEGIN")
         return
     conn.execute("PRAGMA busy_timeout = 0")
     try:
-        retry_while_busy(conn, "BEGIN IMMEDIATE", BUSY_TIMEOUT_MS / 1000, BUSY_FIRST_PAUSE, BUSY_MAX_PAUSE)
+        retry_while_busy(conn, "BEGIN IMMEDIATE", (wait_ms or BUSY_TIMEOUT_MS) / 1000, BUSY_FIRST_PAUSE, BUSY_MAX_PAUSE)
     finally:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
@@ -397,17 +464,18 @@ os.register_at_fork(after_in_child=_new_write_lock)
 
 
 @contextmanager
-def transaction(conn: Connection) -> Iterator[Connection]:
+def transaction(conn: Connection, wait_ms: int | None = None) -> Iterator[Connection]:
     """BEGIN IMMEDIATE ... COMMIT, rolled back if the block raises.
 
     On PostgreSQL, threads do not queue on the process's write lock: rows are locked, not
     the database, so transactions that touch different rows go on side by side.
     """
+    wait = (wait_ms or BUSY_TIMEOUT_MS) / 1000
     queue = engine(conn) == "sqlite"
-    if queue and not _write_lock.acquire(timeout=BUSY_TIMEOUT_MS / 1000):
+    if queue and not _write_lock.acquire(timeout=wait):
         raise sqlite3.OperationalError("database is locked")
     try:
-        begin(conn)
+        begin(conn, wait_ms)
         try:
             yield conn
         except BaseException:
@@ -452,7 +520,9 @@ def migrate(conn: Connection, migrations: list[tuple[int, str]] | None = None) -
     if engine(conn) == "postgresql":
         return pg.migrate(conn, steps(migrations))
     for version, script in steps(migrations):
-        with transaction(conn):
+        # Processes started together all migrate; the first may hold the lock for a while (migration
+        # 4 builds its indexes in about 10 s per million stored webhooks), so the others wait it out.
+        with transaction(conn, MIGRATION_WAIT_MS):
             # Read inside the write lock: another process may have migrated meanwhile.
             if conn.execute("PRAGMA user_version").fetchone()[0] >= version:
                 continue
@@ -504,6 +574,15 @@ def json_values(conn: Connection, column: str, paths: list[str]) -> str:
         return pg.json_values(column, paths)
     listed = ", ".join(f"'$.{p}'" for p in paths)
     return f"CASE WHEN json_valid({column}) THEN json_extract({column}, {listed}) END"
+
+
+def row_id(text: str) -> int:
+    """A row id given from outside (a page cursor): ValueError unless it is 1 to 2**63 - 1,
+    so a huge one is refused rather than overflowing SQLite's integer."""
+    value = int(text)
+    if not 0 < value < 2**63:
+        raise ValueError(f"not a row id: {text!r}")
+    return value
 
 
 def get_db() -> Connection:

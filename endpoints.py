@@ -150,8 +150,14 @@ def create(conn: db.Connection, config, url: str, **fields: Any) -> db.Row:
     values.setdefault("events", "[]")
     now = time.time()
     values.update(created_at=now, updated_at=now)
-    columns = ", ".join(values)
     with transaction(conn):
+        # Past every id ever used (db migration 4), so a deleted endpoint's id is never given again.
+        values["id"] = conn.execute(
+            # CASE, not max(a, b): SQLite's two-argument max is greatest() on PostgreSQL.
+            "UPDATE endpoint_ids SET last = CASE WHEN last > (SELECT coalesce(max(id), 0) FROM endpoints) THEN last"
+            " ELSE (SELECT coalesce(max(id), 0) FROM endpoints) END + 1 RETURNING last"
+        ).fetchone()[0]
+        columns = ", ".join(values)
         endpoint_id = conn.execute(
             f"INSERT INTO endpoints ({columns}) VALUES ({', '.join('?' for _ in values)}) RETURNING id",  # noqa: S608
             tuple(values.values()),

@@ -1,5 +1,6 @@
 """The event log: stored Meta webhooks newest first, the events drawn from each and where
-each delivery stands; a detail page shows the raw body and every event as formatted JSON.
+each delivery stands, searchable (search.py); a detail page shows the raw body, every event
+as formatted JSON and every attempt of each delivery across its retry cycles.
 
 Everything here is what customers and Meta sent, so it only ever reaches the page
 through Jinja's escaping: JSON is pretty-printed into a string, never into markup.
@@ -14,7 +15,9 @@ from typing import Any
 from flask import Blueprint, Response, abort, render_template, request
 
 import db
-from db import get_db
+import search
+from db import get_db, row_id
+from events import storable
 
 bp = Blueprint("eventlog", __name__)
 
@@ -52,7 +55,8 @@ def pretty(text: str | bytes) -> tuple[str, bool]:
     if isinstance(text, bytes):
         text = text.decode("utf-8", errors="replace")
     with contextlib.suppress(ValueError, RecursionError):
-        text = json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+        # A lone surrogate (a cut emoji) decodes from JSON but cannot be sent as UTF-8: keep it escaped.
+        text = storable(json.dumps(json.loads(text), indent=2, ensure_ascii=False))
     return (text[:SHOWN_BYTES], True) if len(text) > SHOWN_BYTES else (text, False)
 
 
@@ -68,8 +72,9 @@ CUSTOMER_FIELDS = {
 
 
 def field_text(fields: dict[str, Any], key: str) -> str:
+    """A field as page text; a lone surrogate a customer sent stays escaped, so the page can be sent."""
     value = fields.get(key)
-    return "" if value is None else str(value)
+    return "" if value is None else storable(str(value))
 
 
 def customer(name: str, fields: dict[str, Any]) -> str:
@@ -100,7 +105,8 @@ def summary(name: str, fields: dict[str, Any]) -> str:
         text = f"{get('previous_name') or '(no profile name)'} → {get('name') or '(no profile name)'} ({who})"
     elif name.startswith("template."):
         change = get("status") or get("quality") or get("category")
-        text = f"{get('template_name')} ({get('language')}): {change}"
+        language = f" ({get('language')})" if get("language") else ""
+        text = f"{get('template_name')}{language}: {change}"
     elif name.startswith("account."):
         text = get("type")
     else:
@@ -142,13 +148,27 @@ def deliveries_of(conn: db.Connection, webhook_ids: list[int]) -> dict[tuple[str
     """Deliveries keyed by ("event", event row id), or ("webhook", webhook row id) for the meta format."""
     marks = ",".join("?" for _ in webhook_ids)
     result: dict[tuple[str, int], list[db.Row]] = {}
+    # `attempts` counts the current retry cycle only; the attempts table has every cycle's.
     for row in conn.execute(
-        "SELECT d.*, e.enabled AS endpoint_enabled FROM deliveries d LEFT JOIN endpoints e"  # noqa: S608 (placeholders)
+        "SELECT d.*, e.enabled AS endpoint_enabled,"  # noqa: S608 (placeholders)
+        " (SELECT count(*) FROM attempts a WHERE a.delivery_id = d.id) AS attempts_total"
+        " FROM deliveries d LEFT JOIN endpoints e"
         f" ON e.id = d.endpoint_id WHERE d.webhook_id IN ({marks}) ORDER BY d.id",
         webhook_ids,
     ):
         key = ("event", row["event_id"]) if row["event_id"] is not None else ("webhook", row["webhook_id"])
         result.setdefault(key, []).append(row)
+    return result
+
+
+def attempts_of(conn: db.Connection, webhook_id: int) -> dict[int, list[db.Row]]:
+    """Every attempt of the webhook's deliveries, across retry cycles, oldest first, by delivery id."""
+    result: dict[int, list[db.Row]] = {}
+    for row in conn.execute(
+        "SELECT a.* FROM attempts a JOIN deliveries d ON d.id = a.delivery_id WHERE d.webhook_id = ? ORDER BY a.id",
+        (webhook_id,),
+    ):
+        result.setdefault(row["delivery_id"], []).append(row)
     return result
 
 
@@ -166,30 +186,43 @@ def find_webhook(conn: db.Connection, ref: str) -> db.Row | None:
 @bp.get("/events")
 def index():
     conn = get_db()
-    before = request.args.get("before", type=int)
-    where, params = ("WHERE id < ?", [before]) if before else ("", [])
-    rows = conn.execute(
-        "SELECT id, webhook_id, received_at, object, fields, event_count, length(body) AS size"  # noqa: S608
-        f" FROM webhooks {where} ORDER BY id DESC LIMIT ?",  # where is one of two fixed strings
-        (*params, PAGE_SIZE + 1),
-    ).fetchall()
-    older = rows[PAGE_SIZE - 1]["id"] if len(rows) > PAGE_SIZE else None
-    rows = rows[:PAGE_SIZE]
-    ids = [row["id"] for row in rows]
+    before = request.args.get("before", type=row_id)  # an odd cursor is the first page
+    filters, problem = search.filters(request.args)
+    if problem:
+        ids: list[int] = []
+        older = None
+    else:
+        ids, older = search.webhook_page(conn, filters, before, PAGE_SIZE)
+    rows = (
+        conn.execute(
+            "SELECT id, webhook_id, received_at, object, fields, event_count, length(body) AS size"  # noqa: S608
+            f" FROM webhooks WHERE id IN ({','.join('?' for _ in ids)}) ORDER BY id DESC",  # placeholders only
+            ids,
+        ).fetchall()
+        if ids
+        else []
+    )
     events = events_of(conn, ids)
     deliveries = deliveries_of(conn, ids) if ids else {}
     total = conn.execute("SELECT count(*) FROM webhooks").fetchone()[0]
     tests = conn.execute("SELECT count(*) FROM events WHERE webhook_id IS NULL").fetchone()[0]
-    return render_template(
-        "events.html",
-        webhooks=[
-            {"row": row, "events": events.get(row["id"], []), "meta": deliveries.get(("webhook", row["id"]), [])}
-            for row in rows
-        ],
-        before=before,
-        older=older,
-        total=total,
-        tests=tests,
+    return (
+        render_template(
+            "events.html",
+            webhooks=[
+                {"row": row, "events": events.get(row["id"], []), "meta": deliveries.get(("webhook", row["id"]), [])}
+                for row in rows
+            ],
+            before=before,
+            older=older,
+            total=total,
+            tests=tests,
+            filters=filters,
+            problem=problem,
+            states=search.STATES,
+            names=search.known_names(),
+        ),
+        400 if problem else 200,
     )
 
 
@@ -207,6 +240,7 @@ def detail(ref: str):
         cut=cut,
         size=len(row["body"]),
         events=events_of(conn, [row["id"]], full=True).get(row["id"], []),
+        attempts=attempts_of(conn, row["id"]),
         meta=deliveries_of(conn, [row["id"]]).get(("webhook", row["id"]), []),
     )
 

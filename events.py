@@ -80,6 +80,13 @@ class Sighting:
     name: str | None
     raw: dict | None  # Meta's contacts[] entry for them, when the change had one
 
+    def __post_init__(self) -> None:
+        # Stored in the contacts table: a lone surrogate (a cut emoji) must stay escaped.
+        for key in ("wa_id", "user_id", "name"):
+            value = getattr(self, key)
+            if value is not None:
+                object.__setattr__(self, key, storable(value))
+
 
 @dataclass(frozen=True)
 class Event:

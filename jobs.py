@@ -47,6 +47,9 @@ WAKE_TTL_MS = 5000
 QUIET_MARGIN = 0.5
 # After Redis fails, intake skips it this long instead of paying a failed connect per request.
 REDIS_BACKOFF = 1.0
+# The wake-up is one SET and one PTTL: microseconds when Redis is well. A Redis that accepts
+# connections but does not answer (stopped, swapping) must not hold Meta's POST for seconds.
+WAKE_TIMEOUT = 0.25
 
 _connections: dict[tuple[int, str], redis.Redis] = {}
 _queues: dict[tuple[int, str], Queue] = {}
@@ -102,6 +105,7 @@ def _announce(config, url: str) -> tuple[bool, int]:
     found = conns.get(url)
     if found is None:
         conn = redis_connection(config, url).connection_pool.make_connection()
+        conn.socket_timeout = conn.socket_connect_timeout = WAKE_TIMEOUT
         commands = conn.pack_commands([("SET", WAKE_KEY, "queued", "NX", "PX", WAKE_TTL_MS), ("PTTL", WAKE_KEY)])
         found = conns[url] = (conn, [b"".join(commands)])
     conn, packed = found
@@ -110,9 +114,11 @@ def _announce(config, url: str) -> tuple[bool, int]:
             conn.send_packed_command(packed, check_health=False)
             created = conn.read_response() is not None
             return created, int(conn.read_response())
-        except (redis.ConnectionError, redis.TimeoutError, OSError):
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             conn.disconnect()
-            if attempt == 2:  # once more on a fresh connection: Redis may have restarted meanwhile
+            # Once more on a fresh connection, as Redis may have restarted meanwhile; not after a
+            # timeout, where a second try would only wait as long again.
+            if attempt == 2 or isinstance(exc, redis.TimeoutError | TimeoutError):
                 raise
     return False, -2
 

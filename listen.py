@@ -109,7 +109,7 @@ def forward(session: requests.Session, url: str, secret: str, event_id: str, nam
     raw = body.encode("utf-8")
     for attempt in range(1, FORWARD_ATTEMPTS + 1):
         headers = delivery.build_headers(
-            {"secret": secret, "previous_secret": "", "previous_secret_until": None, "bearer_token": ""},
+            {"secret": secret, "previous_secret": "", "bearer_token": ""},
             {"event_name": name, "message_id": event_id},
             raw,
         )

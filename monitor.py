@@ -3,7 +3,9 @@
 Everything is read from SQLite on each page load: rates from `attempts` (last hour and
 day), open and failed counts from `deliveries`, the per-minute chart from `attempts`,
 the intake's last webhook from `webhooks` and forged or broken signatures from
-`rejections`. Redelivery buttons restart failed deliveries and wake a worker.
+`rejections`. Redelivery buttons restart failed deliveries and wake a worker; failed
+deliveries of deleted endpoints are counted apart and can only be dismissed.
+`endpoint_health` is also what the settings page shows for each endpoint.
 """
 
 from __future__ import annotations
@@ -23,13 +25,13 @@ import outbox
 import runstate
 import silence
 from auth import safe_next
-from db import get_db
+from db import get_db, row_id
 
 bp = Blueprint("monitor", __name__)
 
 HOUR, DAY = 3600, 86400
 PAGE_SIZE = 25
-FAILED_SHOWN = 50
+FAILED_SHOWN = 10  # failed deliveries per page: on a phone each is a card of its own
 CHART_MINUTES = 60
 
 
@@ -69,8 +71,13 @@ class EndpointHealth:
         return "healthy"
 
 
-def endpoint_health(conn: db.Connection, now: float) -> list[EndpointHealth]:
-    """Each configured endpoint's rates, open deliveries, failure streak and last error."""
+def endpoint_health(conn: db.Connection, now: float | None = None) -> list[EndpointHealth]:
+    """Each configured endpoint's rates, open deliveries, failure streak and last error.
+
+    The one place an endpoint's health is worked out: the monitor and the settings page
+    both show it, so they always agree.
+    """
+    now = time.time() if now is None else now
     rows = {
         row["id"]: EndpointHealth(
             row["id"],
@@ -195,14 +202,45 @@ def recent_attempts(conn: db.Connection, before: int | None) -> tuple[list[db.Ro
     return rows, rows[-1]["id"] if more else None
 
 
-def failed_deliveries(conn: db.Connection) -> tuple[list[db.Row], int]:
-    rows = conn.execute(
+@dataclass
+class Failed:
+    """Failed deliveries as the monitor counts them: a page of those whose endpoint exists,
+    and apart from them those of deleted endpoints (not dismissed), which can only be dismissed."""
+
+    rows: list[db.Row]
+    total: int  # endpoint exists: redeliverable once the endpoint is enabled
+    disabled: int  # of total, waiting for a disabled endpoint
+    page: int
+    pages: int
+    orphaned: list[db.Row]
+    orphaned_total: int
+
+
+def failed_deliveries(conn: db.Connection, page: int = 1) -> Failed:
+    counts = conn.execute(
+        "SELECT count(d.endpoint_id), sum(CASE WHEN e.enabled = 0 THEN 1 ELSE 0 END),"
+        " sum(CASE WHEN d.endpoint_id IS NULL AND d.dismissed_at IS NULL THEN 1 ELSE 0 END)"
+        " FROM deliveries d LEFT JOIN endpoints e ON e.id = d.endpoint_id WHERE d.state = 'failed'"
+    ).fetchone()
+    total, orphaned_total = counts[0], counts[2] or 0
+    pages = max(1, -(-total // FAILED_SHOWN))
+    page = min(max(page, 1), pages)
+    query = (
         "SELECT d.*, e.enabled AS endpoint_enabled FROM deliveries d LEFT JOIN endpoints e ON e.id = d.endpoint_id"
-        " WHERE d.state = 'failed' ORDER BY d.updated_at DESC, d.id DESC LIMIT ?",
-        (FAILED_SHOWN,),
-    ).fetchall()
-    total = conn.execute("SELECT count(*) FROM deliveries WHERE state = 'failed'").fetchone()[0]
-    return rows, total
+        " WHERE d.state = 'failed' AND d.endpoint_id IS {} ORDER BY d.updated_at DESC, d.id DESC LIMIT ? OFFSET ?"
+    )
+    return Failed(
+        rows=conn.execute(query.format("NOT NULL"), (FAILED_SHOWN, (page - 1) * FAILED_SHOWN)).fetchall(),
+        total=total,
+        disabled=counts[1] or 0,
+        page=page,
+        pages=pages,
+        orphaned=conn.execute(
+            query.format("NULL AND d.dismissed_at IS NULL"),  # one of two fixed strings
+            (FAILED_SHOWN, 0),
+        ).fetchall(),
+        orphaned_total=orphaned_total,
+    )
 
 
 def intake_summary(conn: db.Connection, now: float) -> dict[str, Any]:
@@ -235,9 +273,9 @@ def worker_summary(conn: db.Connection, now: float) -> dict[str, Any]:
 def index():
     conn = get_db()
     now = time.time()
-    before = request.args.get("before", type=int)
+    before = request.args.get("before", type=row_id)  # an odd cursor is the first page
     attempts, older = recent_attempts(conn, before)
-    failed, failed_total = failed_deliveries(conn)
+    failed = failed_deliveries(conn, request.args.get("failed_page", 1, type=int))
     health_rows = endpoint_health(conn, now)
     workers = worker_summary(conn, now)
     return render_template(
@@ -250,7 +288,7 @@ def index():
         before=before,
         older=older,
         failed=failed,
-        failed_total=failed_total,
+        failed_total=failed.total,
         intake=intake_summary(conn, now),
         open_total=sum(e.pending + e.retrying for e in health_rows),
         **runstate.page_notices(current_app.config["WAHOOK"], current_app.config.get("WAHOOK_CONFIG_LOADED")),
@@ -279,9 +317,34 @@ def redeliver_one(delivery_id: int):
 
 @bp.post("/monitor/redeliver-failed")
 def redeliver_all():
-    count = outbox.redeliver(get_db())
+    conn = get_db()
+    count = outbox.redeliver(conn)
     if count:
         jobs.wake(current_app.config["WAHOOK"])
     noun = "delivery" if count == 1 else "deliveries"
-    flash(f"{count} failed {noun} queued again." if count else "There was no failed delivery to redeliver.", "ok")
+    message = f"{count} failed {noun} queued again." if count else "There was no failed delivery to redeliver."
+    waiting = failed_deliveries(conn).disabled
+    if waiting:
+        message += (
+            f" {waiting} more wait{'s' if waiting == 1 else ''} for a disabled endpoint:"
+            " enable it on the settings page, then redeliver."
+        )
+    flash(message, "warn" if waiting else "ok")
     return redirect(url_for("monitor.index", _anchor="failed"), 303)
+
+
+@bp.post("/monitor/dismiss/<int:delivery_id>")
+def dismiss_one(delivery_id: int):
+    if outbox.dismiss_orphaned(get_db(), [delivery_id]):
+        flash(f"Delivery #{delivery_id} dismissed. Its attempts stay in the event log.", "ok")
+    else:
+        flash(f"Delivery #{delivery_id} was not dismissed: only a failed delivery of a deleted endpoint is.", "warn")
+    return redirect(back(url_for("monitor.index", _anchor="orphaned")), 303)
+
+
+@bp.post("/monitor/dismiss-orphaned")
+def dismiss_all():
+    count = outbox.dismiss_orphaned(get_db())
+    noun = "delivery" if count == 1 else "deliveries"
+    flash(f"{count} failed {noun} of deleted endpoints dismissed. Their attempts stay in the event log.", "ok")
+    return redirect(url_for("monitor.index", _anchor="orphaned"), 303)

@@ -6,6 +6,7 @@ A delivery is one row per (event, endpoint), or per (Meta webhook, endpoint) for
     pending --claim--> (leased) --2xx--> delivered
                                 --fail--> retrying --claim--> ... --last retry--> failed
     failed / delivered --redeliver--> pending (a fresh retry cycle; attempts kept)
+    failed, endpoint deleted --dismiss--> failed with dismissed_at (out of the counts)
 
 A worker owns a row while `lease_until` is ahead (taken with a conditional UPDATE), so
 two workers never send it at once. delivery.py signs and sends; it decides what an
@@ -321,30 +322,50 @@ def redeliver(
 ) -> int:
     """Start a fresh retry cycle for finished deliveries; returns how many.
 
+    Every failed delivery the monitor counts is covered, a `webhook.test` one included (its
+    stored test event is sent again), as long as its endpoint exists and is enabled.
     failed_only=False also replays delivered ones (a receiver that lost data). Deliveries
-    still pending or retrying are left alone: they are on their way already.
+    still pending or retrying are left alone: they are on their way already. The attempts
+    of earlier cycles stay in `attempts`.
     """
-    clauses = ["state IN ('failed')" if failed_only else "state IN ('failed', 'delivered')", "endpoint_id IS NOT NULL"]
+    clauses = [
+        "state IN ('failed')" if failed_only else "state IN ('failed', 'delivered')",
+        "endpoint_id IN (SELECT id FROM endpoints WHERE enabled = 1)",
+    ]
     params: list = []
     if ids is not None:
         clauses.append(f"id IN ({','.join('?' for _ in ids)})")
         params += ids
-    else:
-        # A test send is redone by sending a new test; every other event (from Meta, published
-        # by an API client or by the gateway) is redelivered.
-        clauses.append("event_name != 'webhook.test'")
     if since is not None:
         clauses.append("created_at >= ?")
         params.append(since)
     if endpoint_id is not None:
         clauses.append("endpoint_id = ?")
         params.append(endpoint_id)
-    clauses.append("endpoint_id IN (SELECT id FROM endpoints WHERE enabled = 1)")
     where = " AND ".join(clauses)  # every clause is ours; values go in as parameters
-    sql = f"UPDATE deliveries SET state = 'pending', attempts = 0, cycle = cycle + 1, auto_redelivered = 0, next_attempt_at = ?, lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE {where}"  # noqa: E501, S608
+    sql = f"UPDATE deliveries SET state = 'pending', attempts = 0, cycle = cycle + 1, auto_redelivered = 0, next_attempt_at = ?, lease_owner = NULL, lease_until = NULL, dismissed_at = NULL, updated_at = ? WHERE {where}"  # noqa: E501, S608
     now = time.time()
     with transaction(conn):
         return conn.execute(sql, (now, now, *params)).rowcount
+
+
+def dismiss_orphaned(conn: db.Connection, ids: list[int] | None = None) -> int:
+    """Dismiss failed deliveries whose endpoint was deleted (those `ids`, or all); returns how many.
+
+    They can never be sent again. A dismissed delivery leaves the monitor's counts; its row
+    and attempts stay, so the event log still shows what happened.
+    """
+    where = "state = 'failed' AND endpoint_id IS NULL AND dismissed_at IS NULL"
+    params: list = []
+    if ids is not None:
+        where += f" AND id IN ({','.join('?' for _ in ids)})"
+        params += ids
+    now = time.time()
+    with transaction(conn):
+        return conn.execute(
+            f"UPDATE deliveries SET dismissed_at = ?, updated_at = ? WHERE {where}",  # noqa: S608 (our SQL)
+            (now, now, *params),
+        ).rowcount
 
 
 def publish(

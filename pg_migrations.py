@@ -5,7 +5,49 @@ uses SQLite-only SQL (triggers, INSERT OR IGNORE, PRAGMA) gets its text here und
 number, doing the same thing. tests/test_pg.py fails for a migration that needs one and has none.
 """
 
+
+def _customer_column(name: str, paths: list[str]) -> str:
+    """A column read out of the event's JSON, as migration 4's generated columns (PostgreSQL
+    computes them when a row is written: STORED)."""
+    values = ",\n    ".join(
+        f"CASE WHEN name = 'message.echo' THEN nullif(body::jsonb ->> '{p[5:]}', '') END"
+        if p.startswith("echo:")
+        else f"nullif(body::jsonb ->> '{p}', '')"
+        for p in paths
+    )
+    column = f"ALTER TABLE events ADD COLUMN IF NOT EXISTS {name} TEXT GENERATED ALWAYS AS"
+    return f"{column} (coalesce(\n    {values}\n)) STORED;"
+
+
 TEXT: dict[int, str] = {
+    4: f"""
+CREATE TABLE IF NOT EXISTS endpoint_ids (
+    one BIGINT PRIMARY KEY CHECK (one = 1),
+    last BIGINT NOT NULL
+);
+INSERT INTO endpoint_ids (one, last) VALUES (1, greatest(
+    (SELECT coalesce(max(id), 0) FROM endpoints),
+    (SELECT coalesce(max(endpoint_id), 0) FROM deliveries),
+    (SELECT coalesce(max(endpoint_id), 0) FROM attempts)
+)) ON CONFLICT DO NOTHING;
+CREATE OR REPLACE FUNCTION wahook_endpoint_ids_seen() RETURNS trigger AS $$
+BEGIN
+    UPDATE endpoint_ids SET last = greatest(last, NEW.id);
+    RETURN NULL;
+END $$ LANGUAGE plpgsql;
+CREATE OR REPLACE TRIGGER endpoint_ids_seen AFTER INSERT ON endpoints
+    FOR EACH ROW EXECUTE FUNCTION wahook_endpoint_ids_seen();
+ALTER TABLE deliveries ADD COLUMN IF NOT EXISTS dismissed_at DOUBLE PRECISION;
+{_customer_column("customer", ["recipient", "echo:to", "from", "wa_id", "user_phone"])}
+{_customer_column("customer_user_id", ["recipient_user_id", "echo:to_user_id", "from_user_id", "user_id"])}
+{_customer_column("message_id", ["message_id"])}
+CREATE INDEX IF NOT EXISTS events_customer ON events (customer, webhook_id) WHERE customer IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_customer_user ON events (customer_user_id, webhook_id)
+    WHERE customer_user_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_message ON events (message_id, webhook_id) WHERE message_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_name ON events (name, webhook_id);
+CREATE INDEX IF NOT EXISTS deliveries_state_webhook ON deliveries (state, webhook_id);
+""",  # noqa: S608 (the columns are ours)
     9: """
 CREATE TABLE IF NOT EXISTS metric_totals (
     kind TEXT NOT NULL,

@@ -31,6 +31,7 @@ import apikeys
 import db
 import delivery
 import endpoints
+import monitor
 from db import get_db
 from events import SELECTABLE_GROUPS, SELECTABLE_NAMES, iso
 
@@ -94,6 +95,7 @@ def settings_page(add_errors: dict[str, str] | None = None, status: int = 200):
             verify_token=meta["verify_token"],
             app_secret_set=bool(meta["app_secret"]),
             endpoints=[endpoints.as_dict(row) for row in endpoints.list_all(conn)],
+            health={item.id: item for item in monitor.endpoint_health(conn)},
             api_keys=[key.as_dict() for key in apikeys.list_all(conn)],
             groups=SELECTABLE_GROUPS,
             formats=endpoints.FORMATS,

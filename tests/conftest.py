@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 from contextlib import contextmanager
+from html import unescape
 from pathlib import Path
 
 import pytest
@@ -456,3 +457,25 @@ def make_app(tmp_path, redis_url, **changes):
     for section, values in changes.items():
         sections[section] = {**sections[section], **values}
     return create_app({"TESTING": True, "config_path": str(tmp_path / "none.toml"), **sections})
+
+
+def element(html: str, element_id: str) -> str:
+    """The text inside the element with this id (tags removed, entities decoded, spaces squeezed)."""
+    match = re.search(rf'<(\w+)[^>]*\bid="{re.escape(element_id)}"[^>]*>(.*?)</\1>', html, re.S)
+    assert match, f"no element #{element_id}"
+    return " ".join(unescape(re.sub(r"<[^>]+>", " ", match.group(2))).split())
+
+
+@pytest.fixture
+def admin(client):
+    """The test client, logged in."""
+    assert login(client).status_code == 303
+    return client
+
+
+def status_update(wamid: str) -> dict:
+    body = text_message()
+    value = body["entry"][0]["changes"][0]["value"]
+    del value["messages"], value["contacts"]
+    value["statuses"] = [{"id": wamid, "status": "read", "timestamp": "1749416390", "recipient_id": "16505551234"}]
+    return body

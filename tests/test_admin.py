@@ -15,7 +15,18 @@ import requests
 import db
 import endpoints
 import monitor
-from conftest import ADMIN_PASSWORD, csrf_from, login, make_app, post_form, text_message, token, wait_until
+from conftest import (
+    ADMIN_PASSWORD,
+    csrf_from,
+    element,
+    login,
+    make_app,
+    post_form,
+    status_update,
+    text_message,
+    token,
+    wait_until,
+)
 from db import get_db
 from receiver import Behaviour
 
@@ -28,22 +39,8 @@ HOSTILE_NAME = '<b onmouseover="alert(3)">Eve</b>'
 # --- helpers ------------------------------------------------------------------------------------
 
 
-def element(html: str, element_id: str) -> str:
-    """The text inside the element with this id (tags removed, entities decoded, spaces squeezed)."""
-    match = re.search(rf'<(\w+)[^>]*\bid="{re.escape(element_id)}"[^>]*>(.*?)</\1>', html, re.S)
-    assert match, f"no element #{element_id}"
-    return " ".join(unescape(re.sub(r"<[^>]+>", " ", match.group(2))).split())
-
-
 def snapshot(conn) -> dict:
     return {t: sorted((tuple(r) for r in conn.execute(f"SELECT * FROM {t}")), key=repr) for t in db.tables(conn)}  # noqa: S608
-
-
-@pytest.fixture
-def admin(client):
-    """The test client, logged in."""
-    assert login(client).status_code == 303
-    return client
 
 
 # --- login, sessions, logout --------------------------------------------------------------------
@@ -165,6 +162,8 @@ POST_FORMS = [
     "/settings/endpoints/1/test",
     "/monitor/redeliver/1",
     "/monitor/redeliver-failed",
+    "/monitor/dismiss/2",
+    "/monitor/dismiss-orphaned",
     "/settings/media/check-token",
     "/settings/apikeys",
     "/settings/apikeys/1/revoke",
@@ -225,8 +224,11 @@ def test_public_routes_answer_other_methods_with_405_and_allow(client, conn, pat
 @pytest.mark.parametrize("path", POST_FORMS)
 def test_every_form_refuses_a_post_without_a_valid_token(app, admin, conn, receiver, post_webhook, path, add_endpoint):
     add_endpoint(receiver.url)
+    add_endpoint(receiver.url)
     post_webhook(text_message())
-    conn.execute("UPDATE deliveries SET state = 'failed'")  # so the redeliver forms would act
+    # So the redeliver forms would act on delivery 1 and the dismiss forms on delivery 2.
+    conn.execute("UPDATE deliveries SET state = 'failed'")
+    conn.execute("UPDATE deliveries SET endpoint_id = NULL WHERE id = 2")
     before = snapshot(conn)
     good = token(admin)
     assert admin.post(path, data={"url": receiver.url}).status_code == 403
@@ -671,14 +673,6 @@ def test_rates_chart_and_streak_for_known_attempt_times(app, conn, post_webhook,
 # --- event log ----------------------------------------------------------------------------------
 
 
-def status_update(wamid: str) -> dict:
-    body = text_message()
-    value = body["entry"][0]["changes"][0]["value"]
-    del value["messages"], value["contacts"]
-    value["statuses"] = [{"id": wamid, "status": "read", "timestamp": "1749416390", "recipient_id": "16505551234"}]
-    return body
-
-
 def test_event_log_lists_webhooks_newest_first_with_their_deliveries(
     app, admin, conn, post_webhook, make_receiver, add_endpoint
 ):
@@ -779,3 +773,10 @@ def test_gunicorn_takes_https_from_a_local_proxy_only(processes):
     proxied = requests.get(base + "/login", headers={"X-Forwarded-Proto": "https"}, timeout=5)
     assert "HttpOnly" in plain.headers["Set-Cookie"] and "Secure" not in plain.headers["Set-Cookie"]
     assert "; Secure" in proxied.headers["Set-Cookie"] and "SameSite=Lax" in proxied.headers["Set-Cookie"]
+
+
+@pytest.mark.parametrize(
+    "path", ["/settings/endpoints/99999999999999999999999", "/events/99999999999999999999999", "/settings/endpoints/0"]
+)
+def test_an_id_too_large_for_the_database_is_not_found(admin, path):
+    assert admin.get(path).status_code == 404

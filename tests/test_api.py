@@ -195,6 +195,8 @@ def test_unknown_paths_and_methods_under_the_api_answer_json(client, key):
     ]:
         response = getattr(client, method)(path, headers=auth(key))
         assert response.status_code == status and response.is_json, (method, path)
+        if status == 405:
+            assert response.headers["Allow"] == ("GET" if path.endswith("stream") else "GET, POST")
 
 
 # --- pull ---------------------------------------------------------------------------------------

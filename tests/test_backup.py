@@ -27,6 +27,7 @@ def test_a_copy_that_opens_with_everything_in_it(tmp_path, runner, post_webhook,
     assert code == 0
     assert out == {"path": str(target), "bytes": target.stat().st_size}
     assert out["bytes"] > 0
+    assert target.stat().st_mode & 0o777 == 0o600  # it holds endpoint secrets
     copy = sqlite3.connect(target)
     assert copy.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert copy.execute("SELECT count(*) FROM webhooks").fetchone()[0] == 3

@@ -134,6 +134,15 @@ def delivery_states(conn: sqlite3.Connection) -> dict[str, int]:
     return dict(conn.execute("SELECT state, count(*) FROM deliveries GROUP BY state").fetchall())
 
 
+def redeliver_from_the_monitor(page: Page, database: sqlite3.Connection, button: str, flash: str, total: int) -> None:
+    """Press a redeliver button, then wait until all `total` deliveries are delivered and the Failed card says 0."""
+    page.locator(button).first.click()
+    expect(page.locator(".flash")).to_contain_text(flash)
+    wait_until(lambda: delivery_states(database) == {"delivered": total}, timeout=30, message=f"{total} delivered")
+    page.reload()
+    expect(page.locator("#failed-total")).to_have_text("0")
+
+
 def test_admin_flow_in_a_browser(browser, server, database, receiver):
     base = server
     page, errors = new_page(browser, 1280, 900)
@@ -176,11 +185,7 @@ def test_admin_flow_in_a_browser(browser, server, database, receiver):
     expect(page.locator("#failed-total")).to_have_text("1")
     shot(page, "monitor")
     receiver.behaviour = Behaviour(status=200)
-    page.locator("#failed button:has-text('Redeliver')").first.click()
-    expect(page.locator(".flash")).to_contain_text("queued again")
-    wait_until(lambda: delivery_states(database) == {"delivered": 3}, timeout=15, message="redelivered")
-    page.reload()
-    expect(page.locator("#failed-total")).to_have_text("0")
+    redeliver_from_the_monitor(page, database, "#failed button:has-text('Redeliver')", "queued again", 3)
     expect(page.locator("#ep-1-status")).to_contain_text("healthy")
     shot(page, "monitor-after-redeliver")
     assert [json.loads(r.body).get("message_id") for r in receiver.requests][-1] == "wamid.BROWSER2"
@@ -231,6 +236,118 @@ def test_pages_fit_a_phone(browser, server, database, receiver):
         no_sideways_scroll(page)
         shot(page, name)
     assert errors == [], errors
+
+
+PHONE_MONITOR_MAX_PX = 4500  # 13 failures once made the phone-width monitor 8,961 px tall; now about 3,900
+
+
+def underlined_code_links(page: Page) -> list[str]:
+    """Links around a name in code whose underline would run through its underscores."""
+    return page.evaluate(
+        """[...document.querySelectorAll('a')].filter(a => a.querySelector(':scope > code'))
+             .filter(a => getComputedStyle(a).textDecorationLine !== 'none').map(a => a.textContent)"""
+    )
+
+
+def test_pages_agree_with_the_data(browser, server, database, make_receiver):
+    base = server
+    receiver, doomed = make_receiver(), make_receiver()
+    page, errors = new_page(browser, 1280, 900)
+    log_in(page, base)
+    add_endpoint(page, base, receiver.url)
+
+    # 13 failures: a test send and 12 messages to a receiver that is down.
+    receiver.behaviour = Behaviour(status=500, body=b"down")
+    page.click("button:has-text('Send test')")
+    expect(page.locator("#test-outcome")).to_contain_text("Test failed")
+    for n in range(12):
+        post_meta(base, text_message(f"wamid.DOWN{n}", text=f"Message {n} while the receiver is down"))
+    wait_until(lambda: delivery_states(database).get("failed") == 13, timeout=60, message="13 failed deliveries")
+
+    phone, phone_errors = new_page(browser, 375, 812)
+    log_in(phone, base)
+    expect(phone.locator("#failed-total")).to_have_text("13")
+    shot(phone, "monitor-phone-13-failed")
+    height = phone.evaluate("document.documentElement.scrollHeight")
+    print(f"phone-width monitor with 13 failures: {height} px")
+    assert height <= PHONE_MONITOR_MAX_PX, f"the phone-width monitor is {height} px tall with 13 failures"
+    no_sideways_scroll(phone)
+
+    page.goto(base + "/monitor")
+    expect(page.locator("#failed-total")).to_have_text("13")
+    expect(page.locator("#failed-page")).to_have_text("1 of 2 pages")
+    expect(page.locator("#failed tbody tr")).to_have_count(10)
+    assert underlined_code_links(page) == []
+    shot(page, "monitor-13-failed")
+    page.click("#failed >> text=Older →")
+    expect(page.locator("#failed tbody tr")).to_have_count(3)
+    expect(page.locator("#failed")).to_contain_text("webhook.test")  # the oldest: the failed test send
+    page.goto(base + "/settings")
+    expect(page.locator("#endpoint-1-health")).to_contain_text("failing since")
+    expect(page.locator("#endpoint-1-last")).to_contain_text("500")
+    expect(page.locator("#endpoint-1-failed")).to_have_text("13 waiting for a redelivery")
+    shot(page, "settings-health")
+
+    # Redeliver all failed covers every one the card counts, the test send included.
+    receiver.behaviour = Behaviour(status=200)
+    page.goto(base + "/monitor")
+    redeliver_from_the_monitor(
+        page, database, "button:has-text('Redeliver all failed')", "13 failed deliveries queued again.", 13
+    )
+    expect(page.locator("#overall")).to_have_text("All deliveries are healthy.")
+    shot(page, "monitor-all-redelivered")
+
+    # The event page shows every attempt, across both retry cycles.
+    page.goto(base + "/events/1")
+    expect(page.locator(".attempt-count").first).to_have_text("· 4 attempts, last 200")
+    expect(page.locator(".history").first.locator("li")).to_have_count(4)
+    shot(page, "event-every-attempt")
+
+    # A template update without a language, and the search.
+    template = text_message()
+    template["entry"][0]["changes"] = [
+        {
+            "field": "message_template_status_update",
+            "value": {"event": "APPROVED", "message_template_id": 1, "message_template_name": "order_confirmation"},
+        }
+    ]
+    post_meta(base, template)
+    page.goto(base + "/events")
+    expect(page.locator("article.webhook").first).to_contain_text("order_confirmation: approved")
+    assert underlined_code_links(page) == []
+    page.fill("#customer", "+1 650 555 1234")
+    page.fill("#message_id", "wamid.DOWN3")
+    page.click("button:has-text('Search')")
+    expect(page.locator("article.webhook")).to_have_count(1)
+    expect(page.locator("article.webhook")).to_contain_text("Message 3 while the receiver is down")
+    shot(page, "events-search")
+    page.fill("#message_id", "")
+    page.select_option("#state", "delivered")
+    page.click("button:has-text('Search')")
+    expect(page.locator("article.webhook")).to_have_count(12)
+
+    # A deleted endpoint's failure is counted apart and dismissed; its id is not given again.
+    page.goto(base + "/settings")
+    add_endpoint(page, base, doomed.url)
+    doomed.behaviour = Behaviour(status=500)
+    post_meta(base, text_message("wamid.DOOMED", text="Only the second endpoint fails this one"))
+    wait_until(lambda: delivery_states(database).get("failed") == 1, timeout=20, message="a failure for #2")
+    page.click("#endpoint-2 >> text=Delete…")
+    page.click("button:has-text('Delete endpoint')")
+    add_endpoint(page, base, doomed.url)
+    expect(page.locator("#endpoint-3")).to_contain_text(doomed.url)
+    expect(page.locator("#endpoint-3-health")).to_have_text("no attempt yet")
+    page.goto(base + "/monitor")
+    expect(page.locator("#failed-total")).to_have_text("0")
+    expect(page.locator("#orphaned-total")).to_have_text("1")
+    expect(page.locator("#overall")).to_have_text(
+        "All deliveries are healthy. 1 failed delivery of deleted endpoints can be dismissed."
+    )
+    shot(page, "monitor-deleted-endpoint")
+    page.click("button:has-text('Dismiss all')")
+    expect(page.locator(".flash")).to_contain_text("1 failed delivery of deleted endpoints dismissed")
+    expect(page.locator("#orphaned")).to_have_count(0)
+    assert errors == [] and phone_errors == [], errors + phone_errors
 
 
 def test_monitor_says_meta_is_refused_until_the_app_secret_is_set(browser, fresh_processes, tmp_path):

@@ -216,6 +216,14 @@ def test_cli_replay_since_resends_delivered_events(post_webhook, receiver, add_e
     assert first.headers["X-Webhook-Id"] == again.headers["X-Webhook-Id"]
 
 
+def test_cli_retry_failed_covers_a_failed_test_send(runner, receiver, conn):
+    receiver.behaviour = Behaviour(status=500)
+    cli_json(runner, "endpoint", "add", receiver.url)
+    assert cli_json(runner, "endpoint", "test", "1")[0] == 1
+    assert cli_json(runner, "deliveries", "retry", "--failed") == (0, {"requeued": 1})
+    assert [tuple(r) for r in conn.execute("SELECT event_name, state FROM deliveries")] == [("webhook.test", "pending")]
+
+
 def verifies(secret: str, got) -> bool:
     """Whether the Standard Webhooks library, holding only `secret`, accepts a received request."""
     from standardwebhooks.webhooks import WebhookVerificationError

@@ -92,6 +92,28 @@ def test_init_db_command(runner, app):
     assert f"schema version {db.MIGRATIONS[-1][0]}" in result.output
 
 
+def test_a_process_starting_during_a_long_migration_waits_for_it(tmp_path, monkeypatch):
+    """Another process holding the write lock longer than the busy timeout (building migration
+    4's indexes on a big database) must not make a process starting alongside fail."""
+    monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 100)
+    path = tmp_path / "w.db"
+    db.migrate(db.connect(path), [])
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)  # released from a timer
+    holder.execute("BEGIN IMMEDIATE")
+    releaser = threading.Timer(0.5, lambda: holder.execute("COMMIT"))
+    releaser.start()
+    try:
+        started = time.monotonic()
+        assert db.migrate(db.connect(path)) == db.MIGRATIONS[-1][0]
+        assert time.monotonic() - started >= 0.4  # it did wait for the lock
+    finally:
+        releaser.cancel()
+        releaser.join()
+    with pytest.raises(sqlite3.OperationalError):  # an ordinary write still gives up after the busy timeout
+        holder.execute("BEGIN IMMEDIATE")
+        db.begin(db.connect(path))
+
+
 def test_many_threads_of_one_process_write_without_a_lock_error(tmp_path):
     """gthread web workers: 32 threads, each its own connection, all commit (they queue on the
     process's write lock rather than time out polling SQLite's); another connection still
@@ -192,3 +214,12 @@ def test_every_connection_of_an_app_uses_its_synchronous(tmp_path, redis_url):
         thread.start()
         thread.join()
         assert seen == [expected]
+
+
+def test_the_database_and_its_wal_are_private(tmp_path):
+    conn = db.connect(tmp_path / "data" / "w.db")
+    db.migrate(conn)
+    with db.transaction(conn):
+        conn.execute("INSERT INTO rejections (minute, reason, count) VALUES (1, 'x', 1)")
+    for name in ("w.db", "w.db-wal"):
+        assert (tmp_path / "data" / name).stat().st_mode & 0o777 == 0o600, name

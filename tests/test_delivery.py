@@ -459,8 +459,9 @@ def test_send_test_is_not_taken_by_a_worker_meanwhile(app, receiver, add_endpoin
     assert len(receiver.requests) == 3
 
 
-def test_bulk_redelivery_leaves_failed_tests_alone(app, receiver, add_endpoint, conn, runner):
+def test_bulk_redelivery_covers_failed_tests_too(app, receiver, add_endpoint, conn, runner):
+    """The monitor counts a failed test send as failed, so "all failed" must cover it."""
     receiver.behaviour = Behaviour(status=500)
     endpoint = add_endpoint(receiver.url, events=MESSAGES)
     assert not delivery.send_test(conn, app.config["WAHOOK"], endpoint["id"]).ok
-    assert json.loads(runner.invoke(args=["deliveries", "retry"]).output) == {"requeued": 0}
+    assert json.loads(runner.invoke(args=["deliveries", "retry"]).output) == {"requeued": 1}

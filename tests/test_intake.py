@@ -427,3 +427,12 @@ def test_an_empty_or_unreadable_simulate_key_accepts_nothing(tmp_path, redis_url
     raw = json.dumps(text_message()).encode()
     response = app.test_client().post(URL, data=raw, headers={"X-Hub-Signature-256": sign(raw, "")})
     assert response.status_code == 401
+
+
+def test_a_lone_surrogate_in_the_customer_is_stored_with_its_contact(post_webhook, conn):
+    raw = json.dumps(text_message("wamid.SURROGATE")).encode()
+    raw = raw.replace(b'"16505551234"', b'"\\udfff"').replace(b'"Sheena Nelson"', b'"Sheena \\ud83d"')
+    assert post_webhook(raw).status_code == 200
+    names = [row[0] for row in conn.execute("SELECT name FROM events ORDER BY id")]
+    assert names == ["contact.created", "message.received"]
+    assert conn.execute("SELECT wa_id, name FROM contacts").fetchone()[:] == ("\\udfff", "Sheena \\ud83d")
