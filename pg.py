@@ -248,5 +248,5 @@ def data_version(conn: Connection) -> int:
 
 def json_values(column: str, paths: list[str]) -> str:
     """SQL for a JSON array text of these dotted paths' values in a JSON text column."""
-    items = ", ".join(f"({column}::json) #> '{{{','.join(p.split('.'))}}}'" for p in paths)
+    items = ", ".join(f"wahook_json({column}) #> '{{{','.join(p.split('.'))}}}'" for p in paths)
     return f"json_build_array({items})::text"

@@ -8,11 +8,11 @@ number, doing the same thing. tests/test_pg.py fails for a migration that needs 
 
 def _customer_column(name: str, paths: list[str]) -> str:
     """A column read out of the event's JSON, as migration 4's generated columns (PostgreSQL
-    computes them when a row is written: STORED)."""
+    computes them when a row is written: STORED; wahook_json is NULL for text it cannot read)."""
     values = ",\n    ".join(
-        f"CASE WHEN name = 'message.echo' THEN nullif(body::jsonb ->> '{p[5:]}', '') END"
+        f"CASE WHEN name = 'message.echo' THEN nullif(wahook_json(body) ->> '{p[5:]}', '') END"
         if p.startswith("echo:")
-        else f"nullif(body::jsonb ->> '{p}', '')"
+        else f"nullif(wahook_json(body) ->> '{p}', '')"
         for p in paths
     )
     column = f"ALTER TABLE events ADD COLUMN IF NOT EXISTS {name} TEXT GENERATED ALWAYS AS"
@@ -38,6 +38,14 @@ END $$ LANGUAGE plpgsql;
 CREATE OR REPLACE TRIGGER endpoint_ids_seen AFTER INSERT ON endpoints
     FOR EACH ROW EXECUTE FUNCTION wahook_endpoint_ids_seen();
 ALTER TABLE deliveries ADD COLUMN IF NOT EXISTS dismissed_at DOUBLE PRECISION;
+-- SQLite's json_valid guard: text PostgreSQL will not read as JSON (an escaped lone surrogate
+-- a customer sent) gives NULL, so the event is still stored, as on SQLite.
+CREATE OR REPLACE FUNCTION wahook_json(t TEXT) RETURNS jsonb AS $$
+BEGIN
+    RETURN t::jsonb;
+EXCEPTION WHEN others THEN
+    RETURN NULL;
+END $$ LANGUAGE plpgsql IMMUTABLE;
 {_customer_column("customer", ["recipient", "echo:to", "from", "wa_id", "user_phone"])}
 {_customer_column("customer_user_id", ["recipient_user_id", "echo:to_user_id", "from_user_id", "user_id"])}
 {_customer_column("message_id", ["message_id"])}

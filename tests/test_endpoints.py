@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 import db
 import endpoints
 import monitor
 from config import load_config
 from conftest import instance_sections
+
+pytestmark = pytest.mark.engines
 
 
 def make(conn, config, url="http://127.0.0.1:9/hook"):

@@ -17,6 +17,8 @@ import search
 from conftest import element, post_form, status_update, text_message, wait_until
 from receiver import Behaviour
 
+pytestmark = pytest.mark.engines
+
 HOSTILE = "<script>alert(1)</script><img src=x onerror=alert(2)>"
 
 
@@ -192,6 +194,7 @@ def test_hostile_search_text_is_escaped_and_matches_nothing(app, admin, conn, po
     assert "<script>" not in response.text and "&lt;script&gt;" in response.text
 
 
+@pytest.mark.engines("sqlite")  # SQLite's EXPLAIN QUERY PLAN
 def test_searches_use_their_indexes(app, conn):
     """Each search walks an index in webhook order; none reads every event or delivery, none sorts."""
     for chosen in (
@@ -226,6 +229,9 @@ def test_an_odd_page_cursor_is_no_error(app, admin, conn, post_webhook, before):
     assert admin.get(f"/monitor?before={before}").status_code == 200
 
 
+# PostgreSQL stores and delivers such an event too, but cannot read its JSON for the summary
+# and the search columns (they are empty there): SQLite's JSON functions accept the surrogate.
+@pytest.mark.engines("sqlite")
 def test_a_lone_surrogate_a_customer_sent_leaves_every_page_working(admin, post_webhook):
     # JSON allows "\udfff"; a cut emoji arrives that way, in a name, a number or a text.
     raw = json.dumps(text_message("wamid.SURROGATE", text="hi X")).encode()

@@ -9,10 +9,14 @@ import json
 import re
 import time
 
+import pytest
+
 import db
 import monitor
 from conftest import element, post_form, text_message, wait_until
 from receiver import Behaviour
+
+pytestmark = pytest.mark.engines
 
 # Meta messages only: a customer's first message also makes a contact.created.
 MESSAGES = "message.received"
