@@ -4,8 +4,8 @@ The target gets the schema (every migration) first, then each table's rows in th
 tables were created (parents before the tables that refer to them), all in one PostgreSQL
 transaction: a copy that fails half way leaves the target as empty as it was. Each table's
 row count is compared before the commit, and identity sequences are moved past the copied
-ids so the next row inserted gets a fresh one. The running totals for /metrics are copied
-as they were (they count history that pruning took away, which no recount can give back).
+ids so the next row inserted gets a fresh one. The running totals for /metrics and the
+highest endpoint id ever used are copied as they were (pruned history counts in them).
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from pathlib import Path
 import db
 import pg
 
-# Filled by migration 9 with zeros even in an empty database; copied whole at the end.
-TOTALS = "metric_totals"
+# Filled by their migrations (9, 4) even in an empty database, and kept up by triggers as
+# the other tables are copied: emptied and copied whole, after the tables they follow.
+SEEDED = ("metric_totals", "endpoint_ids")
 
 
 class CopyError(Exception):
@@ -59,7 +60,7 @@ def copy(sqlite_path: Path, url: str) -> dict[str, int]:
         db.migrate(source)  # the same version on both sides
         db.migrate(target)
         tables = source_tables(source, target)
-        busy = [t for t, _ in tables if t != TOTALS and target.execute(f"SELECT 1 FROM {t} LIMIT 1").fetchone()]  # noqa: S608
+        busy = [t for t, _ in tables if t not in SEEDED and target.execute(f"SELECT 1 FROM {t} LIMIT 1").fetchone()]  # noqa: S608
         if busy:
             raise CopyError(f"the target database is not empty (rows in {', '.join(busy)}); give an empty one")
         source.execute("BEGIN")  # one snapshot of the source, even if something still writes to it
@@ -78,10 +79,11 @@ def copy(sqlite_path: Path, url: str) -> dict[str, int]:
 
 
 def _copy_table(source: sqlite3.Connection, target: pg.Connection, table: str, columns: list[str]) -> int:
-    """COPY one table's rows; its triggers fire as for any insert, which is why the totals
-    were emptied first and come last (their table was created last)."""
-    if table == TOTALS:
-        target.execute(f"DELETE FROM {TOTALS}")  # noqa: S608 - what the triggers just added
+    """COPY one table's rows; its triggers fire as for any insert, which is why a seeded table
+    is emptied of what they added just before its own rows come (it was created after the
+    tables whose triggers fill it)."""
+    if table in SEEDED:
+        target.execute(f"DELETE FROM {table}")  # noqa: S608 - one of SEEDED
     names = ", ".join(columns)
     count = 0
     with target.raw.cursor().copy(f"COPY {table} ({names}) FROM STDIN") as stream:
