@@ -221,6 +221,9 @@ def store(conn: db.Connection, raw: bytes, body: dict, drawn: list, received_at:
                 raw,
             ),
         ).fetchone()[0]
+        # From here, intakes take turns on PostgreSQL too (SQLite's write lock already does this), so
+        # a contact or a status of the same customer or message in another transaction is seen.
+        db.ids_in_commit_order(conn, "events")
         new = settle(conn, drawn, encoded, received_at)
         new_names, made = outbox.add_events(conn, new, received_at, webhook=(webhook_id, webhook_public_id))
         media_store.track(conn, drawn, webhook_id, received_at)
