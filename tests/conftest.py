@@ -171,6 +171,16 @@ def pytest_generate_tests(metafunc) -> None:
         metafunc.parametrize("engine", marker.args or ENGINES)
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    # Under xdist (`make test`) tests are handed to the workers in this order: the slowest go
+    # first so that none of them starts last and keeps the run going alone. The browser tests
+    # share one Chromium per module, so they stay together on one worker.
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    for item in items:
+        if item.get_closest_marker("browser"):
+            item.add_marker(pytest.mark.xdist_group("browser"))
+
+
 @pytest.fixture
 def engine() -> str:
     return "sqlite"

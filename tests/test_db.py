@@ -160,6 +160,7 @@ print(conn.execute("PRAGMA journal_mode").fetchone()[0], conn.execute("PRAGMA us
 """
 
 
+@pytest.mark.slow
 def test_eight_processes_opening_a_new_database_at_once_all_start(tmp_path):
     """Switching a new file to WAL takes an exclusive lock that SQLite's busy handler does not
     wait for: a process that lost the race used to die with "database is locked"."""

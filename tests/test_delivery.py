@@ -258,6 +258,7 @@ def test_private_address_is_refused_at_send_time(tmp_path, app, post_webhook, re
 # --- isolation and at-least-once ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_hanging_endpoint_does_not_hold_back_another(app, post_webhook, make_receiver, add_endpoint, conn):
     hanging, healthy = make_receiver(), make_receiver()
     hanging.behaviour = Behaviour(delay=10)
@@ -342,6 +343,7 @@ def test_redis_stopped_during_intake_then_back(tmp_path, receiver, conn):
         embedded_redis.stop(data)
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_attempt_loses_nothing(processes, post_webhook, receiver, add_endpoint, conn):
     receiver.script = [Behaviour(delay=1.5)]
     add_endpoint(receiver.url, events=MESSAGES)

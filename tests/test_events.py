@@ -654,6 +654,7 @@ def check(body: dict) -> None:
         json.dumps(event.body)
 
 
+@pytest.mark.slow
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(st.dictionaries(st.text(max_size=8), json_values, max_size=5) | body_st)
 def test_parse_never_raises(body):

@@ -56,6 +56,7 @@ def test_broken_database_is_503_not_500(client, conn):
     assert response.json["database"].startswith("error:")
 
 
+@pytest.mark.slow
 def test_needs_no_login_and_reports_a_real_worker(processes):
     base = processes.start_web()
     import requests
