@@ -187,6 +187,7 @@ def with_endpoint(database: str, url: str):
     return conn
 
 
+@pytest.mark.slow
 def test_two_machines_on_one_postgresql_lose_nothing_when_a_worker_is_killed(
     tmp_path, redis_url, postgres_server, make_receiver
 ):
@@ -240,6 +241,7 @@ def test_two_machines_on_one_postgresql_lose_nothing_when_a_worker_is_killed(
             machine.stop_all()
 
 
+@pytest.mark.slow
 @pytest.mark.engines("postgresql")
 def test_postgresql_restarted_under_load(processes, storage_database, postgres_server, receiver, engine):
     """While PostgreSQL is down, Meta gets 503s (it retries); every webhook that got a 200 is
