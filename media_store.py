@@ -49,7 +49,8 @@ def track(conn: db.Connection, drawn: list, webhook_id: int, now: float) -> None
             ),
         )
         conn.execute(
-            "INSERT OR IGNORE INTO media_refs (media, webhook_id) SELECT id, ? FROM media WHERE media_id = ?",
+            "INSERT INTO media_refs (media, webhook_id) SELECT id, ? FROM media WHERE media_id = ?"
+            " ON CONFLICT DO NOTHING",
             (webhook_id, media["id"]),
         )
 

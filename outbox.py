@@ -179,7 +179,7 @@ def claim_next(
     """
     now = time.time()
     due = (
-        f"SELECT id FROM deliveries WHERE endpoint_id IS ? AND {_ACTIVE_SQL}"  # noqa: S608
+        f"SELECT id FROM deliveries WHERE endpoint_id IS NOT DISTINCT FROM ? AND {_ACTIVE_SQL}"  # noqa: S608
         " AND next_attempt_at <= ? AND (lease_until IS NULL OR lease_until < ?)"
         " ORDER BY next_attempt_at LIMIT ?"
     )
