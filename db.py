@@ -293,11 +293,21 @@ def data_version(conn: Connection) -> int:
     return conn.execute("PRAGMA data_version").fetchone()[0]
 
 
-def skip_locked(conn: Connection) -> str:
-    """What to append to a SELECT that picks rows to claim in the same transaction: on
-    PostgreSQL, lock them and pass over rows another worker is claiming right now. SQLite
-    needs nothing: its write transaction already excludes every other writer."""
-    return " FOR UPDATE SKIP LOCKED" if engine(conn) == "postgresql" else ""
+class CommitWatch:
+    """Tells whether another connection committed since the last look (workers and streams
+    poll it to wake): `data_version` of a connection of its own, no table read."""
+
+    def __init__(self, conn: Connection, *, seen: bool = True) -> None:
+        """seen=False: the first look reports a change, whatever happened before."""
+        self.conn = conn
+        self.version = data_version(conn) if seen else None
+
+    def changed(self) -> bool:
+        now = data_version(self.conn)
+        if now != self.version:
+            self.version = now
+            return True
+        return False
 
 
 def ids_in_commit_order(conn: Connection, table: str) -> None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import db
 import endpoints
+import leases
 import outages
 import outbox
 import safe_http
@@ -162,10 +163,11 @@ def next_step(config, delivery: db.Row, outcome: Outcome, now: float) -> tuple[s
     attempts = delivery["attempts"] + 1
     if outcome.ok:
         return "delivered", attempts, now
-    schedule = config["delivery"]["retry_schedule"]
-    if outcome.permanent or outcome.status_code == 410 or attempts > len(schedule):
+    delay = leases.retry_delay(
+        attempts, config["delivery"]["retry_schedule"], outcome.permanent or outcome.status_code == 410
+    )
+    if delay is None:
         return "failed", attempts, now
-    delay = float(schedule[attempts - 1])
     if outcome.retry_after is not None:
         # Retry-After may push the retry later, never sooner, and never past an hour.
         delay = max(delay, min(outcome.retry_after, MAX_RETRY_AFTER))

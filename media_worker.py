@@ -14,6 +14,7 @@ import threading
 import time
 
 import db
+import lanes
 import media_fetch
 import media_store
 
@@ -59,44 +60,19 @@ def obtain(conn, config, media_id: str, owner: str, wait: float) -> object:
         time.sleep(0.2)
 
 
-class MediaLane:
-    """The worker's download threads. `want()` says a download may be due."""
+class MediaLane(lanes.Lane):
+    """The worker's download threads: a round claims one due download and does it."""
+
+    failure = "a media download failed unexpectedly"
 
     def __init__(self, config, owner: str, stopping: threading.Event) -> None:
         self.config = config
         self.owner = owner
-        self.stopping = stopping
-        self.ready = threading.Condition()
-        self.more = False
-        self.threads = [threading.Thread(target=self.run, name=f"media-{n}", daemon=True) for n in range(MEDIA_THREADS)]
-        for thread in self.threads:
-            thread.start()
+        super().__init__("media", MEDIA_THREADS, stopping)
 
-    def want(self) -> None:
-        with self.ready:
-            self.more = True
-            self.ready.notify()
-
-    def run(self) -> None:
-        while not self.stopping.is_set():
-            with self.ready:
-                if not self.more:
-                    self.ready.wait(0.5)
-                    continue
-                self.more = False
-            try:
-                conn = db.connection(self.config.database)
-                row = media_store.claim(conn, self.owner, LEASE)
-                if row is not None:
-                    self.want()  # there may be more: the next thread (or this one) looks
-                    process(conn, self.config, row)
-            except Exception:
-                # The lease runs out and the row is claimed again.
-                log.exception("a media download failed unexpectedly")
-                self.stopping.wait(1)
-
-    def close(self, grace: float = 1.0) -> None:
-        with self.ready:
-            self.ready.notify_all()
-        for thread in self.threads:
-            thread.join(timeout=grace)
+    def work(self) -> None:
+        conn = db.connection(self.config.database)
+        row = media_store.claim(conn, self.owner, LEASE)
+        if row is not None:
+            self.want()  # there may be more: the next thread (or this one) looks
+            process(conn, self.config, row)
