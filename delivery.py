@@ -148,13 +148,11 @@ def send(sender: safe_http.Sender, endpoint: db.Row, delivery: db.Row, body: byt
         return Outcome(True, code, response.duration_ms, "", text)
     error = f"HTTP {code}"
     if 300 <= code < 400:
-        location = next((v for k, v in response.headers.items() if k.lower() == "location"), "")
+        location = response.headers.get("Location", "")
         error += f": redirect to {location[:200] or '?'} not followed"
     retry_after = None
     if code in (429, 503):
-        retry_after = retry_after_seconds(
-            next((v for k, v in response.headers.items() if k.lower() == "retry-after"), None)
-        )
+        retry_after = retry_after_seconds(response.headers.get("Retry-After"))
     return Outcome(False, code, response.duration_ms, error, text, retry_after)
 
 

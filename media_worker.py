@@ -17,6 +17,7 @@ import db
 import lanes
 import media_fetch
 import media_store
+import safe_http
 
 log = logging.getLogger("wahook.media")
 
@@ -28,7 +29,7 @@ def process(conn, config, row, cap: float = media_fetch.DOWNLOAD_CAP) -> str:
     """Download a claimed row within `cap` seconds and record the outcome. Returns the row's new state."""
     try:
         fetched = media_fetch.download(config, row["media_id"], row["sha256"], media_store.media_dir(config), cap)
-    except media_fetch.MediaError as exc:
+    except safe_http.DeliveryError as exc:
         log.warning("media %s: %s", row["media_id"], exc.message)
         return media_store.record_failure(
             conn, row["id"], exc.message, exc.permanent, config["delivery"]["retry_schedule"]
