@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import db
 import endpoints
+import leases
 import outages
 import outbox
 import safe_http
@@ -147,13 +148,11 @@ def send(sender: safe_http.Sender, endpoint: db.Row, delivery: db.Row, body: byt
         return Outcome(True, code, response.duration_ms, "", text)
     error = f"HTTP {code}"
     if 300 <= code < 400:
-        location = next((v for k, v in response.headers.items() if k.lower() == "location"), "")
+        location = response.headers.get("Location", "")
         error += f": redirect to {location[:200] or '?'} not followed"
     retry_after = None
     if code in (429, 503):
-        retry_after = retry_after_seconds(
-            next((v for k, v in response.headers.items() if k.lower() == "retry-after"), None)
-        )
+        retry_after = retry_after_seconds(response.headers.get("Retry-After"))
     return Outcome(False, code, response.duration_ms, error, text, retry_after)
 
 
@@ -162,10 +161,11 @@ def next_step(config, delivery: db.Row, outcome: Outcome, now: float) -> tuple[s
     attempts = delivery["attempts"] + 1
     if outcome.ok:
         return "delivered", attempts, now
-    schedule = config["delivery"]["retry_schedule"]
-    if outcome.permanent or outcome.status_code == 410 or attempts > len(schedule):
+    delay = leases.retry_delay(
+        attempts, config["delivery"]["retry_schedule"], outcome.permanent or outcome.status_code == 410
+    )
+    if delay is None:
         return "failed", attempts, now
-    delay = float(schedule[attempts - 1])
     if outcome.retry_after is not None:
         # Retry-After may push the retry later, never sooner, and never past an hour.
         delay = max(delay, min(outcome.retry_after, MAX_RETRY_AFTER))

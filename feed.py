@@ -19,8 +19,8 @@ wait for ids above its old cursor. A pull cursor then is unknown (422), which sa
 This holds for SQLite only. A database with concurrent writers (sequences handed out
 before commit) would need its own commit sequence for the same promise.
 
-New events are noticed cheaply with `PRAGMA data_version` (db.data_version), which changes on a connection
-when any other connection commits, and is read without touching a table.
+New events are noticed cheaply with db.CommitWatch (`PRAGMA data_version`), which changes on a
+connection when any other connection commits, and is read without touching a table.
 """
 
 from __future__ import annotations
@@ -89,24 +89,6 @@ def page(conn: db.Connection, after_row: int, limit: int, wanted: Iterable[str])
     ).fetchall()
 
 
-class Watcher:
-    """Tells whether anything was committed to the database since the last look."""
-
-    def __init__(self, conn: db.Connection) -> None:
-        self.conn = conn
-        self.version = self._read()
-
-    def _read(self) -> int:
-        return db.data_version(self.conn)
-
-    def changed(self) -> bool:
-        now = self._read()
-        if now != self.version:
-            self.version = now
-            return True
-        return False
-
-
 def follow(
     conn: db.Connection,
     after_row: int,
@@ -118,7 +100,7 @@ def follow(
     """Each batch of events committed after row `after_row`, oldest first, as they come; an
     empty batch after every look that found nothing (then it waits `poll_seconds`), so the
     caller can send a keep-alive or stop. Reads a page only when something was committed."""
-    watcher = Watcher(conn)
+    watcher = db.CommitWatch(conn)
     more = True  # read once at the start: events may have come after the cursor already
     while keep_going():
         if more or watcher.changed():

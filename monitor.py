@@ -18,7 +18,7 @@ from flask import Blueprint, current_app, flash, redirect, render_template, requ
 
 import db
 import endpoints
-import health
+import heartbeats
 import jobs
 import outages
 import outbox
@@ -263,10 +263,8 @@ def intake_summary(conn: db.Connection, now: float) -> dict[str, Any]:
 
 
 def worker_summary(conn: db.Connection, now: float) -> dict[str, Any]:
-    row = conn.execute(
-        "SELECT count(*), max(seen_at) FROM workers WHERE seen_at >= ?", (now - health.WORKER_SILENCE_LIMIT,)
-    ).fetchone()
-    return {"running": row[0], "seen_at": row[1]}
+    running, seen_at = heartbeats.recent(conn, now)
+    return {"running": running, "seen_at": seen_at}
 
 
 @bp.get("/monitor")

@@ -8,8 +8,8 @@ A delivery is one row per (event, endpoint), or per (Meta webhook, endpoint) for
     failed / delivered --redeliver--> pending (a fresh retry cycle; attempts kept)
     failed, endpoint deleted --dismiss--> failed with dismissed_at (out of the counts)
 
-A worker owns a row while `lease_until` is ahead (taken with a conditional UPDATE), so
-two workers never send it at once. delivery.py signs and sends; it decides what an
+A worker owns a row while `lease_until` is ahead (leases.py, shared with media downloads),
+so two workers never send it at once. delivery.py signs and sends; it decides what an
 outcome means and calls `finish` with the new state. Functions that say "call inside a
 transaction" leave the transaction to the caller, so one commit can cover more than them.
 """
@@ -22,14 +22,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import db
+import leases
 from db import transaction
 from events import OPERATIONAL_EVENTS, event_id_for, iso, storable
 
-ACTIVE = ("pending", "retrying")
 # How often automatic recovery may redeliver one delivery within a retry cycle given by hand: an
 # event a receiver refuses while it takes others must not go out again after every outage.
 MAX_AUTO_REDELIVERIES = 3
-_ACTIVE_SQL = "state IN ('pending', 'retrying')"
 
 # Sent only to endpoints that name them: an empty filter selects every other event.
 OPERATIONAL = frozenset(OPERATIONAL_EVENTS)
@@ -149,58 +148,16 @@ def add_leased(
     ).fetchone()
 
 
-def claim(conn: db.Connection, ids: list[int], owner: str, lease_seconds: float) -> list[db.Row]:
-    """Take the leases of those `ids` that are due and not leased by anyone; return them."""
-    if not ids:
-        return []
-    now = time.time()
-    marks = ",".join("?" for _ in ids)
-    with transaction(conn):
-        return conn.execute(
-            f"UPDATE deliveries SET lease_owner = ?, lease_until = ? WHERE id IN ({marks})"  # noqa: S608
-            f" AND {_ACTIVE_SQL} AND next_attempt_at <= ?"
-            " AND (lease_until IS NULL OR lease_until < ?) RETURNING *",
-            (owner, now + lease_seconds, *ids, now, now),
-        ).fetchall()
-
-
 def claim_next(
     conn: db.Connection, endpoint_id: int | None, owner: str, lease_seconds: float, limit: int
 ) -> list[db.Row]:
-    """Lease the endpoint's `limit` longest-due deliveries that nobody holds; return them.
-
-    The read that picks them takes no lock, so a lane with nothing to do never queues for
-    the write lock; the claim itself re-checks every condition, so two workers reading the
-    same ids cannot both win one.
-
-    On PostgreSQL it is one statement instead: rows another worker is claiming right now
-    are skipped (FOR UPDATE SKIP LOCKED), so workers on several machines never queue
-    behind each other's claims.
-    """
-    now = time.time()
-    due = (
-        f"SELECT id FROM deliveries WHERE endpoint_id IS ? AND {_ACTIVE_SQL}"  # noqa: S608
-        " AND next_attempt_at <= ? AND (lease_until IS NULL OR lease_until < ?)"
-        " ORDER BY next_attempt_at LIMIT ?"
-    )
-    if db.engine(conn) == "postgresql":
-        with transaction(conn):
-            return conn.execute(
-                f"UPDATE deliveries SET lease_owner = ?, lease_until = ? WHERE id IN ({due} FOR UPDATE SKIP LOCKED)"  # noqa: S608
-                " RETURNING *",
-                (owner, now + lease_seconds, endpoint_id, now, now, limit),
-            ).fetchall()
-    ids = [row[0] for row in conn.execute(due, (endpoint_id, now, now, limit))]
-    return claim(conn, ids, owner, lease_seconds)
+    """Lease the endpoint's `limit` longest-due deliveries that nobody holds; return them."""
+    where = "endpoint_id IS NOT DISTINCT FROM ?"
+    return leases.claim(conn, "deliveries", owner, lease_seconds, where=where, params=(endpoint_id,), limit=limit)
 
 
 def extend_lease(conn: db.Connection, ids: list[int], owner: str, until: float) -> None:
-    with transaction(conn):
-        conn.execute(
-            f"UPDATE deliveries SET lease_until = ? WHERE id IN ({','.join('?' for _ in ids)})"  # noqa: S608
-            " AND lease_owner = ?",
-            (until, *ids, owner),
-        )
+    leases.extend(conn, "deliveries", ids, owner, until)
 
 
 def due_endpoints(conn: db.Connection) -> list[int | None]:
@@ -212,7 +169,7 @@ def due_endpoints(conn: db.Connection) -> list[int | None]:
     now = time.time()
     waiting = (
         "SELECT 1 FROM deliveries d WHERE d.endpoint_id {} AND d."  # noqa: S608
-        + _ACTIVE_SQL
+        + leases.OPEN
         + " AND d.next_attempt_at <= ? AND (d.lease_until IS NULL OR d.lease_until < ?)"
     )
     found: list[int | None] = [
@@ -292,7 +249,7 @@ def fail_leased(conn: db.Connection, owner: str, reason: str, *, ids: list[int] 
         ).rowcount
     return conn.execute(
         "UPDATE deliveries SET state = 'failed', last_error = ?, lease_owner = NULL, lease_until = NULL,"  # noqa: S608
-        f" updated_at = ? WHERE endpoint_id = ? AND lease_owner = ? AND {_ACTIVE_SQL}",
+        f" updated_at = ? WHERE endpoint_id = ? AND lease_owner = ? AND {leases.OPEN}",
         (reason, now, endpoint_id, owner),
     ).rowcount
 
@@ -306,7 +263,7 @@ def fail_waiting(conn: db.Connection, endpoint_id: int, reason: str) -> int:
     now = time.time()
     return conn.execute(
         "UPDATE deliveries SET state = 'failed', last_error = ?, lease_owner = NULL, lease_until = NULL,"  # noqa: S608
-        f" updated_at = ? WHERE endpoint_id = ? AND {_ACTIVE_SQL}"
+        f" updated_at = ? WHERE endpoint_id = ? AND {leases.OPEN}"
         " AND (lease_until IS NULL OR lease_until < ?)",
         (reason, now, endpoint_id, now),
     ).rowcount
@@ -403,7 +360,7 @@ _STREAK_SQL = (
 
 def has_active(conn: db.Connection, endpoint_id: int) -> bool:
     """Whether the endpoint has deliveries pending or retrying (they are probes enough)."""
-    sql = f"SELECT EXISTS (SELECT 1 FROM deliveries WHERE endpoint_id = ? AND {_ACTIVE_SQL})"  # noqa: S608
+    sql = f"SELECT EXISTS (SELECT 1 FROM deliveries WHERE endpoint_id = ? AND {leases.OPEN})"  # noqa: S608
     return bool(conn.execute(sql, (endpoint_id,)).fetchone()[0])
 
 

@@ -19,6 +19,7 @@ import db
 import delivery
 import endpoints
 import jobs
+import leases
 import outbox
 import safe_http
 import worker
@@ -377,7 +378,9 @@ def test_a_batch_that_slows_down_keeps_its_leases_until_recorded(
         post_webhook(text_message(f"wamid.SLOW{n}"))
     config = app.config["WAHOOK"]
     owner = "first"
-    claimed = outbox.claim(conn, [r[0] for r in conn.execute("SELECT id FROM deliveries")], owner, 1.0)
+    claimed = leases.claim_ids(
+        conn, "deliveries", [r[0] for r in conn.execute("SELECT id FROM deliveries")], owner, 1.0
+    )
     assert len(claimed) == 6
     sender = safe_http.Sender(allow_http=True, allow_private=True)
     batch = threading.Thread(

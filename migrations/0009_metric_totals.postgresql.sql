@@ -1,62 +1,4 @@
-"""PostgreSQL's own text of the migrations whose SQLite SQL it cannot run with types mapped.
-
-pg.schema_text maps the column types of every other migration by itself; a migration that
-uses SQLite-only SQL (triggers, INSERT OR IGNORE, PRAGMA) gets its text here under the same
-number, doing the same thing. tests/test_pg.py fails for a migration that needs one and has none.
-"""
-
-
-def _customer_column(name: str, paths: list[str]) -> str:
-    """A column read out of the event's JSON, as migration 4's generated columns (PostgreSQL
-    computes them when a row is written: STORED; wahook_json is NULL for text it cannot read)."""
-    values = ",\n    ".join(
-        f"CASE WHEN name = 'message.echo' THEN nullif(wahook_json(body) ->> '{p[5:]}', '') END"
-        if p.startswith("echo:")
-        else f"nullif(wahook_json(body) ->> '{p}', '')"
-        for p in paths
-    )
-    column = f"ALTER TABLE events ADD COLUMN IF NOT EXISTS {name} TEXT GENERATED ALWAYS AS"
-    return f"{column} (coalesce(\n    {values}\n)) STORED;"
-
-
-TEXT: dict[int, str] = {
-    4: f"""
-CREATE TABLE IF NOT EXISTS endpoint_ids (
-    one BIGINT PRIMARY KEY CHECK (one = 1),
-    last BIGINT NOT NULL
-);
-INSERT INTO endpoint_ids (one, last) VALUES (1, greatest(
-    (SELECT coalesce(max(id), 0) FROM endpoints),
-    (SELECT coalesce(max(endpoint_id), 0) FROM deliveries),
-    (SELECT coalesce(max(endpoint_id), 0) FROM attempts)
-)) ON CONFLICT DO NOTHING;
-CREATE OR REPLACE FUNCTION wahook_endpoint_ids_seen() RETURNS trigger AS $$
-BEGIN
-    UPDATE endpoint_ids SET last = greatest(last, NEW.id);
-    RETURN NULL;
-END $$ LANGUAGE plpgsql;
-CREATE OR REPLACE TRIGGER endpoint_ids_seen AFTER INSERT ON endpoints
-    FOR EACH ROW EXECUTE FUNCTION wahook_endpoint_ids_seen();
-ALTER TABLE deliveries ADD COLUMN IF NOT EXISTS dismissed_at DOUBLE PRECISION;
--- SQLite's json_valid guard: text PostgreSQL will not read as JSON (an escaped lone surrogate
--- a customer sent) gives NULL, so the event is still stored, as on SQLite.
-CREATE OR REPLACE FUNCTION wahook_json(t TEXT) RETURNS jsonb AS $$
-BEGIN
-    RETURN t::jsonb;
-EXCEPTION WHEN others THEN
-    RETURN NULL;
-END $$ LANGUAGE plpgsql IMMUTABLE;
-{_customer_column("customer", ["recipient", "echo:to", "from", "wa_id", "user_phone"])}
-{_customer_column("customer_user_id", ["recipient_user_id", "echo:to_user_id", "from_user_id", "user_id"])}
-{_customer_column("message_id", ["message_id"])}
-CREATE INDEX IF NOT EXISTS events_customer ON events (customer, webhook_id) WHERE customer IS NOT NULL;
-CREATE INDEX IF NOT EXISTS events_customer_user ON events (customer_user_id, webhook_id)
-    WHERE customer_user_id IS NOT NULL;
-CREATE INDEX IF NOT EXISTS events_message ON events (message_id, webhook_id) WHERE message_id IS NOT NULL;
-CREATE INDEX IF NOT EXISTS events_name ON events (name, webhook_id);
-CREATE INDEX IF NOT EXISTS deliveries_state_webhook ON deliveries (state, webhook_id);
-""",  # noqa: S608 (the columns are ours)
-    9: """
+-- Migration 9 as PostgreSQL runs it (0009_metric_totals.sql is SQLite's): each trigger calls a function.
 CREATE TABLE IF NOT EXISTS metric_totals (
     kind TEXT NOT NULL,
     label TEXT NOT NULL DEFAULT '',
@@ -143,5 +85,3 @@ CREATE OR REPLACE TRIGGER metric_delivery AFTER INSERT OR DELETE OR UPDATE OF st
 
 CREATE INDEX IF NOT EXISTS deliveries_waiting_since ON deliveries (endpoint_id, created_at)
     WHERE state IN ('pending', 'retrying');
-""",
-}
