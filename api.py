@@ -193,8 +193,8 @@ def read_limit() -> int:
     return limit
 
 
-def cursor(event_id: str | None) -> int | None:
-    """The row id after which to read, from an event_id the client has; None when it gave none."""
+def cursor(event_id: str | None) -> feed.Position | None:
+    """The position (feed.py) after which to read, from an event_id the client has; None when it gave none."""
     if event_id is None:
         return None
     if not event_id or len(event_id) > 100:

@@ -16,8 +16,15 @@ One gap: ids are max(id) + 1, so if pruning ever emptied the table (no event for
 retention period), ids would start again at 1 and a stream open through all of that would
 wait for ids above its old cursor. A pull cursor then is unknown (422), which says so.
 
-This holds for SQLite only. A database with concurrent writers (sequences handed out
-before commit) would need its own commit sequence for the same promise.
+PostgreSQL's writers do not take turns (several machines must not wait for each other), so
+an id taken early may commit after a higher one. There each event also keeps the id of the
+transaction that wrote it (`tx`, migration 10) and a position is (tx, id):
+
+- a page reads only events whose transaction is below the oldest one still running
+  (`pg_snapshot_xmin`): every transaction below it has ended, and every transaction that
+  has not ended yet, or starts later, has a transaction id at or above it;
+- so, in (tx, id) order, nothing can ever appear behind a position a reader has passed,
+  and a reader waits at most as long as the oldest running transaction takes to end.
 
 New events are noticed cheaply with db.CommitWatch (`PRAGMA data_version`), which changes on a
 connection when any other connection commits, and is read without touching a table.
@@ -66,23 +73,54 @@ def parse_filter(text: str | None) -> list[str]:
     return names.clean_filter(text or "")
 
 
-def cursor_row(conn: db.Connection, event_id: str) -> int:
-    """The row id of the event `event_id`; raises UnknownCursor when it is not stored."""
-    row = conn.execute("SELECT id FROM events WHERE event_id = ?", (event_id,)).fetchone()
+# Where a reader is: the row id on SQLite, (transaction id, row id) on PostgreSQL; 0 is the start.
+Position = int | tuple[int, int]
+
+_PG_PAGE = (
+    "SELECT id, event_id, name, body, tx::text AS tx FROM events"
+    " WHERE (tx, id) > (CAST(? AS xid8), ?) AND tx < pg_snapshot_xmin(pg_current_snapshot()) AND {}"
+    " ORDER BY tx, id LIMIT ?"
+)
+
+
+def postgres(conn: db.Connection) -> bool:
+    return db.engine(conn) == "postgresql"
+
+
+def position(row: db.Row) -> Position:
+    """The position just past this event, as `page` returned it."""
+    return (int(row["tx"]), row["id"]) if "tx" in row.keys() else row["id"]  # noqa: SIM118 (sqlite3.Row)
+
+
+def cursor_row(conn: db.Connection, event_id: str) -> Position:
+    """The position of the event `event_id`; raises UnknownCursor when it is not stored."""
+    if postgres(conn):
+        row = conn.execute("SELECT id, tx::text AS tx FROM events WHERE event_id = ?", (event_id,)).fetchone()
+    else:
+        row = conn.execute("SELECT id FROM events WHERE event_id = ?", (event_id,)).fetchone()
     if row is None:
         raise UnknownCursor(event_id)
-    return row[0]
+    return position(row)
 
 
-def latest_row(conn: db.Connection) -> int:
-    """The newest committed event's row id (0 when there is none): "from now on" as a cursor."""
+def latest_row(conn: db.Connection) -> Position:
+    """The newest committed event's position (0 when there is none): "from now on" as a cursor."""
+    if postgres(conn):
+        row = conn.execute(
+            "SELECT id, tx::text AS tx FROM events WHERE tx < pg_snapshot_xmin(pg_current_snapshot())"
+            " ORDER BY tx DESC, id DESC LIMIT 1"
+        ).fetchone()
+        return 0 if row is None else position(row)
     return conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
 
 
-def page(conn: db.Connection, after_row: int, limit: int, wanted: Iterable[str]) -> list[db.Row]:
-    """Up to `limit` events after row `after_row` that the filter picks, oldest first: rows of
-    (id, event_id, name, body as stored)."""
+def page(conn: db.Connection, after_row: Position, limit: int, wanted: Iterable[str]) -> list[db.Row]:
+    """Up to `limit` events after position `after_row` that the filter picks, oldest first: rows
+    of (id, event_id, name, body as stored), and tx on PostgreSQL."""
     condition, params = filter_sql(wanted)
+    if postgres(conn):
+        tx, row_id = after_row if isinstance(after_row, tuple) else (0, after_row or 0)
+        return conn.execute(_PG_PAGE.format(condition), (str(tx), row_id, *params, limit)).fetchall()
     return conn.execute(
         f"SELECT id, event_id, name, body FROM events WHERE id > ? AND {condition} ORDER BY id LIMIT ?",  # noqa: S608
         (after_row, *params, limit),
@@ -91,13 +129,13 @@ def page(conn: db.Connection, after_row: int, limit: int, wanted: Iterable[str])
 
 def follow(
     conn: db.Connection,
-    after_row: int,
+    after_row: Position,
     wanted: list[str],
     poll_seconds: float,
     page_size: int = 200,
     keep_going: Callable[[], bool] = lambda: True,
 ) -> Iterator[list[db.Row]]:
-    """Each batch of events committed after row `after_row`, oldest first, as they come; an
+    """Each batch of events committed after position `after_row`, oldest first, as they come; an
     empty batch after every look that found nothing (then it waits `poll_seconds`), so the
     caller can send a keep-alive or stop. Reads a page only when something was committed."""
     watcher = db.CommitWatch(conn)
@@ -107,7 +145,7 @@ def follow(
             rows = page(conn, after_row, page_size, wanted)
             more = len(rows) == page_size
             if rows:
-                after_row = rows[-1]["id"]
+                after_row = position(rows[-1])
                 yield rows
                 continue
         yield []

@@ -196,6 +196,8 @@ def store(conn: db.Connection, raw: bytes, body: dict, drawn: list, received_at:
     when some events turn out to be duplicates or a message brought contact events; the
     outbox reads each endpoint's filter once. Contact events and a status's `stale` are
     decided here, under the lock, so two web processes cannot both act on the same old state.
+    On PostgreSQL the statements go in a few round trips (db.pipelined_transaction): a status
+    webhook takes 3, BEGIN and COMMIT included.
     """
     fields = sorted(
         {
@@ -208,8 +210,12 @@ def store(conn: db.Connection, raw: bytes, body: dict, drawn: list, received_at:
     )
     webhook_public_id = "whk_" + secrets.token_hex(12)
     encoded = [encode_event(event.body) for event in drawn]
-    with transaction(conn):
-        webhook_id = conn.execute(
+    statuses = [(e.body["message_id"], e.body["status"]) for e in drawn if e.name == "message.status_updated"]
+    with db.pipelined_transaction(conn):
+        # Intakes about the same customer or message take turns from here (SQLite's write lock
+        # makes every intake do so), so a contact or a status of it in another transaction is seen.
+        db.lock_keys(conn, guarded_keys(drawn))
+        inserted = conn.execute(
             "INSERT INTO webhooks (webhook_id, received_at, object, fields, event_count, body)"
             " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
             (
@@ -220,12 +226,14 @@ def store(conn: db.Connection, raw: bytes, body: dict, drawn: list, received_at:
                 len(drawn),
                 raw,
             ),
-        ).fetchone()[0]
-        # From here, intakes take turns on PostgreSQL too (SQLite's write lock already does this), so
-        # a contact or a status of the same customer or message in another transaction is seen.
-        db.ids_in_commit_order(conn, "events")
-        new = settle(conn, drawn, encoded, received_at)
-        new_names, made = outbox.add_events(conn, new, received_at, webhook=(webhook_id, webhook_public_id))
+        )
+        # Sent before anything is read: on PostgreSQL these and the lock are one round trip.
+        stored_statuses = status_order.look_up(conn, statuses)
+        to = outbox.targets(conn)
+        webhook_id = inserted.fetchone()[0]
+        known = {row[0] for row in stored_statuses} if stored_statuses is not None else set()
+        new = settle(conn, drawn, encoded, received_at, known)
+        new_names, made = outbox.add_events(conn, new, received_at, webhook=(webhook_id, webhook_public_id), to=to)
         media_store.track(conn, drawn, webhook_id, received_at)
         if len(new_names) != len(drawn):
             conn.execute("UPDATE webhooks SET event_count = ? WHERE id = ?", (len(new_names), webhook_id))
@@ -235,12 +243,29 @@ def store(conn: db.Connection, raw: bytes, body: dict, drawn: list, received_at:
     return made
 
 
-def settle(conn: db.Connection, drawn: list, encoded: list[str], now: float) -> list[outbox.NewEvent]:
+def guarded_keys(drawn: list) -> list[str]:
+    """What this body's intake reads and must see settled by any other intake first: each
+    customer a message names (by phone and by user id, as contacts.find looks them up) and
+    each message a status is about. See db.lock_keys."""
+    keys = []
+    for event in drawn:
+        seen = event.contact
+        if seen is not None:
+            phone_number_id = event.body["phone_number_id"]
+            keys += [f"contact:{phone_number_id}:wa:{seen.wa_id}"] if seen.wa_id else []
+            keys += [f"contact:{phone_number_id}:user:{seen.user_id}"] if seen.user_id else []
+        if event.name == "message.status_updated" and event.body["message_id"]:
+            keys.append(f"status:{event.body['message_id']}")
+    return keys
+
+
+def settle(conn: db.Connection, drawn: list, encoded: list[str], now: float, known: set[str]) -> list[outbox.NewEvent]:
     """The events to store, finished with what only the database knows. Call inside the transaction.
 
     Each message's contact events go just ahead of it (a lower event id); a status gets its
-    `stale` and `current_status`, and is encoded again only when they differ from the
-    parser's guess (in order, the usual case, it is not).
+    `stale` and `current_status` (from `known`, the stored statuses status_order.look_up
+    found), and is encoded again only when they differ from the parser's guess (in order, the
+    usual case, it is not).
     """
     new = []
     earlier: dict[str, str] = {}  # the highest status per message so far in this body
@@ -252,7 +277,7 @@ def settle(conn: db.Connection, drawn: list, encoded: list[str], now: float) -> 
         if event.name == "message.status_updated":
             body = event.body
             message_id, status = body["message_id"], body["status"]
-            stale, current = status_order.settle(conn, message_id, status, earlier.get(message_id))
+            stale, current = status_order.settle(conn, message_id, status, earlier.get(message_id), known)
             earlier[message_id] = status_order.highest([current, status]) or earlier.get(message_id) or ""
             if stale or current != status:
                 text_body = encode_event({**body, "stale": stale, "current_status": current})

@@ -35,7 +35,13 @@ ATTEMPT_RESULTS = ("success", "failure")
 
 
 def totals(conn: db.Connection, kind: str) -> list[db.Row]:
-    return conn.execute("SELECT label, label2, value FROM metric_totals WHERE kind = ?", (kind,)).fetchall()
+    """(label, label2, value) of one series. On PostgreSQL a series has a row per database
+    session (migration 10: no row every intake updates), so the rows are summed."""
+    return conn.execute(
+        "SELECT label, label2, sum(value) AS value FROM metric_totals WHERE kind = ? GROUP BY label, label2"
+        " ORDER BY label, label2",
+        (kind,),
+    ).fetchall()
 
 
 def collect(conn: db.Connection, config, now: float | None = None) -> Iterator[Metric]:

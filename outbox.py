@@ -103,10 +103,13 @@ def add_events(
     now = time.time()
     rows = []
     new_names = []
-    for event in new:
-        inserted = add_event_row(conn, event, created_at, webhook_row)
+    # Every insert is sent before any answer is read: on PostgreSQL one round trip for them all.
+    sent = [_insert_event(conn, event, created_at, webhook_row) for event in new]
+    for event, cursor in zip(new, sent, strict=True):
+        inserted = cursor.fetchone()
         if inserted is None:
             continue
+        inserted = inserted[0]
         new_names.append(event.name)
         for target in to:
             if target.format == "events" and target.selects(event.name):
@@ -126,13 +129,19 @@ def add_events(
 
 def add_event_row(conn: db.Connection, event: NewEvent, created_at: float, webhook_row: int | None = None):
     """Store one event without fanning it out; its row id, or None for a duplicate."""
-    db.ids_in_commit_order(conn, "events")
-    inserted = conn.execute(
+    inserted = _insert_event(conn, event, created_at, webhook_row).fetchone()
+    return None if inserted is None else inserted[0]
+
+
+def _insert_event(conn: db.Connection, event: NewEvent, created_at: float, webhook_row: int | None):
+    """Send one event's insert; its cursor holds the new row id, or no row for a duplicate.
+
+    Pull and stream read events in commit order without making writers take turns (feed.py)."""
+    return conn.execute(
         "INSERT INTO events (event_id, webhook_id, name, dedupe_key, created_at, body)"
         " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
         (event.event_id, webhook_row, event.name, event.dedupe_key, created_at, event.body),
-    ).fetchone()
-    return None if inserted is None else inserted[0]
+    )
 
 
 def add_leased(

@@ -10,12 +10,15 @@ What was received is already stored: each status event's duplicate key is
 the statuses that would make this one stale (one read, nothing written), and the answer
 lasts exactly as long as the events do: they are pruned with their webhooks after the
 retention period, after which a late status is no longer marked stale. It runs inside the
-intake transaction, which holds SQLite's write lock (BEGIN IMMEDIATE), so two web processes
-receiving `read` and `delivered` for one message at the same moment are answered in commit
-order. Statuses earlier in the same body are not stored yet; the caller passes them in.
+intake transaction, which holds SQLite's write lock (BEGIN IMMEDIATE), or on PostgreSQL a lock
+on the message's id (db.lock_keys), so two web processes receiving `read` and `delivered` for
+one message at the same moment are answered in commit order. Statuses earlier in the same
+body are not stored yet; the caller passes them in.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import db
 from events import storable
@@ -34,25 +37,42 @@ def highest(statuses: list[str]) -> str | None:
     return max(ranked, key=RANKS.__getitem__) if ranked else None
 
 
-def settle(conn: db.Connection, message_id: str, status: str, earlier: str | None = None) -> tuple[bool, str]:
+def stale_keys(message_id: str, status: str) -> dict[str, str]:
+    """{status: its duplicate key} of the statuses that would make this one stale, if stored:
+    those at or above its rank (all of them for an unranked one)."""
+    if not message_id:
+        return {}
+    rank = RANKS.get(status, 0)
+    return {s: status_key(message_id, s) for s, r in RANKS.items() if r >= rank}
+
+
+def look_up(conn: db.Connection, statuses: list[tuple[str, str]]) -> Iterable[db.Row] | None:
+    """Send the one read that settles every (message id, status) of a body; read its rows
+    (the stored keys among them) only when needed, so on PostgreSQL it shares a round trip."""
+    keys = sorted({key for message_id, status in statuses for key in stale_keys(message_id, status).values()})
+    if not keys:
+        return None
+    marks = ",".join("?" for _ in keys)
+    return conn.execute(f"SELECT dedupe_key FROM events WHERE dedupe_key IN ({marks})", keys)  # noqa: S608
+
+
+def settle(
+    conn: db.Connection, message_id: str, status: str, earlier: str | None = None, known: set[str] | None = None
+) -> tuple[bool, str]:
     """(stale, current_status) for this status of `message_id`. Call inside the intake transaction.
 
-    `earlier` is the highest status for the same message earlier in the same body. A status
-    with no rank (`deleted`, a future one) is never stale; its current_status is the highest
-    ranked one seen, if any.
+    `earlier` is the highest status for the same message earlier in the same body; `known`,
+    the stored keys `look_up` found (else they are read here). A status with no rank
+    (`deleted`, a future one) is never stale; its current_status is the highest ranked one seen.
     """
-    if not message_id:
+    keys = stale_keys(message_id, status)
+    if not keys:
         return False, status
-    rank = RANKS.get(status, 0)
-    # Only the statuses at or above this one's rank can make it stale (all of them for an unranked one).
-    wanted = [s for s, r in RANKS.items() if r >= rank]
-    marks = ",".join("?" for _ in wanted)
-    found = conn.execute(
-        f"SELECT dedupe_key FROM events WHERE dedupe_key IN ({marks})",  # noqa: S608 (placeholders only)
-        [status_key(message_id, s) for s in wanted],
-    ).fetchall()
-    seen = [row[0].rpartition(":")[2] for row in found] + ([earlier] if earlier else [])
-    top = highest([s for s in wanted if s in seen])
+    if known is None:
+        cursor = look_up(conn, [(message_id, status)])
+        known = {row[0] for row in cursor} if cursor is not None else set()
+    seen = {s for s, key in keys.items() if key in known} | ({earlier} if earlier else set())
+    top = highest([s for s in keys if s in seen])
     if top is None:
         return False, status
     return (status in RANKS, top)

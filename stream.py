@@ -54,8 +54,8 @@ def frame(row) -> str:
     return f"id: {row['event_id']}\nevent: {row['name']}\ndata: {row['body']}\n\n"
 
 
-def events(database: str | os.PathLike, after_row: int, wanted: list[str]) -> Iterator[str]:
-    """The stream's text, from the event after row `after_row` on, until the client or the worker
+def events(database: str | os.PathLike, after_row: feed.Position, wanted: list[str]) -> Iterator[str]:
+    """The stream's text, from the event after position `after_row` on, until the client or the worker
     goes. Its slot is released by the response's close (see api.events_stream), which also runs
     for a generator that never started."""
     conn = db.connection(database)

@@ -1,6 +1,7 @@
 """A fast webhook receiver for the benchmarks: a tiny asyncio HTTP/1.1 keep-alive server.
 
-It answers every POST with 200 at once and records, per request, the `X-Webhook-Id` header
+It answers every POST with 200 at once (or `delay` seconds after it arrived, a receiver with
+work of its own to do) and records, per request, the `X-Webhook-Id` header
 and the arrival time (time.time()), so the benchmark can count deliveries, find duplicates
 and measure latency. It understands only what deliveries use: Content-Length bodies.
 
@@ -36,8 +37,9 @@ class Records:
 class Protocol(asyncio.Protocol):
     """One connection; parses requests out of the byte stream, answers each one in order."""
 
-    def __init__(self, records: Records) -> None:
+    def __init__(self, records: Records, delay: float = 0.0) -> None:
         self.records = records
+        self.delay = delay
         self.buffer = b""
 
     def connection_made(self, transport) -> None:
@@ -64,8 +66,15 @@ class Protocol(asyncio.Protocol):
                 break
             self.buffer = self.buffer[end:]
             out.append(self.handle(raw_head, head, now))
-        if out:
+        if out and self.delay:
+            # Every answer waits the same time from its arrival, so they still go out in order.
+            asyncio.get_running_loop().call_later(self.delay, self.answer, b"".join(out))
+        elif out:
             self.transport.write(b"".join(out))
+
+    def answer(self, data: bytes) -> None:
+        if not self.transport.is_closing():
+            self.transport.write(data)
 
     def handle(self, raw_head: bytes, head: bytes, now: float) -> bytes:
         if head.startswith(b"get "):
@@ -91,13 +100,14 @@ class Protocol(asyncio.Protocol):
         return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
 
 
-def serve(port: int, ready=None) -> None:
-    """Listen on 127.0.0.1:`port` until killed; set `ready` (a multiprocessing Event) once listening."""
+def serve(port: int, ready=None, delay: float = 0.0) -> None:
+    """Listen on 127.0.0.1:`port` until killed; set `ready` (a multiprocessing Event) once
+    listening. Each POST is answered `delay` seconds after it arrived."""
 
     async def main() -> None:
         records = Records()
         server = await asyncio.get_running_loop().create_server(
-            lambda: Protocol(records), "127.0.0.1", port, reuse_address=True, backlog=1024
+            lambda: Protocol(records, delay), "127.0.0.1", port, reuse_address=True, backlog=1024
         )
         if ready is not None:
             ready.set()

@@ -8,7 +8,7 @@ status webhooks, each with new wamids; deliveries go to a fast asyncio receiver 
     BENCH_QUICK=1     fewer and shorter rounds, for trying a change (a minute or two; the full
                       run takes five or six)
     BENCH_ONLY=a,b    only these measures: receiver, intake, drain, latency, burst, outage, metrics,
-                      engines, media, streams, publish, durability, search, versus
+                      engines, scaling, media, streams, publish, durability, search, versus
     BENCH_ROOT=dir    measure the wahook checkout in `dir` instead of this one (before/after)
     BENCH_BEFORE=dir  add the `versus` measure: intake of this checkout against the one in `dir`
                       (say, main before a change), alternating round by round in one run
@@ -27,6 +27,7 @@ import engines
 import event_search
 import media_bench
 import metrics_scrape
+import pg_scaling
 import scenarios as sc
 
 MB = 1024 * 1024
@@ -126,6 +127,38 @@ def run_engines(ws: sc.Workspace, plan: sc.Plan, table: Table) -> None:
             f"{pg / lite:.2f}",
         )
     table.add("engines: duplicates delivered", str(found["duplicates"]), met=found["duplicates"] == 0)
+
+
+def run_scaling(ws: sc.Workspace, plan: sc.Plan, table: Table) -> None:
+    found = pg_scaling.measure(ws, plan.intake_seconds, plan.drain_events // 4)
+    for web in pg_scaling.WEB:
+        one = found.intake[(web, 1)]
+        for clients in pg_scaling.CLIENTS:
+            run = found.intake[(web, clients)]
+            ratio = run.rate / one.rate
+            last = clients == pg_scaling.CLIENTS[-1]
+            table.add(
+                f"scaling: PostgreSQL 2 ms away, intake, {web} web processes, {clients} client"
+                + ("s" if clients > 1 else ""),
+                f"{run.rate:,.0f}/s, p50 {run.p50_ms:.0f} ms, p99 {run.p99_ms:.0f} ms",
+                "1 client" if clients > 1 else "",
+                f"{ratio:.1f}x" if clients > 1 else "",
+                ">= 8x, p99 < 250 ms" if last else "",
+                (ratio >= 8 and run.p99_ms < 250) if last else None,
+            )
+    one = found.drain[1]
+    for workers, rate in found.drain.items():
+        target = {2: 1.7, 4: 3.0}.get(workers)
+        table.add(
+            f"scaling: PostgreSQL 2 ms away, drain to a 20 ms receiver, {workers} worker process"
+            + ("es" if workers > 1 else ""),
+            f"{rate:,.0f}/s",
+            "1 worker" if workers > 1 else "",
+            f"{rate / one:.2f}x" if workers > 1 else "",
+            f">= {target}x" if target else "",
+            rate / one >= target if target else None,
+        )
+    table.add("scaling: duplicates delivered", str(found.duplicates), met=found.duplicates == 0)
 
 
 def run_latency(ws: sc.Workspace, plan: sc.Plan, table: Table) -> None:
@@ -287,6 +320,7 @@ MEASURES: dict[str, Callable[[sc.Workspace, sc.Plan, Table], None]] = {
     "outage": run_outage,
     "metrics": run_metrics,
     "engines": run_engines,
+    "scaling": run_scaling,
     "media": run_media,
     "streams": run_streams,
     "publish": run_publish,

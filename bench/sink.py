@@ -10,17 +10,19 @@ from fast_receiver import serve
 
 
 class Sink:
-    """A fast receiver process on a fixed port; `stop()` takes it down, `start()` brings it back."""
+    """A fast receiver process on a fixed port (answering each POST `delay` seconds after it
+    arrived); `stop()` takes it down, `start()` brings it back."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, delay: float = 0.0) -> None:
         self.port = port
+        self.delay = delay
         self.url = f"http://127.0.0.1:{port}/hook"
         self.process: multiprocessing.Process | None = None
         self.session = requests.Session()
 
     def start(self) -> Sink:
         ready = multiprocessing.Event()
-        self.process = multiprocessing.Process(target=serve, args=(self.port, ready), daemon=True)
+        self.process = multiprocessing.Process(target=serve, args=(self.port, ready, self.delay), daemon=True)
         self.process.start()
         if not ready.wait(10):
             raise RuntimeError("the receiver did not start")

@@ -99,7 +99,8 @@ def test_what_is_known_is_forgotten_with_the_events_after_retention(post_webhook
     assert settled(conn, "wamid.NEW")[-1] == ("delivered", True, "read")
 
 
-def test_read_and_delivered_at_once_in_two_web_processes(processes):
+@pytest.mark.engines
+def test_read_and_delivered_at_once_in_two_web_processes(processes, storage_database):
     """Two gunicorn workers take `read` and `delivered` for one message at the same moment:
     whichever commits first, exactly one `read` and it is not stale, and `delivered` is stale
     exactly when it was committed after `read`."""
@@ -124,7 +125,7 @@ def test_read_and_delivered_at_once_in_two_web_processes(processes):
     for thread in threads:
         thread.join()
     assert answers == [200] * 80
-    conn = db.connect(processes.tmp_path / "data" / "wahook.db")
+    conn = db.connect(storage_database)
     try:
         later_delivered = 0
         for wamid in messages:
