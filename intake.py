@@ -22,6 +22,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 import contacts
 import db
 import events as meta_events
+import groupcommit
 import jobs
 import media_links
 import media_store
@@ -185,7 +186,10 @@ def encode_event(body: dict) -> str:
 
 
 def store(conn: db.Connection, raw: bytes, body: dict, drawn: list, received_at: float) -> int:
-    """Write the webhook, its new events and their deliveries in one transaction.
+    """Write the webhook, its new events and their deliveries in one transaction, and return
+    once it is committed. On SQLite that transaction is shared with the other webhooks this
+    process receives at the same moment (groupcommit.py); this webhook's writes stand or fall
+    alone within it.
 
     Returns how many deliveries were created. A duplicate event (its dedupe key is
     already stored) is skipped by the UNIQUE constraint, which holds even when two web
@@ -208,7 +212,8 @@ def store(conn: db.Connection, raw: bytes, body: dict, drawn: list, received_at:
     )
     webhook_public_id = "whk_" + secrets.token_hex(12)
     encoded = [encode_event(event.body) for event in drawn]
-    with transaction(conn):
+
+    def write(conn: db.Connection) -> tuple[list[str], int]:
         webhook_id = conn.execute(
             "INSERT INTO webhooks (webhook_id, received_at, object, fields, event_count, body)"
             " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
@@ -229,6 +234,10 @@ def store(conn: db.Connection, raw: bytes, body: dict, drawn: list, received_at:
         media_store.track(conn, drawn, webhook_id, received_at)
         if len(new_names) != len(drawn):
             conn.execute("UPDATE webhooks SET event_count = ? WHERE id = ?", (len(new_names), webhook_id))
+        return new_names, made
+
+    # One transaction with the other webhooks arriving now (groupcommit.py); back once it is committed.
+    new_names, made = groupcommit.run(conn, write)
     log.info(
         "webhook stored: %d new events, %d deliveries", len(new_names), made, extra={"webhook_id": webhook_public_id}
     )
