@@ -142,6 +142,13 @@ DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite)
 
 @bp.post(PATH)
 def receive() -> Response:
+    # A thread about to commit other webhooks waits a moment for this one (groupcommit.coming).
+    with groupcommit.coming(current_app.config["WAHOOK"].database):
+        return accept()
+
+
+def accept() -> Response:
+    """Check, parse and store one Meta POST; its answer."""
     config = current_app.config["WAHOOK"]
     raw = read_body()
     if raw is None:
@@ -171,7 +178,7 @@ def receive() -> Response:
         drawn = []
     media_links.attach(drawn, config, received_at)
     try:
-        new_deliveries = store(get_db(), raw, body, drawn, received_at)
+        new_deliveries = store(config.database, raw, body, drawn, received_at)
     except db.Error as exc:
         log.error("could not store a webhook, answering 503 so Meta retries: %s", exc)
         return text("storage unavailable, retry later", 503)
@@ -185,7 +192,7 @@ def encode_event(body: dict) -> str:
     return meta_events.storable(json.dumps(body, ensure_ascii=False, separators=(",", ":")))
 
 
-def store(conn: db.Connection, raw: bytes, body: dict, drawn: list, received_at: float) -> int:
+def store(database: str, raw: bytes, body: dict, drawn: list, received_at: float) -> int:
     """Write the webhook, its new events and their deliveries in one transaction, and return
     once it is committed. On SQLite that transaction is shared with the other webhooks this
     process receives at the same moment (groupcommit.py); this webhook's writes stand or fall
@@ -237,7 +244,7 @@ def store(conn: db.Connection, raw: bytes, body: dict, drawn: list, received_at:
         return new_names, made
 
     # One transaction with the other webhooks arriving now (groupcommit.py); back once it is committed.
-    new_names, made = groupcommit.run(conn, write)
+    new_names, made = groupcommit.run(database, write)
     log.info(
         "webhook stored: %d new events, %d deliveries", len(new_names), made, extra={"webhook_id": webhook_public_id}
     )

@@ -37,7 +37,8 @@ def database(tmp_path):
         " BEGIN SELECT RAISE(ABORT, 'this write cannot be stored'); END"
     )
     conn.close()
-    return path
+    yield path
+    db.close_all()
 
 
 def stored(path) -> list[tuple[str, int]]:
@@ -68,21 +69,18 @@ def submit_together(path, writes: dict) -> dict:
     right after) or ("error", the exception)."""
     blocker = db.connect(path)
     blocker.execute("BEGIN IMMEDIATE")
-    group = groupcommit.current()
+    group = groupcommit.group_for(path)
     commits_before = group.commits
     outcomes: dict = {}
 
     def one(name: str, write) -> None:
-        conn = db.connect(path)
         try:
-            result = groupcommit.run(conn, write)
+            result = groupcommit.run(path, write)
         except Exception as exc:  # noqa: BLE001 - the test reads which error each write got
             outcomes[name] = ("error", exc)
         else:
             # Whatever is returned must already be committed: another connection sees it now.
             outcomes[name] = ("ok", result, stored(path))
-        finally:
-            conn.close()
 
     threads = [threading.Thread(target=one, args=item) for item in writes.items()]
     for thread in threads:
@@ -154,11 +152,9 @@ def test_a_write_that_raises_outside_the_database_gets_its_error_and_the_others_
 
 
 def test_one_write_alone_is_committed_at_once(database):
-    conn = db.connect(database)
-    assert groupcommit.run(conn, writer("alone")) == "alone"
+    assert groupcommit.run(database, writer("alone")) == "alone"
     assert stored(database) == [("alone", 1), ("alone", 2)]
-    assert not conn.in_transaction
-    conn.close()
+    assert not db.shared_connection(database).in_transaction
 
 
 def test_a_webhook_that_cannot_be_stored_is_answered_503_and_the_others_200(processes, tmp_path):
