@@ -55,6 +55,8 @@ Connection = sqlite3.Connection | pg.Connection
 Row = sqlite3.Row | pg.Row
 
 _local = threading.local()
+_shared: dict[str, sqlite3.Connection] = {}  # see shared_connection
+_shared_pid: dict[str, int] = {}  # the process each was opened in: a forked child opens its own
 _migrated: set[str] = set()
 _migrate_lock = threading.Lock()
 
@@ -82,16 +84,17 @@ def create_private(path: str | os.PathLike) -> None:
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
 
 
-def connect_sqlite(path: str | os.PathLike) -> sqlite3.Connection:
+def connect_sqlite(path: str | os.PathLike, shared: bool = False) -> sqlite3.Connection:
     """Open a new SQLite connection with the pragmas every wahook connection uses.
 
     isolation_level=None leaves transactions to `transaction()`, which takes the write
     lock up front (BEGIN IMMEDIATE): a deferred transaction that upgrades later can fail
-    with "database is locked" without waiting for busy_timeout.
+    with "database is locked" without waiting for busy_timeout. `shared`: threads take turns
+    with it (the group commit's connection), so it may be used from any of them.
     """
     if not Path(path).exists():
         create_private(path)
-    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=not shared)
     conn.row_factory = sqlite3.Row
     use_wal(conn)
     # FULL: every commit is on disk before it returns, so a 200 to Meta and a delivery's new
@@ -167,12 +170,25 @@ def connection(database: str | os.PathLike) -> Connection:
     return conn
 
 
+def shared_connection(path: str | os.PathLike) -> sqlite3.Connection:
+    """This process's one connection to the SQLite file `path` that threads take turns with: the
+    group commit (groupcommit.py) runs every batch on it, whichever thread leads, as a
+    connection's page cache outlives only its own writes."""
+    key = str(path)
+    conn = _shared.get(key)
+    if conn is None or _shared_pid.get(key) != os.getpid():
+        conn = _shared[key] = connect_sqlite(path, shared=True)
+        _shared_pid[key] = os.getpid()
+    return conn
+
+
 def close_all() -> None:
-    """Close this thread's connections (tests and shutdown)."""
-    for conn in getattr(_local, "conns", {}).values():
+    """Close this thread's connections and the process's shared ones (tests and shutdown)."""
+    for conn in [*getattr(_local, "conns", {}).values(), *_shared.values()]:
         with contextlib.suppress(Exception):
             conn.close()
     _local.conns = {}
+    _shared.clear()
 
 
 def begin(conn: Connection, wait_ms: int | None = None) -> None:
