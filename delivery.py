@@ -26,7 +26,7 @@ import outages
 import outbox
 import safe_http
 from db import transaction
-from events import iso
+from event_catalog import iso
 
 USER_AGENT = "Wahook-Webhook/1.0"
 # Past the attempt's own timeout, time to write its result before another worker may take it.

@@ -26,7 +26,7 @@ import db
 import endpoints
 import outbox
 from db import transaction
-from events import iso
+from event_catalog import iso
 
 PROBE_FIRST = 10.0  # seconds after the last failure
 PROBE_MAX = 600.0

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import db
 import leases
 from db import transaction
-from events import OPERATIONAL_EVENTS, event_id_for, iso, storable
+from event_catalog import OPERATIONAL_EVENTS, event_id_for, iso, storable
 
 # How often automatic recovery may redeliver one delivery within a retry cycle given by hand: an
 # event a receiver refuses while it takes others must not go out again after every outage.

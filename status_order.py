@@ -18,7 +18,7 @@ order. Statuses earlier in the same body are not stored yet; the caller passes t
 from __future__ import annotations
 
 import db
-from events import storable
+from event_catalog import storable
 
 RANKS = {"sent": 1, "delivered": 2, "read": 3, "played": 3, "failed": 4}
 
