@@ -16,8 +16,9 @@ One gap: ids are max(id) + 1, so if pruning ever emptied the table (no event for
 retention period), ids would start again at 1 and a stream open through all of that would
 wait for ids above its old cursor. A pull cursor then is unknown (422), which says so.
 
-This holds for SQLite only. A database with concurrent writers (sequences handed out
-before commit) would need its own commit sequence for the same promise.
+On PostgreSQL, which hands out ids from a sequence before commit and lets writers commit
+side by side, every transaction that adds events first takes an advisory lock
+(db.ids_in_commit_order), so events too become visible in id order.
 
 New events are noticed cheaply with db.CommitWatch (`PRAGMA data_version`), which changes on a
 connection when any other connection commits, and is read without touching a table.
