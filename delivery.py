@@ -5,8 +5,8 @@ start of the response are stored on an `attempts` row and on the delivery, and t
 delivery moves to `retrying` (next attempt after the next `retry_schedule` delay) or,
 after the last one, to `failed`, where it waits for a redelivery.
 
-Every write to `deliveries` (claims, leases, state changes) is outbox.py's; this module
-signs and sends and tells the outbox which state each delivery moves to.
+Every write to `deliveries` (claims, leases, state changes) is delivery_states.py's; this module
+signs and sends and says which state each delivery moves to.
 """
 
 from __future__ import annotations
@@ -20,13 +20,14 @@ import time
 from dataclasses import dataclass
 
 import db
+import delivery_states
 import endpoints
 import leases
 import outages
 import outbox
 import safe_http
 from db import transaction
-from events import iso
+from event_catalog import iso
 
 USER_AGENT = "Wahook-Webhook/1.0"
 # Past the attempt's own timeout, time to write its result before another worker may take it.
@@ -179,16 +180,16 @@ def record(conn: db.Connection, config, owner: str, results: list[tuple[db.Row, 
     finished = []
     with transaction(conn):
         for delivery, outcome in results:
-            outbox.record_attempt(conn, delivery, now - outcome.duration_ms / 1000, outcome)
+            delivery_states.record_attempt(conn, delivery, now - outcome.duration_ms / 1000, outcome)
             state, attempts, next_at = next_step(config, delivery, outcome, now)
-            if outbox.finish(conn, delivery["id"], owner, state, attempts, next_at, outcome):
+            if delivery_states.finish(conn, delivery["id"], owner, state, attempts, next_at, outcome):
                 finished.append((delivery, outcome, state, attempts))
             if outcome.status_code == 410 and delivery["endpoint_id"] is not None:
                 gone[delivery["endpoint_id"]] = f"receiver answered 410 Gone at {iso(now)}"
         for endpoint_id, reason in gone.items():
             endpoints.mark_disabled(conn, endpoint_id, reason)
             # The rest of our batch: mark_disabled leaves leased deliveries to their owner, us.
-            outbox.fail_leased(conn, owner, f"endpoint disabled: {reason}", endpoint_id=endpoint_id)
+            delivery_states.fail_leased(conn, owner, f"endpoint disabled: {reason}", endpoint_id=endpoint_id)
         if results:
             outages.after_batch(conn, config, results[0][0]["endpoint_id"], finished, now)
 
@@ -196,7 +197,7 @@ def record(conn: db.Connection, config, owner: str, results: list[tuple[db.Row, 
 def fail_unsendable(conn: db.Connection, owner: str, deliveries: list[db.Row], reason: str) -> None:
     """End deliveries that cannot be sent at all (endpoint deleted or disabled, payload pruned)."""
     with transaction(conn):
-        outbox.fail_leased(conn, owner, reason, ids=[d["id"] for d in deliveries])
+        delivery_states.fail_leased(conn, owner, reason, ids=[d["id"] for d in deliveries])
 
 
 def deliver_claimed(
@@ -233,7 +234,7 @@ def deliver_claimed(
         if time.time() + timeout + 1 > lease_until:
             # Every delivery of the batch, sent ones too: they are recorded only at the end.
             lease_until = time.time() + lease
-            outbox.extend_lease(conn, [d["id"] for d in claimed], owner, lease_until)
+            delivery_states.extend_lease(conn, [d["id"] for d in claimed], owner, lease_until)
         body = bodies.get(delivery["id"])
         if body is None:
             fail_unsendable(conn, owner, [delivery], "event no longer stored (pruned)")

@@ -34,6 +34,7 @@ from rq import SimpleWorker
 
 import db
 import delivery
+import delivery_states
 import embedded_redis
 import heartbeats
 import jobs
@@ -42,7 +43,6 @@ import logs
 import media_store
 import media_worker
 import outages
-import outbox
 import safe_http
 import silence
 from config import ConfigError, load_config
@@ -84,7 +84,7 @@ class Lane(lanes.Lane):
     def work(self) -> None:
         size = 1 if self.slow else FAST_BATCH
         conn = db.connection(self.dispatcher.config.database)
-        claimed = outbox.claim_next(conn, self.endpoint_id, self.dispatcher.name, self.lease, size)
+        claimed = delivery_states.claim_next(conn, self.endpoint_id, self.dispatcher.name, self.lease, size)
         # A full batch: there is likely more, for another thread, once an attempt has
         # shown the endpoint answers at all (a first 410 should end everything at once).
         full = len(claimed) == size
@@ -148,7 +148,7 @@ class Dispatcher:
             if self.stopping.is_set():
                 return 0
             conn = db.connection(self.config.database)
-            found = outbox.due_endpoints(conn)
+            found = delivery_states.due_endpoints(conn)
             if self.media is not None and media_store.any_due(conn):
                 self.media.want()
             for endpoint_id in found:

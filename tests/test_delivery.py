@@ -17,10 +17,10 @@ from standardwebhooks.webhooks import Webhook
 
 import db
 import delivery
+import delivery_states
 import endpoints
 import jobs
 import leases
-import outbox
 import safe_http
 import worker
 from conftest import text_message, wait_until
@@ -432,7 +432,7 @@ def test_410_in_the_middle_of_a_claimed_batch_fails_the_rest(app, post_webhook, 
     for n in range(3):
         post_webhook(text_message(f"wamid.MID{n}"))
     config = app.config["WAHOOK"]
-    claimed = outbox.claim_next(conn, endpoint["id"], "w", 30, 32)
+    claimed = delivery_states.claim_next(conn, endpoint["id"], "w", 30, 32)
     sender = safe_http.Sender(allow_http=True, allow_private=True)
     delivery.deliver_claimed(conn, config, sender, endpoint["id"], claimed, "w")
     sender.close()

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 import events
 import samples
-from events import EVENT_GROUPS, EVENT_NAMES, event_id_for, parse
+from event_catalog import EVENT_GROUPS, EVENT_NAMES, event_id_for
+from events import parse
 
 WABA = "102290129340398"
 PHONE_ID = "106540352242922"

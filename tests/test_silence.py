@@ -15,7 +15,7 @@ import heartbeats
 import silence
 from app import create_app
 from conftest import Processes, instance_sections, login, make_app, sign, text_message, wait_until
-from events import iso
+from event_catalog import iso
 
 pytestmark = pytest.mark.engines
 
