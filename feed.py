@@ -79,8 +79,10 @@ Position = int | tuple[int, int]
 _PG_PAGE = (
     "SELECT id, event_id, name, body, tx::text AS tx FROM events"
     " WHERE (tx, id) > (CAST(? AS xid8), ?) AND tx < pg_snapshot_xmin(pg_current_snapshot()) AND {}"
-    " ORDER BY tx, id LIMIT ?"
+    " ORDER BY events.tx, events.id LIMIT ?"
 )
+# ORDER BY names the table's column: a bare `tx` would be the text alias above, and as text
+# 10 sorts before 9, so a page crossing such a boundary came out of order and the next repeated it.
 
 
 def postgres(conn: db.Connection) -> bool:
@@ -108,7 +110,7 @@ def latest_row(conn: db.Connection) -> Position:
     if postgres(conn):
         row = conn.execute(
             "SELECT id, tx::text AS tx FROM events WHERE tx < pg_snapshot_xmin(pg_current_snapshot())"
-            " ORDER BY tx DESC, id DESC LIMIT 1"
+            " ORDER BY events.tx DESC, events.id DESC LIMIT 1"
         ).fetchone()
         return 0 if row is None else position(row)
     return conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]

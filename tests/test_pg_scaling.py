@@ -152,6 +152,27 @@ def check_turns(client, conn, key: str, held) -> None:
     assert (slow["stale"], slow["current_status"]) == (False, "read")
 
 
+def test_pull_orders_transaction_ids_as_numbers_not_as_text(conn, engine):
+    """Events of transactions 9 and 10 (a running cluster passes such a boundary, 999 to 1000,
+    every so often): read in pages, they come in commit order, each once. Ordered as text, 10
+    came before 9, and the page after 9 repeated 10."""
+    import feed
+
+    with db.transaction(conn):
+        for number, tx in enumerate(["8", "9", "10", "11"]):
+            conn.execute(
+                "INSERT INTO events (event_id, name, dedupe_key, body, created_at, tx)"
+                " VALUES (?, 'campaign.step', ?, '{}', 0, CAST(? AS xid8))",
+                (f"evt_tx{tx}", f"tx{number}", tx),
+            )
+    read, after = [], 0
+    while rows := feed.page(conn, after, 1, []):
+        read += [row["event_id"] for row in rows]
+        after = feed.position(rows[-1])
+    assert read == ["evt_tx8", "evt_tx9", "evt_tx10", "evt_tx11"]
+    assert feed.latest_row(conn) == feed.cursor_row(conn, "evt_tx11")
+
+
 def test_counters_have_no_row_every_intake_updates_and_stay_exact(app, client, conn, engine):
     """Two transactions that both store events do not wait on a counter row; /metrics counts
     every webhook once, also after the rows of sessions that ended are folded together."""
