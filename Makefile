@@ -17,8 +17,12 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
 run: $(VENV)/.runtime
 	$(PY) run.py
 
+# The tests mostly wait on real processes (gunicorn, workers, Redis, PostgreSQL), so more
+# pytest workers than cores keep a small machine busy: `make test TEST_WORKERS=1` runs them in one.
+TEST_WORKERS ?= 4
+
 test: $(VENV)/.dev
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=10
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .

@@ -23,11 +23,11 @@ import apikeys
 import backup
 import copydb
 import delivery
+import delivery_states
 import endpoints
 import intake
 import jobs
 import listen
-import outbox
 import pg
 import runstate
 import samples
@@ -136,7 +136,7 @@ def deliveries_retry(failed: bool, since: str | None, endpoint_id: int | None) -
     """Start a fresh retry cycle. With no option: every failed delivery. With --since or
     --endpoint and without --failed: delivered ones too, to replay what a receiver lost."""
     failed_only = failed or (since is None and endpoint_id is None)
-    count = outbox.redeliver(
+    count = delivery_states.redeliver(
         get_db(),
         failed_only=failed_only,
         since=parse_since(since) if since else None,

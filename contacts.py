@@ -17,7 +17,8 @@ Meta's out-of-order delivery cannot flip a name back.
 from __future__ import annotations
 
 import db
-from events import Event, Sighting, event_id_for
+from event_catalog import event_id_for
+from events import Event, Sighting
 
 # The envelope keys a contact event shares with the message that caused it.
 HEAD = ("received_at", "waba_id", "phone_number_id", "display_phone_number")

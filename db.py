@@ -6,10 +6,11 @@ pg.py translates for PostgreSQL in one place. The few questions whose SQL cannot
 shared (the database's change counter, JSON paths) are functions here with one answer
 per engine.
 
-`schema.sql` is version 1. Each later change is appended to `MIGRATIONS` with the next
-number and is applied in one transaction together with the version (`PRAGMA user_version`,
-or the `wahook_schema` table on PostgreSQL), so a crash half way leaves the old version,
-never a mix. Every process migrates at start.
+Migrations are the numbered files in migrations/ (0001 is the schema as it first shipped;
+one file per engine where PostgreSQL's text differs). Each is applied in one transaction
+together with the version (`PRAGMA user_version`, or the `wahook_schema` table on
+PostgreSQL), so a crash half way leaves the old version, never a mix. Every process
+migrates at start. schema.sql is the whole current schema in one readable file.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -33,275 +35,9 @@ import pg
 from config import POSTGRES_SCHEMES
 from pg import StorageError
 
-SCHEMA_PATH = Path(__file__).with_name("schema.sql")
-
-# (version, SQL). Append only; never edit a migration that has shipped.
-MIGRATIONS: list[tuple[int, str]] = [
-    (
-        2,
-        """
--- Each lane claims its own endpoint's due deliveries, oldest first, and the worker asks
--- which endpoints have any: both are one index look-up with this index, however many
--- deliveries other endpoints have waiting. It replaces the index on next_attempt_at alone,
--- with which a dead endpoint's backlog had to be read past to find anyone else's.
-CREATE INDEX IF NOT EXISTS deliveries_lane ON deliveries (endpoint_id, next_attempt_at)
-    WHERE state IN ('pending', 'retrying');
-DROP INDEX IF EXISTS deliveries_due;
-""",
-    ),
-    (
-        3,
-        """
--- The monitor's last attempt and failure streak per endpoint: without this they walk back
--- through every endpoint's attempts, which is slow for one that has been quiet for long.
-CREATE INDEX IF NOT EXISTS attempts_endpoint ON attempts (endpoint_id, id);
-""",
-    ),
-    (
-        4,
-        """
--- Endpoint ids are never reused, so a new endpoint never inherits a deleted one's attempts.
--- INTEGER PRIMARY KEY hands out max(id) + 1, which is a deleted endpoint's id again; the
--- table cannot become AUTOINCREMENT without being rebuilt, and rebuilding it (DROP TABLE)
--- would null every delivery's endpoint through ON DELETE SET NULL. So the highest id ever
--- used is kept here, seeded from every place an old id survives.
-CREATE TABLE IF NOT EXISTS endpoint_ids (
-    one INTEGER PRIMARY KEY CHECK (one = 1),
-    last INTEGER NOT NULL
-);
-INSERT OR IGNORE INTO endpoint_ids (one, last) VALUES (1, max(
-    (SELECT coalesce(max(id), 0) FROM endpoints),
-    (SELECT coalesce(max(endpoint_id), 0) FROM deliveries),
-    (SELECT coalesce(max(endpoint_id), 0) FROM attempts)
-));
--- An endpoint inserted with an explicit id (a restored backup, a script) raises the mark too.
-CREATE TRIGGER IF NOT EXISTS endpoint_ids_seen AFTER INSERT ON endpoints BEGIN
-    UPDATE endpoint_ids SET last = max(last, NEW.id);
-END;
-
--- A failed delivery of a deleted endpoint can never be sent again; the admin dismisses it.
--- It then leaves the monitor's counts but keeps its row and attempts (the history).
-ALTER TABLE deliveries ADD COLUMN dismissed_at REAL;
-
--- The event log's search. The customer (a phone number, or a business-scoped user id) and
--- the WhatsApp message id are read out of the event's JSON by generated columns: nothing at
--- intake has to fill them, old rows have them at once, and the indexes hold the values.
-ALTER TABLE events ADD COLUMN customer TEXT GENERATED ALWAYS AS (
-    CASE WHEN json_valid(body) THEN coalesce(
-        nullif(json_extract(body, '$.recipient'), ''),
-        CASE WHEN name = 'message.echo' THEN nullif(json_extract(body, '$.to'), '') END,
-        nullif(json_extract(body, '$.from'), ''),
-        nullif(json_extract(body, '$.wa_id'), ''),
-        nullif(json_extract(body, '$.user_phone'), '')
-    ) END
-) VIRTUAL;
-ALTER TABLE events ADD COLUMN customer_user_id TEXT GENERATED ALWAYS AS (
-    CASE WHEN json_valid(body) THEN coalesce(
-        nullif(json_extract(body, '$.recipient_user_id'), ''),
-        CASE WHEN name = 'message.echo' THEN nullif(json_extract(body, '$.to_user_id'), '') END,
-        nullif(json_extract(body, '$.from_user_id'), ''),
-        nullif(json_extract(body, '$.user_id'), '')
-    ) END
-) VIRTUAL;
-ALTER TABLE events ADD COLUMN message_id TEXT GENERATED ALWAYS AS (
-    CASE WHEN json_valid(body) THEN nullif(json_extract(body, '$.message_id'), '') END
-) VIRTUAL;
--- Each search walks one index newest webhook first and stops after a page.
-CREATE INDEX IF NOT EXISTS events_customer ON events (customer, webhook_id) WHERE customer IS NOT NULL;
-CREATE INDEX IF NOT EXISTS events_customer_user ON events (customer_user_id, webhook_id)
-    WHERE customer_user_id IS NOT NULL;
-CREATE INDEX IF NOT EXISTS events_message ON events (message_id, webhook_id) WHERE message_id IS NOT NULL;
-CREATE INDEX IF NOT EXISTS events_name ON events (name, webhook_id);
-CREATE INDEX IF NOT EXISTS deliveries_state_webhook ON deliveries (state, webhook_id);
-""",
-    ),
-    (
-        5,
-        """
--- Secret rotation: the secret a rotation replaced keeps signing alongside the new one until
--- previous_secret_until, so receivers can switch without losing a delivery.
-ALTER TABLE endpoints ADD COLUMN previous_secret TEXT NOT NULL DEFAULT '';
-ALTER TABLE endpoints ADD COLUMN previous_secret_until REAL;
--- An endpoint's failing streak (see outages.py): when its attempts started failing (NULL while
--- it is healthy), when it is next probed and the probe interval, and until when deliveries of
--- the outage are being redelivered to it after it came back.
-ALTER TABLE endpoints ADD COLUMN failing_since REAL;
-ALTER TABLE endpoints ADD COLUMN next_probe_at REAL;
-ALTER TABLE endpoints ADD COLUMN probe_interval REAL;
-ALTER TABLE endpoints ADD COLUMN recovering_until REAL;
--- Retry cycles a delivery was given by hand (delivery.failed is sent once per cycle), and how
--- often automatic recovery redelivered it in this cycle (a few times at most: an event the
--- receiver refuses must not be sent again after every outage).
-ALTER TABLE deliveries ADD COLUMN cycle INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE deliveries ADD COLUMN auto_redelivered INTEGER NOT NULL DEFAULT 0;
--- The oldest failed deliveries of an endpoint, for its probe and its recovery.
-CREATE INDEX IF NOT EXISTS deliveries_failed ON deliveries (endpoint_id, id) WHERE state = 'failed';
-""",
-    ),
-    (
-        6,
-        """
--- Customers per business phone number, for contact.created / contact.updated (contacts.py).
--- Found by wa_id (their phone), else by user_id (the business-scoped id of a customer who
--- hides the phone behind a username). seen_ts is the newest message's own time: an older
--- message arriving late never renames anyone.
-CREATE TABLE IF NOT EXISTS contacts (
-    id INTEGER PRIMARY KEY,
-    phone_number_id TEXT NOT NULL,
-    wa_id TEXT,
-    user_id TEXT,
-    name TEXT,
-    seen_ts REAL NOT NULL,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
-);
-CREATE UNIQUE INDEX IF NOT EXISTS contacts_wa_id ON contacts (phone_number_id, wa_id);
-CREATE INDEX IF NOT EXISTS contacts_user_id ON contacts (phone_number_id, user_id);
-""",
-    ),
-    (
-        7,
-        """
--- Keys for the publish, pull and stream API. Only a SHA-256 of the key is kept; `prefix`
--- (its random first part, not secret) finds the row, so the hash is compared in constant time.
-CREATE TABLE IF NOT EXISTS api_keys (
-    id INTEGER PRIMARY KEY,
-    name TEXT NOT NULL,
-    prefix TEXT NOT NULL UNIQUE,
-    key_hash TEXT NOT NULL,
-    scopes TEXT NOT NULL,                     -- comma separated: publish, read
-    created_at REAL NOT NULL,
-    last_used_at REAL,
-    revoked_at REAL
-);
-
--- Idempotency-Key of a publish -> the answer it got, per API key, for 24 hours. Written in
--- the transaction that publishes, so a repeat either sees the event or publishes it itself.
-CREATE TABLE IF NOT EXISTS idempotency_keys (
-    api_key_id INTEGER NOT NULL,
-    key TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    status INTEGER NOT NULL,
-    answer TEXT NOT NULL,
-    PRIMARY KEY (api_key_id, key)
-);
-CREATE INDEX IF NOT EXISTS idempotency_created ON idempotency_keys (created_at);
-""",
-    ),
-    (
-        8,
-        """
--- Media custody (media_store.py): one row per Meta media id, downloaded by the worker and
--- kept in the data folder under the file's sha256, so a file sent twice is kept once.
-CREATE TABLE IF NOT EXISTS media (
-    id INTEGER PRIMARY KEY,
-    media_id TEXT NOT NULL UNIQUE,            -- Meta's id, checked against media_links.SAFE_ID
-    mime_type TEXT NOT NULL DEFAULT '',
-    sha256 TEXT NOT NULL DEFAULT '',          -- Meta's hash as sent (hex or base64)
-    filename TEXT NOT NULL DEFAULT '',        -- a document's name, as the customer sent it
-    file TEXT,                                -- hex sha256 naming the kept file, once downloaded
-    size INTEGER,
-    state TEXT NOT NULL DEFAULT 'pending'
-        CHECK (state IN ('pending', 'retrying', 'downloaded', 'failed')),
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at REAL NOT NULL,
-    lease_owner TEXT,
-    lease_until REAL,
-    last_error TEXT NOT NULL DEFAULT '',
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS media_due ON media (next_attempt_at) WHERE state IN ('pending', 'retrying');
-CREATE INDEX IF NOT EXISTS media_file ON media (file);
--- The webhooks that carried each media id: the file goes when the last of them is pruned.
-CREATE TABLE IF NOT EXISTS media_refs (
-    media INTEGER NOT NULL REFERENCES media (id) ON DELETE CASCADE,
-    webhook_id INTEGER NOT NULL REFERENCES webhooks (id) ON DELETE CASCADE,
-    PRIMARY KEY (media, webhook_id)
-);
-CREATE INDEX IF NOT EXISTS media_refs_webhook ON media_refs (webhook_id);
-""",
-    ),
-    (
-        9,
-        """
--- Running totals for GET /metrics (metrics.py), kept by triggers in the very transaction
--- that changes the rows, so every web process and worker adds to the same numbers and a
--- scrape reads a few dozen rows instead of counting a million. `kind` names the series;
--- a counter's row is only ever added to (pruning history does not take from it).
-CREATE TABLE IF NOT EXISTS metric_totals (
-    kind TEXT NOT NULL,                       -- webhooks, events, attempts, deliveries
-    label TEXT NOT NULL DEFAULT '',           -- outcome, event name, or endpoint id
-    label2 TEXT NOT NULL DEFAULT '',          -- result or state
-    value INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (kind, label, label2)
-);
-INSERT OR IGNORE INTO metric_totals (kind, label, label2, value)
-    SELECT 'webhooks', 'received', '', count(*) FROM webhooks;
-INSERT OR IGNORE INTO metric_totals (kind, label, label2, value)
-    SELECT 'webhooks', 'rejected', '', coalesce(sum(count), 0) FROM rejections;
-INSERT OR IGNORE INTO metric_totals (kind, label, label2, value)
-    SELECT 'events', name, '', count(*) FROM events GROUP BY name;
-INSERT OR IGNORE INTO metric_totals (kind, label, label2, value)
-    SELECT 'attempts', coalesce(endpoint_id, 0), CASE WHEN ok THEN 'success' ELSE 'failure' END, count(*)
-    FROM attempts GROUP BY 2, 3;
-INSERT OR IGNORE INTO metric_totals (kind, label, label2, value)
-    SELECT 'deliveries', coalesce(endpoint_id, 0), state, count(*) FROM deliveries GROUP BY 2, 3;
-CREATE TRIGGER IF NOT EXISTS metric_webhook AFTER INSERT ON webhooks BEGIN
-    INSERT INTO metric_totals (kind, label, label2, value) VALUES ('webhooks', 'received', '', 1)
-        ON CONFLICT DO UPDATE SET value = value + 1;
-END;
-CREATE TRIGGER IF NOT EXISTS metric_rejection_new AFTER INSERT ON rejections BEGIN
-    INSERT INTO metric_totals (kind, label, label2, value) VALUES ('webhooks', 'rejected', '', NEW.count)
-        ON CONFLICT DO UPDATE SET value = value + NEW.count;
-END;
-CREATE TRIGGER IF NOT EXISTS metric_rejection_more AFTER UPDATE OF count ON rejections
-    WHEN NEW.count > OLD.count BEGIN
-    INSERT INTO metric_totals (kind, label, label2, value)
-        VALUES ('webhooks', 'rejected', '', NEW.count - OLD.count)
-        ON CONFLICT DO UPDATE SET value = value + NEW.count - OLD.count;
-END;
-CREATE TRIGGER IF NOT EXISTS metric_event AFTER INSERT ON events BEGIN
-    INSERT INTO metric_totals (kind, label, label2, value) VALUES ('events', NEW.name, '', 1)
-        ON CONFLICT DO UPDATE SET value = value + 1;
-END;
-CREATE TRIGGER IF NOT EXISTS metric_attempt AFTER INSERT ON attempts BEGIN
-    INSERT INTO metric_totals (kind, label, label2, value)
-        VALUES ('attempts', coalesce(NEW.endpoint_id, 0), CASE WHEN NEW.ok THEN 'success' ELSE 'failure' END, 1)
-        ON CONFLICT DO UPDATE SET value = value + 1;
-END;
--- Deliveries are a gauge (how many are in each state now): added on insert, moved on a
--- change of state or endpoint (a deleted endpoint sets it NULL), taken away on delete.
-CREATE TRIGGER IF NOT EXISTS metric_delivery_new AFTER INSERT ON deliveries BEGIN
-    INSERT INTO metric_totals (kind, label, label2, value)
-        VALUES ('deliveries', coalesce(NEW.endpoint_id, 0), NEW.state, 1)
-        ON CONFLICT DO UPDATE SET value = value + 1;
-END;
-CREATE TRIGGER IF NOT EXISTS metric_delivery_moved AFTER UPDATE OF state, endpoint_id ON deliveries
-    WHEN OLD.state IS NOT NEW.state OR OLD.endpoint_id IS NOT NEW.endpoint_id BEGIN
-    UPDATE metric_totals SET value = value - 1
-        WHERE kind = 'deliveries' AND label = CAST(coalesce(OLD.endpoint_id, 0) AS TEXT) AND label2 = OLD.state;
-    INSERT INTO metric_totals (kind, label, label2, value)
-        VALUES ('deliveries', coalesce(NEW.endpoint_id, 0), NEW.state, 1)
-        ON CONFLICT DO UPDATE SET value = value + 1;
-END;
-CREATE TRIGGER IF NOT EXISTS metric_delivery_gone AFTER DELETE ON deliveries BEGIN
-    UPDATE metric_totals SET value = value - 1
-        WHERE kind = 'deliveries' AND label = CAST(coalesce(OLD.endpoint_id, 0) AS TEXT) AND label2 = OLD.state;
-END;
--- The oldest delivery still on its way, per endpoint, in one index look-up each.
-CREATE INDEX IF NOT EXISTS deliveries_waiting_since ON deliveries (endpoint_id, created_at)
-    WHERE state IN ('pending', 'retrying');
-""",
-    ),
-    (
-        10,
-        """
--- Nothing on SQLite: one writer at a time already commits events in id order and adds to
--- the counters in turn. PostgreSQL's text (pg_migrations.py) lets its writers stop taking turns.
-""",
-    ),
-]
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+# NNNN_what.sql, and NNNN_what.postgresql.sql beside it where PostgreSQL's text differs.
+_MIGRATION_FILE = re.compile(r"^(\d{4})_[a-z0-9_]+(\.postgresql)?\.sql$")
 
 BUSY_TIMEOUT_MS = 5000
 MIGRATION_WAIT_MS = 600_000
@@ -319,6 +55,8 @@ Connection = sqlite3.Connection | pg.Connection
 Row = sqlite3.Row | pg.Row
 
 _local = threading.local()
+_shared: dict[str, sqlite3.Connection] = {}  # see shared_connection
+_shared_pid: dict[str, int] = {}  # the process each was opened in: a forked child opens its own
 _migrated: set[str] = set()
 _migrate_lock = threading.Lock()
 
@@ -346,16 +84,17 @@ def create_private(path: str | os.PathLike) -> None:
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
 
 
-def connect_sqlite(path: str | os.PathLike) -> sqlite3.Connection:
+def connect_sqlite(path: str | os.PathLike, shared: bool = False) -> sqlite3.Connection:
     """Open a new SQLite connection with the pragmas every wahook connection uses.
 
     isolation_level=None leaves transactions to `transaction()`, which takes the write
     lock up front (BEGIN IMMEDIATE): a deferred transaction that upgrades later can fail
-    with "database is locked" without waiting for busy_timeout.
+    with "database is locked" without waiting for busy_timeout. `shared`: threads take turns
+    with it (the group commit's connection), so it may be used from any of them.
     """
     if not Path(path).exists():
         create_private(path)
-    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=not shared)
     conn.row_factory = sqlite3.Row
     use_wal(conn)
     # FULL: every commit is on disk before it returns, so a 200 to Meta and a delivery's new
@@ -431,12 +170,25 @@ def connection(database: str | os.PathLike) -> Connection:
     return conn
 
 
+def shared_connection(path: str | os.PathLike) -> sqlite3.Connection:
+    """This process's one connection to the SQLite file `path` that threads take turns with: the
+    group commit (groupcommit.py) runs every batch on it, whichever thread leads, as a
+    connection's page cache outlives only its own writes."""
+    key = str(path)
+    conn = _shared.get(key)
+    if conn is None or _shared_pid.get(key) != os.getpid():
+        conn = _shared[key] = connect_sqlite(path, shared=True)
+        _shared_pid[key] = os.getpid()
+    return conn
+
+
 def close_all() -> None:
-    """Close this thread's connections (tests and shutdown)."""
-    for conn in getattr(_local, "conns", {}).values():
+    """Close this thread's connections and the process's shared ones (tests and shutdown)."""
+    for conn in [*getattr(_local, "conns", {}).values(), *_shared.values()]:
         with contextlib.suppress(Exception):
             conn.close()
     _local.conns = {}
+    _shared.clear()
 
 
 def begin(conn: Connection, wait_ms: int | None = None) -> None:
@@ -515,19 +267,30 @@ def statements(script: str) -> Iterator[str]:
         yield buffer
 
 
-def steps(migrations: list[tuple[int, str]] | None = None) -> list[tuple[int, str]]:
-    """(version, SQLite SQL) from schema.sql up, by number, whatever order the list was
-    written in: a version skipped here would never run."""
-    return [(1, SCHEMA_PATH.read_text(encoding="utf-8"))] + sorted(
-        MIGRATIONS if migrations is None else migrations, key=lambda step: step[0]
-    )
+def migrations(engine_name: str = "sqlite") -> list[tuple[int, str]]:
+    """(version, SQL) of every migration in migrations/ as `engine_name` runs it, by number:
+    a version skipped or given twice would leave databases apart, so either refuses to start."""
+    found: dict[int, dict[bool, str]] = {}
+    for path in MIGRATIONS_DIR.iterdir():
+        match = _MIGRATION_FILE.match(path.name)
+        if match:
+            own = found.setdefault(int(match[1]), {})
+            if bool(match[2]) in own:
+                raise RuntimeError(f"two migrations numbered {match[1]} in {MIGRATIONS_DIR}")
+            own[bool(match[2])] = path.read_text(encoding="utf-8")
+    if sorted(found) != list(range(1, len(found) + 1)) or not all(False in texts for texts in found.values()):
+        raise RuntimeError(f"{MIGRATIONS_DIR}: migrations must be numbered 1, 2, 3... each with its .sql")
+    postgres = engine_name == "postgresql"
+    return [(number, texts.get(postgres, texts[False])) for number, texts in sorted(found.items())]
 
 
-def migrate(conn: Connection, migrations: list[tuple[int, str]] | None = None) -> int:
-    """Bring the database to the newest version; return that version. Safe to repeat."""
+def migrate(conn: Connection, steps: list[tuple[int, str]] | None = None) -> int:
+    """Bring the database to the newest version (or to the last of `steps`); return that
+    version. Safe to repeat."""
+    steps = sorted(migrations(engine(conn)) if steps is None else steps, key=lambda step: step[0])
     if engine(conn) == "postgresql":
-        return pg.migrate(conn, steps(migrations))
-    for version, script in steps(migrations):
+        return pg.migrate(conn, steps)
+    for version, script in steps:
         # Processes started together all migrate; the first may hold the lock for a while (migration
         # 4 builds its indexes in about 10 s per million stored webhooks), so the others wait it out.
         with transaction(conn, MIGRATION_WAIT_MS):
@@ -547,11 +310,21 @@ def data_version(conn: Connection) -> int:
     return conn.execute("PRAGMA data_version").fetchone()[0]
 
 
-def skip_locked(conn: Connection) -> str:
-    """What to append to a SELECT that picks rows to claim in the same transaction: on
-    PostgreSQL, lock them and pass over rows another worker is claiming right now. SQLite
-    needs nothing: its write transaction already excludes every other writer."""
-    return " FOR UPDATE SKIP LOCKED" if engine(conn) == "postgresql" else ""
+class CommitWatch:
+    """Tells whether another connection committed since the last look (workers and streams
+    poll it to wake): `data_version` of a connection of its own, no table read."""
+
+    def __init__(self, conn: Connection, *, seen: bool = True) -> None:
+        """seen=False: the first look reports a change, whatever happened before."""
+        self.conn = conn
+        self.version = data_version(conn) if seen else None
+
+    def changed(self) -> bool:
+        now = data_version(self.conn)
+        if now != self.version:
+            self.version = now
+            return True
+        return False
 
 
 def lock_keys(conn: Connection, keys: Iterable[str]) -> None:

@@ -5,8 +5,8 @@ start of the response are stored on an `attempts` row and on the delivery, and t
 delivery moves to `retrying` (next attempt after the next `retry_schedule` delay) or,
 after the last one, to `failed`, where it waits for a redelivery.
 
-Every write to `deliveries` (claims, leases, state changes) is outbox.py's; this module
-signs and sends and tells the outbox which state each delivery moves to.
+Every write to `deliveries` (claims, leases, state changes) is delivery_states.py's; this module
+signs and sends and says which state each delivery moves to.
 """
 
 from __future__ import annotations
@@ -20,12 +20,14 @@ import time
 from dataclasses import dataclass
 
 import db
+import delivery_states
 import endpoints
+import leases
 import outages
 import outbox
 import safe_http
 from db import transaction
-from events import iso
+from event_catalog import iso
 
 USER_AGENT = "Wahook-Webhook/1.0"
 # Past the attempt's own timeout, time to write its result before another worker may take it.
@@ -147,13 +149,11 @@ def send(sender: safe_http.Sender, endpoint: db.Row, delivery: db.Row, body: byt
         return Outcome(True, code, response.duration_ms, "", text)
     error = f"HTTP {code}"
     if 300 <= code < 400:
-        location = next((v for k, v in response.headers.items() if k.lower() == "location"), "")
+        location = response.headers.get("Location", "")
         error += f": redirect to {location[:200] or '?'} not followed"
     retry_after = None
     if code in (429, 503):
-        retry_after = retry_after_seconds(
-            next((v for k, v in response.headers.items() if k.lower() == "retry-after"), None)
-        )
+        retry_after = retry_after_seconds(response.headers.get("Retry-After"))
     return Outcome(False, code, response.duration_ms, error, text, retry_after)
 
 
@@ -162,10 +162,11 @@ def next_step(config, delivery: db.Row, outcome: Outcome, now: float) -> tuple[s
     attempts = delivery["attempts"] + 1
     if outcome.ok:
         return "delivered", attempts, now
-    schedule = config["delivery"]["retry_schedule"]
-    if outcome.permanent or outcome.status_code == 410 or attempts > len(schedule):
+    delay = leases.retry_delay(
+        attempts, config["delivery"]["retry_schedule"], outcome.permanent or outcome.status_code == 410
+    )
+    if delay is None:
         return "failed", attempts, now
-    delay = float(schedule[attempts - 1])
     if outcome.retry_after is not None:
         # Retry-After may push the retry later, never sooner, and never past an hour.
         delay = max(delay, min(outcome.retry_after, MAX_RETRY_AFTER))
@@ -179,9 +180,9 @@ def record(conn: db.Connection, config, owner: str, results: list[tuple[db.Row, 
     with db.pipelined_transaction(conn):
         sent = []
         for delivery, outcome in results:
-            outbox.record_attempt(conn, delivery, now - outcome.duration_ms / 1000, outcome)
+            delivery_states.record_attempt(conn, delivery, now - outcome.duration_ms / 1000, outcome)
             state, attempts, next_at = next_step(config, delivery, outcome, now)
-            moved = outbox.finish_later(conn, delivery["id"], owner, state, attempts, next_at, outcome)
+            moved = delivery_states.finish_later(conn, delivery["id"], owner, state, attempts, next_at, outcome)
             sent.append((delivery, outcome, state, attempts, moved))
             if outcome.status_code == 410 and delivery["endpoint_id"] is not None:
                 gone[delivery["endpoint_id"]] = f"receiver answered 410 Gone at {iso(now)}"
@@ -190,7 +191,7 @@ def record(conn: db.Connection, config, owner: str, results: list[tuple[db.Row, 
         for endpoint_id, reason in gone.items():
             endpoints.mark_disabled(conn, endpoint_id, reason)
             # The rest of our batch: mark_disabled leaves leased deliveries to their owner, us.
-            outbox.fail_leased(conn, owner, f"endpoint disabled: {reason}", endpoint_id=endpoint_id)
+            delivery_states.fail_leased(conn, owner, f"endpoint disabled: {reason}", endpoint_id=endpoint_id)
         if results:
             outages.after_batch(conn, config, results[0][0]["endpoint_id"], finished, now)
 
@@ -198,7 +199,7 @@ def record(conn: db.Connection, config, owner: str, results: list[tuple[db.Row, 
 def fail_unsendable(conn: db.Connection, owner: str, deliveries: list[db.Row], reason: str) -> None:
     """End deliveries that cannot be sent at all (endpoint deleted or disabled, payload pruned)."""
     with transaction(conn):
-        outbox.fail_leased(conn, owner, reason, ids=[d["id"] for d in deliveries])
+        delivery_states.fail_leased(conn, owner, reason, ids=[d["id"] for d in deliveries])
 
 
 def deliver_claimed(
@@ -235,7 +236,7 @@ def deliver_claimed(
         if time.time() + timeout + 1 > lease_until:
             # Every delivery of the batch, sent ones too: they are recorded only at the end.
             lease_until = time.time() + lease
-            outbox.extend_lease(conn, [d["id"] for d in claimed], owner, lease_until)
+            delivery_states.extend_lease(conn, [d["id"] for d in claimed], owner, lease_until)
         body = bodies.get(delivery["id"])
         if body is None:
             fail_unsendable(conn, owner, [delivery], "event no longer stored (pruned)")

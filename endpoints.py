@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 import db
+import delivery_states
 import names
 import outbox
 import safe_http
@@ -224,7 +225,7 @@ def mark_disabled(conn: db.Connection, endpoint_id: int, reason: str) -> None:
         " next_probe_at = NULL, probe_interval = NULL, recovering_until = NULL WHERE id = ?",
         (reason, now, endpoint_id),
     )
-    outbox.fail_waiting(conn, endpoint_id, f"endpoint disabled: {reason}")
+    delivery_states.fail_waiting(conn, endpoint_id, f"endpoint disabled: {reason}")
     if row is not None and row["enabled"]:
         outbox.publish(
             conn,
@@ -243,5 +244,5 @@ def disable(conn: db.Connection, endpoint_id: int, reason: str) -> None:
 def remove(conn: db.Connection, endpoint_id: int) -> bool:
     """Delete an endpoint. Its waiting deliveries end as failed; the history stays."""
     with transaction(conn):
-        outbox.fail_waiting(conn, endpoint_id, "endpoint deleted")
+        delivery_states.fail_waiting(conn, endpoint_id, "endpoint deleted")
         return conn.execute("DELETE FROM endpoints WHERE id = ?", (endpoint_id,)).rowcount > 0

@@ -17,7 +17,7 @@ from flask import Blueprint, Response, abort, render_template, request
 import db
 import search
 from db import get_db, row_id
-from events import storable
+from event_catalog import storable
 
 bp = Blueprint("eventlog", __name__)
 

@@ -26,8 +26,8 @@ transaction that wrote it (`tx`, migration 10) and a position is (tx, id):
 - so, in (tx, id) order, nothing can ever appear behind a position a reader has passed,
   and a reader waits at most as long as the oldest running transaction takes to end.
 
-New events are noticed cheaply with `PRAGMA data_version` (db.data_version), which changes on a connection
-when any other connection commits, and is read without touching a table.
+New events are noticed cheaply with db.CommitWatch (`PRAGMA data_version`), which changes on a
+connection when any other connection commits, and is read without touching a table.
 """
 
 from __future__ import annotations
@@ -127,24 +127,6 @@ def page(conn: db.Connection, after_row: Position, limit: int, wanted: Iterable[
     ).fetchall()
 
 
-class Watcher:
-    """Tells whether anything was committed to the database since the last look."""
-
-    def __init__(self, conn: db.Connection) -> None:
-        self.conn = conn
-        self.version = self._read()
-
-    def _read(self) -> int:
-        return db.data_version(self.conn)
-
-    def changed(self) -> bool:
-        now = self._read()
-        if now != self.version:
-            self.version = now
-            return True
-        return False
-
-
 def follow(
     conn: db.Connection,
     after_row: Position,
@@ -156,7 +138,7 @@ def follow(
     """Each batch of events committed after position `after_row`, oldest first, as they come; an
     empty batch after every look that found nothing (then it waits `poll_seconds`), so the
     caller can send a keep-alive or stop. Reads a page only when something was committed."""
-    watcher = Watcher(conn)
+    watcher = db.CommitWatch(conn)
     more = True  # read once at the start: events may have come after the cursor already
     while keep_going():
         if more or watcher.changed():

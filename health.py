@@ -9,14 +9,12 @@ import time
 
 from flask import Blueprint, current_app, jsonify
 
+import heartbeats
 import jobs
 import silence
 from db import get_db
 
 bp = Blueprint("health", __name__)
-
-# A worker writes its heartbeat every few seconds; this much silence means none is running.
-WORKER_SILENCE_LIMIT = 30
 
 
 def check_database() -> str:
@@ -37,13 +35,13 @@ def check_redis() -> str:
 
 def check_worker() -> str:
     try:
-        row = get_db().execute("SELECT max(seen_at) FROM workers").fetchone()
+        seen_at = heartbeats.last_seen(get_db())
     except Exception as exc:
         return f"unknown: {exc}"
-    if row[0] is None:
+    if seen_at is None:
         return "error: no worker has started"
-    silent = time.time() - row[0]
-    if silent > WORKER_SILENCE_LIMIT:
+    silent = time.time() - seen_at
+    if silent > heartbeats.SILENCE_LIMIT:
         return f"error: no worker heartbeat for {int(silent)} s"
     return "ok"
 

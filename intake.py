@@ -22,6 +22,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 import contacts
 import db
 import events as meta_events
+import groupcommit
 import jobs
 import media_links
 import media_store
@@ -141,6 +142,13 @@ DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite)
 
 @bp.post(PATH)
 def receive() -> Response:
+    # A thread about to commit other webhooks waits a moment for this one (groupcommit.coming).
+    with groupcommit.coming(current_app.config["WAHOOK"].database):
+        return accept()
+
+
+def accept() -> Response:
+    """Check, parse and store one Meta POST; its answer."""
     config = current_app.config["WAHOOK"]
     raw = read_body()
     if raw is None:
@@ -170,7 +178,7 @@ def receive() -> Response:
         drawn = []
     media_links.attach(drawn, config, received_at)
     try:
-        new_deliveries = store(get_db(), raw, body, drawn, received_at)
+        new_deliveries = store(config.database, raw, body, drawn, received_at)
     except db.Error as exc:
         log.error("could not store a webhook, answering 503 so Meta retries: %s", exc)
         return text("storage unavailable, retry later", 503)
@@ -184,8 +192,11 @@ def encode_event(body: dict) -> str:
     return meta_events.storable(json.dumps(body, ensure_ascii=False, separators=(",", ":")))
 
 
-def store(conn: db.Connection, raw: bytes, body: dict, drawn: list, received_at: float) -> int:
-    """Write the webhook, its new events and their deliveries in one transaction.
+def store(database: str, raw: bytes, body: dict, drawn: list, received_at: float) -> int:
+    """Write the webhook, its new events and their deliveries in one transaction, and return
+    once it is committed. On SQLite that transaction is shared with the other webhooks this
+    process receives at the same moment (groupcommit.py); this webhook's writes stand or fall
+    alone within it.
 
     Returns how many deliveries were created. A duplicate event (its dedupe key is
     already stored) is skipped by the UNIQUE constraint, which holds even when two web
@@ -211,7 +222,8 @@ def store(conn: db.Connection, raw: bytes, body: dict, drawn: list, received_at:
     webhook_public_id = "whk_" + secrets.token_hex(12)
     encoded = [encode_event(event.body) for event in drawn]
     statuses = [(e.body["message_id"], e.body["status"]) for e in drawn if e.name == "message.status_updated"]
-    with db.pipelined_transaction(conn):
+
+    def write(conn: db.Connection) -> tuple[list[str], int]:
         # Intakes about the same customer or message take turns from here (SQLite's write lock
         # makes every intake do so), so a contact or a status of it in another transaction is seen.
         db.lock_keys(conn, guarded_keys(drawn))
@@ -237,6 +249,10 @@ def store(conn: db.Connection, raw: bytes, body: dict, drawn: list, received_at:
         media_store.track(conn, drawn, webhook_id, received_at)
         if len(new_names) != len(drawn):
             conn.execute("UPDATE webhooks SET event_count = ? WHERE id = ?", (len(new_names), webhook_id))
+        return new_names, made
+
+    # One transaction with the other webhooks arriving now (groupcommit.py); back once it is committed.
+    new_names, made = groupcommit.run(database, write)
     log.info(
         "webhook stored: %d new events, %d deliveries", len(new_names), made, extra={"webhook_id": webhook_public_id}
     )

@@ -3,14 +3,15 @@
 `download` streams the file to a temporary file in the data folder, hashing and counting as it
 reads: `media.max_bytes` and the size Graph announced are enforced while streaming, never after.
 The finished file is checked against Meta's sha256, then renamed (atomically) to its hex hash.
-Every failure is a `MediaError` with words for the monitor and `permanent` when retrying cannot
-help (Graph says the media is gone, the file is over the limit, the URL is refused).
+Every failure is a safe_http.DeliveryError, as for a delivery: words for the monitor, and
+`permanent` when retrying cannot help (Graph says the media is gone, the file is over the
+limit, the URL is refused).
 
 Where connections may go: `meta.graph_url` comes from the config file and is trusted. The URL
 Graph hands back is not (a compromised or impersonated Graph could point it anywhere, and it
-gets the access token), so it is held to the delivery rules of safe_http: https only unless
-`delivery.allow_http`, public addresses only unless `delivery.allow_private_urls`, checked
-against the addresses the name resolves to when connecting, and no redirects followed.
+gets the access token), so it is fetched with safe_http.get under the delivery rules: https
+only unless `delivery.allow_http`, public addresses only unless `delivery.allow_private_urls`,
+checked against the addresses the name resolves to when connecting, and no redirects followed.
 """
 
 from __future__ import annotations
@@ -20,31 +21,17 @@ import hashlib
 import json
 import os
 import secrets
-import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import certifi
-
 import safe_http
+from safe_http import DeliveryError
 
 CHUNK = 64 * 1024
 JSON_CAP = 64 * 1024  # a Graph answer larger than this is not a media description
 DOWNLOAD_CAP = 240.0  # seconds one whole download may take, however steadily it trickles
 MESSAGE_KEEP = 200  # characters of Graph's own error message kept
-_TLS = ssl.create_default_context(cafile=certifi.where())
-_TLS.sslsocket_class = safe_http._DeadlineSSLSocket
-
-
-class MediaError(Exception):
-    """A failed download, as data: `message` for the monitor and the link's 502, `permanent`
-    when retrying cannot help."""
-
-    def __init__(self, message: str, *, permanent: bool = False) -> None:
-        super().__init__(message)
-        self.message = message
-        self.permanent = permanent
 
 
 @dataclass(frozen=True)
@@ -54,34 +41,10 @@ class Fetched:
     mime_type: str
 
 
-def _open(url: str, token: str, *, allow_http: bool, allow_private: bool, timeout: float):
-    """GET `url` with the bearer token over a guarded connection; (connection, response)."""
-    try:
-        scheme, host, port, target = safe_http.split_url(url, allow_http)
-    except ValueError as exc:
-        raise MediaError(f"URL {exc}", permanent=True) from None
-    if scheme == "https":
-        conn = safe_http._GuardedHTTPS(host, port, ssl_context=_TLS)
-    else:
-        conn = safe_http._GuardedHTTP(host, port)
-    conn.allow_private = allow_private
-    conn.deadline = time.monotonic() + timeout
-    try:
-        conn.connect()
-        conn.sock.deadline = conn.deadline
-        headers = {"Authorization": f"Bearer {token}", "User-Agent": "wahook", "Accept-Encoding": "identity"}
-        conn.request("GET", target, headers=headers, preload_content=False, decode_content=False)
-        return conn, conn.getresponse()
-    except Exception as exc:
-        conn.close()
-        raise _failure(exc, timeout) from exc
-
-
-def _failure(exc: BaseException, timeout: float) -> MediaError:
-    if isinstance(exc, MediaError):
-        return exc
-    described = safe_http._describe(exc, timeout)
-    return MediaError(described.message, permanent=described.permanent)
+def _open(url: str, token: str, *, allow_http: bool, allow_private: bool, timeout: float) -> safe_http.Download:
+    """GET `url` with the bearer token over a guarded connection."""
+    headers = {"Authorization": f"Bearer {token}", "User-Agent": "wahook", "Accept-Encoding": "identity"}
+    return safe_http.get(url, headers, allow_http=allow_http, allow_private=allow_private, timeout=timeout)
 
 
 def _scrub(text: str, token: str) -> str:
@@ -92,18 +55,18 @@ def _scrub(text: str, token: str) -> str:
 
 def graph_get(config, path: str, timeout: float | None = None) -> dict:
     """GET `{meta.graph_url}{path}` with the access token, within `timeout` (default
-    delivery.timeout) seconds; its JSON object, or MediaError."""
+    delivery.timeout) seconds; its JSON object, or DeliveryError."""
     token = config["meta"]["access_token"]
     timeout = float(config["delivery"]["timeout"]) if timeout is None else timeout
     url = config["meta"]["graph_url"].rstrip("/") + path
     # The Graph URL is the admin's own setting: its scheme and address are not second-guessed.
-    conn, response = _open(url, token, allow_http=True, allow_private=True, timeout=timeout)
+    response = _open(url, token, allow_http=True, allow_private=True, timeout=timeout)
     try:
         raw = response.read(JSON_CAP + 1)
     except Exception as exc:
-        raise _failure(exc, timeout) from exc
+        raise safe_http.describe(exc, timeout) from exc
     finally:
-        conn.close()
+        response.close()
     try:
         body = json.loads(raw) if len(raw) <= JSON_CAP else None
     except ValueError:
@@ -114,13 +77,13 @@ def graph_get(config, path: str, timeout: float | None = None) -> dict:
         detail = f": {said}" if said else ""
         status = response.status
         if status in (401, 403):
-            raise MediaError(f"Graph refused the access token ({status}){detail}; check meta.access_token")
+            raise DeliveryError(f"Graph refused the access token ({status}){detail}; check meta.access_token")
         if status in (400, 404, 410):
             # 400 is what Graph answers for an unknown or expired media id (error code 100).
-            raise MediaError(f"Graph has no such media ({status}), it may have expired{detail}", permanent=True)
-        raise MediaError(f"Graph answered {status}{detail}")
+            raise DeliveryError(f"Graph has no such media ({status}), it may have expired{detail}", permanent=True)
+        raise DeliveryError(f"Graph answered {status}{detail}")
     if not isinstance(body, dict):
-        raise MediaError("Graph's answer is not a JSON object")
+        raise DeliveryError("Graph's answer is not a JSON object")
     return body
 
 
@@ -130,7 +93,7 @@ def check_token(config) -> tuple[bool, str]:
         return False, "No access token is set (meta.access_token)."
     try:
         me = graph_get(config, "/me?fields=id,name")
-    except MediaError as exc:
+    except DeliveryError as exc:
         return False, exc.message
     who = " ".join(str(me.get(k, "")) for k in ("name", "id") if me.get(k))
     return True, f"Graph accepted the token{' (' + _scrub(who, config['meta']['access_token']) + ')' if who else ''}."
@@ -154,21 +117,21 @@ def _whole(value) -> int | None:
 
 def download(config, media_id: str, expected_sha256: str, folder: Path, cap: float = DOWNLOAD_CAP) -> Fetched:
     """Fetch `media_id` into `folder`, named by its hex sha256, within `cap` seconds in all (each
-    step within delivery.timeout too). Raises MediaError."""
+    step within delivery.timeout too). Raises DeliveryError."""
     ends = time.monotonic() + cap
     info = graph_get(config, f"/{media_id}", min(float(config["delivery"]["timeout"]), cap))
     url = info.get("url")
     if not isinstance(url, str) or not url:
-        raise MediaError("Graph's answer has no download URL")
+        raise DeliveryError("Graph's answer has no download URL")
     limit = config["media"]["max_bytes"]
     announced = _whole(info.get("file_size"))
     if announced is not None and announced > limit:
-        raise MediaError(f"the file is {announced} bytes, over media.max_bytes ({limit})", permanent=True)
+        raise DeliveryError(f"the file is {announced} bytes, over media.max_bytes ({limit})", permanent=True)
     expected = str(info.get("sha256") or expected_sha256 or "")
     delivery = config["delivery"]
     timeout = max(0.001, min(float(delivery["timeout"]), ends - time.monotonic()))
     token = config["meta"]["access_token"]
-    conn, response = _open(
+    response = _open(
         url, token, allow_http=delivery["allow_http"], allow_private=delivery["allow_private_urls"], timeout=timeout
     )
     (folder / "tmp").mkdir(parents=True, exist_ok=True)
@@ -177,25 +140,27 @@ def download(config, media_id: str, expected_sha256: str, folder: Path, cap: flo
         if response.status != 200:
             # The URL lives about five minutes: a 401, 403 or 404 here usually means it expired,
             # and the next attempt asks Graph for a fresh one.
-            raise MediaError(f"the download URL answered {response.status}")
+            raise DeliveryError(f"the download URL answered {response.status}")
         length = _whole(response.headers.get("Content-Length"))
         if length is not None and length > limit:
-            raise MediaError(f"the file is {length} bytes, over media.max_bytes ({limit})", permanent=True)
-        digest, size = _stream(conn, response, temp, (limit, announced), timeout, (ends, cap))
+            raise DeliveryError(f"the file is {length} bytes, over media.max_bytes ({limit})", permanent=True)
+        digest, size = _stream(response, temp, (limit, announced), timeout, (ends, cap))
         if expected and not hash_matches(expected, digest.digest()):
-            raise MediaError(f"sha256 mismatch: Meta announced {expected[:64]}, the file is {digest.hexdigest()}")
+            raise DeliveryError(f"sha256 mismatch: Meta announced {expected[:64]}, the file is {digest.hexdigest()}")
         name = digest.hexdigest()
         os.replace(temp, folder / name)
         mime = str(info.get("mime_type") or response.headers.get("Content-Type") or "")
         return Fetched(name, size, mime)
     except Exception as exc:
-        raise _failure(exc, timeout) from exc
+        raise safe_http.describe(exc, timeout) from exc
     finally:
-        conn.close()
+        response.close()
         temp.unlink(missing_ok=True)
 
 
-def _stream(conn, response, temp: Path, sizes: tuple[int, int | None], timeout: float, ends: tuple[float, float]):
+def _stream(
+    response: safe_http.Download, temp: Path, sizes: tuple[int, int | None], timeout: float, ends: tuple[float, float]
+):
     """Copy the body to `temp` chunk by chunk; (sha256 object, size). Each read may wait `timeout`
     seconds; `ends` is (the monotonic time the download must end by, its cap in seconds);
     `sizes` is (media.max_bytes, the size Graph announced)."""
@@ -205,16 +170,15 @@ def _stream(conn, response, temp: Path, sizes: tuple[int, int | None], timeout: 
         while True:
             now = time.monotonic()
             if now > ends[0]:
-                raise MediaError(f"the download took longer than {ends[1]:g} s")
-            conn.sock.deadline = min(now + timeout, ends[0])
-            chunk = response.read(CHUNK)
+                raise DeliveryError(f"the download took longer than {ends[1]:g} s")
+            chunk = response.read(CHUNK, min(now + timeout, ends[0]))
             if not chunk:
                 break
             size += len(chunk)
             if size > limit:
-                raise MediaError(f"the file is over media.max_bytes ({limit})", permanent=True)
+                raise DeliveryError(f"the file is over media.max_bytes ({limit})", permanent=True)
             if announced is not None and size > announced:
-                raise MediaError(f"the file is larger than the {announced} bytes Graph announced")
+                raise DeliveryError(f"the file is larger than the {announced} bytes Graph announced")
             digest.update(chunk)
             out.write(chunk)
         out.flush()

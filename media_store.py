@@ -2,7 +2,7 @@
 
 A row is written in the intake transaction for each media message whose event got a link
 (`track`), so a download is never forgotten, whatever happens to Redis or a worker. Workers and
-the link route `claim` due rows with a lease, as the outbox does for deliveries, and record the
+the link route `claim` due rows with a lease (leases.py, as for deliveries), and record the
 outcome: downloaded, or a failure as data (the reason, and whether retrying can help), retried on
 `delivery.retry_schedule` like a delivery. `prune` removes the rows and files no stored webhook
 refers to any more; a file shared by two media ids stays while either row stays.
@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 import db
+import leases
 from db import transaction
 
-OPEN_STATES = ("pending", "retrying")
 ERROR_KEEP = 500  # characters of a failure reason kept
 ORPHAN_AGE = 3600  # seconds before a file no row names (an interrupted download's) is removed
 
@@ -49,7 +49,8 @@ def track(conn: db.Connection, drawn: list, webhook_id: int, now: float) -> None
             ),
         )
         conn.execute(
-            "INSERT OR IGNORE INTO media_refs (media, webhook_id) SELECT id, ? FROM media WHERE media_id = ?",
+            "INSERT INTO media_refs (media, webhook_id) SELECT id, ? FROM media WHERE media_id = ?"
+            " ON CONFLICT DO NOTHING",
             (webhook_id, media["id"]),
         )
 
@@ -60,15 +61,7 @@ def get(conn: db.Connection, media_id: str) -> db.Row | None:
 
 def any_due(conn: db.Connection, now: float | None = None) -> bool:
     """Whether some download is due and nobody holds it (one index look-up)."""
-    now = time.time() if now is None else now
-    return (
-        conn.execute(
-            "SELECT 1 FROM media WHERE state IN ('pending', 'retrying') AND next_attempt_at <= ?"
-            " AND (lease_until IS NULL OR lease_until < ?) LIMIT 1",
-            (now, now),
-        ).fetchone()
-        is not None
-    )
+    return leases.any_due(conn, "media", now)
 
 
 def claim(
@@ -76,27 +69,9 @@ def claim(
 ) -> db.Row | None:
     """Take the oldest due download (or `media_id`'s, due or not, while it is not finished)
     for `lease` seconds; None when there is none or someone else holds it."""
-    now = time.time() if now is None else now
-    if media_id is None:
-        pick = (
-            "SELECT id FROM media WHERE state IN ('pending', 'retrying') AND next_attempt_at <= ?"
-            " AND (lease_until IS NULL OR lease_until < ?) ORDER BY next_attempt_at LIMIT 1",
-            (now, now),
-        )
-    else:
-        pick = (
-            "SELECT id FROM media WHERE media_id = ? AND state IN ('pending', 'retrying')"
-            " AND (lease_until IS NULL OR lease_until < ?)",
-            (media_id, now),
-        )
-    with transaction(conn):
-        row = conn.execute(pick[0] + db.skip_locked(conn), pick[1]).fetchone()
-        if row is None:
-            return None
-        return conn.execute(
-            "UPDATE media SET lease_owner = ?, lease_until = ?, updated_at = ? WHERE id = ? RETURNING *",
-            (owner, now + lease, now, row["id"]),
-        ).fetchone()
+    narrow = {"where": "media_id = ?", "params": (media_id,), "due": False} if media_id is not None else {}
+    rows = leases.claim(conn, "media", owner, lease, touch=True, now=now, **narrow)
+    return rows[0] if rows else None
 
 
 def record_downloaded(conn: db.Connection, row_id: int, file: str, size: int, mime_type: str) -> None:
@@ -119,13 +94,12 @@ def record_failure(conn: db.Connection, row_id: int, reason: str, permanent: boo
         if row is None:  # pruned meanwhile
             return "failed"
         attempts = row["attempts"] + 1
-        retry = not permanent and attempts <= len(retry_schedule)
-        state = "retrying" if retry else "failed"
-        delay = retry_schedule[attempts - 1] if retry else 0
+        delay = leases.retry_delay(attempts, retry_schedule, permanent)
+        state = "failed" if delay is None else "retrying"
         conn.execute(
             "UPDATE media SET state = ?, attempts = ?, next_attempt_at = ?, last_error = ?,"
             " lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE id = ?",
-            (state, attempts, now + delay, reason[:ERROR_KEEP], now, row_id),
+            (state, attempts, now + (delay or 0), reason[:ERROR_KEEP], now, row_id),
         )
     return state
 

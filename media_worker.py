@@ -14,8 +14,10 @@ import threading
 import time
 
 import db
+import lanes
 import media_fetch
 import media_store
+import safe_http
 
 log = logging.getLogger("wahook.media")
 
@@ -27,7 +29,7 @@ def process(conn, config, row, cap: float = media_fetch.DOWNLOAD_CAP) -> str:
     """Download a claimed row within `cap` seconds and record the outcome. Returns the row's new state."""
     try:
         fetched = media_fetch.download(config, row["media_id"], row["sha256"], media_store.media_dir(config), cap)
-    except media_fetch.MediaError as exc:
+    except safe_http.DeliveryError as exc:
         log.warning("media %s: %s", row["media_id"], exc.message)
         return media_store.record_failure(
             conn, row["id"], exc.message, exc.permanent, config["delivery"]["retry_schedule"]
@@ -59,44 +61,19 @@ def obtain(conn, config, media_id: str, owner: str, wait: float) -> object:
         time.sleep(0.2)
 
 
-class MediaLane:
-    """The worker's download threads. `want()` says a download may be due."""
+class MediaLane(lanes.Lane):
+    """The worker's download threads: a round claims one due download and does it."""
+
+    failure = "a media download failed unexpectedly"
 
     def __init__(self, config, owner: str, stopping: threading.Event) -> None:
         self.config = config
         self.owner = owner
-        self.stopping = stopping
-        self.ready = threading.Condition()
-        self.more = False
-        self.threads = [threading.Thread(target=self.run, name=f"media-{n}", daemon=True) for n in range(MEDIA_THREADS)]
-        for thread in self.threads:
-            thread.start()
+        super().__init__("media", MEDIA_THREADS, stopping)
 
-    def want(self) -> None:
-        with self.ready:
-            self.more = True
-            self.ready.notify()
-
-    def run(self) -> None:
-        while not self.stopping.is_set():
-            with self.ready:
-                if not self.more:
-                    self.ready.wait(0.5)
-                    continue
-                self.more = False
-            try:
-                conn = db.connection(self.config.database)
-                row = media_store.claim(conn, self.owner, LEASE)
-                if row is not None:
-                    self.want()  # there may be more: the next thread (or this one) looks
-                    process(conn, self.config, row)
-            except Exception:
-                # The lease runs out and the row is claimed again.
-                log.exception("a media download failed unexpectedly")
-                self.stopping.wait(1)
-
-    def close(self, grace: float = 1.0) -> None:
-        with self.ready:
-            self.ready.notify_all()
-        for thread in self.threads:
-            thread.join(timeout=grace)
+    def work(self) -> None:
+        conn = db.connection(self.config.database)
+        row = media_store.claim(conn, self.owner, LEASE)
+        if row is not None:
+            self.want()  # there may be more: the next thread (or this one) looks
+            process(conn, self.config, row)

@@ -22,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 import db
+import heartbeats
 import silence
 from db import get_db
 
@@ -110,7 +111,7 @@ def collect(conn: db.Connection, config, now: float | None = None) -> Iterator[M
         value=quiet.silent,
     )
 
-    workers = conn.execute("SELECT count(*) FROM workers WHERE seen_at >= ?", (now - 30,)).fetchone()[0]
+    workers, _ = heartbeats.recent(conn, now)
     yield GaugeMetricFamily("wahook_workers", "Delivery workers with a recent heartbeat", value=workers)
 
 

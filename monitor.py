@@ -17,11 +17,11 @@ from typing import Any
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 
 import db
+import delivery_states
 import endpoints
-import health
+import heartbeats
 import jobs
 import outages
-import outbox
 import runstate
 import silence
 from auth import safe_next
@@ -263,10 +263,8 @@ def intake_summary(conn: db.Connection, now: float) -> dict[str, Any]:
 
 
 def worker_summary(conn: db.Connection, now: float) -> dict[str, Any]:
-    row = conn.execute(
-        "SELECT count(*), max(seen_at) FROM workers WHERE seen_at >= ?", (now - health.WORKER_SILENCE_LIMIT,)
-    ).fetchone()
-    return {"running": row[0], "seen_at": row[1]}
+    running, seen_at = heartbeats.recent(conn, now)
+    return {"running": running, "seen_at": seen_at}
 
 
 @bp.get("/monitor")
@@ -303,7 +301,7 @@ def back(default: str) -> str:
 @bp.post("/monitor/redeliver/<int:delivery_id>")
 def redeliver_one(delivery_id: int):
     conn = get_db()
-    count = outbox.redeliver(conn, ids=[delivery_id])
+    count = delivery_states.redeliver(conn, ids=[delivery_id])
     if count:
         jobs.wake(current_app.config["WAHOOK"])
         flash(f"Delivery #{delivery_id} queued again: a fresh retry cycle has started.", "ok")
@@ -318,7 +316,7 @@ def redeliver_one(delivery_id: int):
 @bp.post("/monitor/redeliver-failed")
 def redeliver_all():
     conn = get_db()
-    count = outbox.redeliver(conn)
+    count = delivery_states.redeliver(conn)
     if count:
         jobs.wake(current_app.config["WAHOOK"])
     noun = "delivery" if count == 1 else "deliveries"
@@ -335,7 +333,7 @@ def redeliver_all():
 
 @bp.post("/monitor/dismiss/<int:delivery_id>")
 def dismiss_one(delivery_id: int):
-    if outbox.dismiss_orphaned(get_db(), [delivery_id]):
+    if delivery_states.dismiss_orphaned(get_db(), [delivery_id]):
         flash(f"Delivery #{delivery_id} dismissed. Its attempts stay in the event log.", "ok")
     else:
         flash(f"Delivery #{delivery_id} was not dismissed: only a failed delivery of a deleted endpoint is.", "warn")
@@ -344,7 +342,7 @@ def dismiss_one(delivery_id: int):
 
 @bp.post("/monitor/dismiss-orphaned")
 def dismiss_all():
-    count = outbox.dismiss_orphaned(get_db())
+    count = delivery_states.dismiss_orphaned(get_db())
     noun = "delivery" if count == 1 else "deliveries"
     flash(f"{count} failed {noun} of deleted endpoints dismissed. Their attempts stay in the event log.", "ok")
     return redirect(url_for("monitor.index", _anchor="orphaned"), 303)

@@ -15,7 +15,7 @@ leaves nothing undone:
   first, RECOVERY_PER_SECOND of them due each second; the endpoint shows as recovering until
   the last of them was due and nothing is left pending.
 
-Every write to `deliveries` is outbox.py's; this module writes only the endpoint's own columns.
+Every write to `deliveries` is delivery_states.py's; this module writes only the endpoint's own columns.
 """
 
 from __future__ import annotations
@@ -23,10 +23,11 @@ from __future__ import annotations
 import time
 
 import db
+import delivery_states
 import endpoints
 import outbox
 from db import transaction
-from events import iso
+from event_catalog import iso
 
 PROBE_FIRST = 10.0  # seconds after the last failure
 PROBE_MAX = 600.0
@@ -94,10 +95,10 @@ def recover(conn: db.Connection, config, row: db.Row, now: float) -> None:
     since = row["failing_since"]
     if since is None:
         return
-    left_failed = outbox.count_streak_failed(conn, row["id"], since)
+    left_failed = delivery_states.count_streak_failed(conn, row["id"], since)
     last_due = None
     if left_failed and config["delivery"]["auto_recover"]:
-        last_due = outbox.redeliver_streak(conn, row["id"], since, RECOVERY_PER_SECOND)
+        last_due = delivery_states.redeliver_streak(conn, row["id"], since, RECOVERY_PER_SECOND)
     conn.execute(
         "UPDATE endpoints SET failing_since = NULL, next_probe_at = NULL, probe_interval = NULL,"
         " recovering_until = ? WHERE id = ?",
@@ -144,7 +145,7 @@ def sweep(conn: db.Connection, config) -> None:
                 endpoints.mark_disabled(conn, row["id"], reason)
             elif since is not None and auto and (row["next_probe_at"] or 0) <= now:
                 probe(conn, config, row, last_attempt, now)
-            elif (row["recovering_until"] or now) < now and not outbox.has_active(conn, row["id"]):
+            elif (row["recovering_until"] or now) < now and not delivery_states.has_active(conn, row["id"]):
                 conn.execute("UPDATE endpoints SET recovering_until = NULL WHERE id = ?", (row["id"],))
 
 
@@ -153,8 +154,8 @@ def probe(conn: db.Connection, config, row: db.Row, last_attempt: int, now: floa
     their way already (their attempts tell as much), and double the wait for the next probe."""
     interval = row["probe_interval"] or PROBE_FIRST
     if (
-        outbox.has_active(conn, row["id"])
-        or outbox.start_probe(conn, row["id"], row["failing_since"], last_attempt) is None
+        delivery_states.has_active(conn, row["id"])
+        or delivery_states.start_probe(conn, row["id"], row["failing_since"], last_attempt) is None
     ):
         conn.execute("UPDATE endpoints SET next_probe_at = ? WHERE id = ?", (now + interval, row["id"]))
         return

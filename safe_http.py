@@ -10,7 +10,8 @@ checked, when it was opened.
 
 Built on urllib3's connection classes (TLS verification, SNI against the host name) without its
 pool logic: no redirects are followed, nothing is retried behind the caller's back, and one
-deadline bounds each whole attempt.
+deadline bounds each whole attempt. `Sender` posts deliveries; `get` fetches media files. Which
+URLs and addresses are refused, and the words for it, are address_rules.py's.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 import http.client
 import ipaddress
 import os
-import re
 import socket
 import ssl
 import threading
@@ -28,57 +28,15 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from functools import lru_cache
-from urllib.parse import quote, urlsplit
 
 import certifi
+from urllib3 import HTTPHeaderDict
 from urllib3.connection import HTTPConnection, HTTPSConnection
+
+from address_rules import ALLOW_PRIVATE_HINT, blocked_message, blocked_reason, parse_ip, split_url
 
 BODY_KEEP = 1024  # what an attempt records of the response body
 READ_CAP = 64 * 1024  # read this much at most; past it the connection is dropped, not drained
-
-IP = ipaddress.IPv4Address | ipaddress.IPv6Address
-_net = ipaddress.ip_network
-
-
-def _table(text: str) -> dict[int, list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]]]:
-    """{4: [(network, "a loopback address"), ...], 6: [...]} from "why: network network" lines."""
-    table: dict[int, list] = {4: [], 6: []}
-    for why, _, nets in (line.partition(": ") for line in text.strip().splitlines()):
-        for net in map(_net, nets.split()):
-            table[net.version].append((net, why))
-    return table
-
-
-# Spelled out rather than taken from ipaddress's is_private/is_global: those change between
-# Python releases, call IPv4 multicast global, and know nothing of NAT64 or 6to4 embeddings.
-# First match wins. Linux connects 0.0.0.0 to the local host; 2001::/23 holds Teredo.
-_BLOCKED = _table(
-    """
-an unspecified address: 0.0.0.0/8 ::/128
-a loopback address: 127.0.0.0/8 ::1/128
-a private address: 10.0.0.0/8 172.16.0.0/12 192.168.0.0/16
-a carrier-grade NAT address: 100.64.0.0/10
-a link-local address: 169.254.0.0/16 fe80::/10
-a site-local address: fec0::/10
-a unique-local address: fc00::/7
-a documentation address: 192.0.2.0/24 198.51.100.0/24 203.0.113.0/24 2001:db8::/32 3fff::/20
-a benchmarking address: 198.18.0.0/15 2001:2::/48
-a multicast address: 224.0.0.0/4 ff00::/8
-a broadcast address: 255.255.255.255/32
-a reserved address: 192.0.0.0/24 192.88.99.0/24 240.0.0.0/4 2001::/23
-"""
-)
-_V6_GLOBAL_UNICAST = _net("2000::/3")
-# IPv6 forms that carry an IPv4 address, judged by the address they carry. 6to4 holds it in
-# bits 16-47, the others in the last 32 bits (the local-use NAT64 prefix is blocked regardless).
-_MAPPED, _NAT64, _NAT64_LOCAL, _SIX_TO_FOUR = (
-    _net(n) for n in ("::ffff:0:0/96", "64:ff9b::/96", "64:ff9b:1::/48", "2002::/16")
-)
-
-_ALLOW_HTTP_HINT = " (set delivery.allow_http to allow http)"
-_ALLOW_PRIVATE_HINT = " (set delivery.allow_private_urls to allow it)"
-_HOST_NAME = re.compile(r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*\.?")
-_IPV4_PART = re.compile(r"0x[0-9a-f]*|[0-9]+")
 
 
 class DeliveryError(Exception):
@@ -91,106 +49,12 @@ class DeliveryError(Exception):
         self.permanent = permanent
 
 
-class Headers(dict):
-    """Response headers: keys stored lower-cased, lookups ignore case; repeats joined by ", "."""
-
-    def __init__(self, items=()) -> None:
-        super().__init__()
-        for key, value in items:
-            key = key.lower()
-            super().__setitem__(key, f"{super().__getitem__(key)}, {value}" if key in self else value)
-
-    def __getitem__(self, key: str) -> str:
-        return super().__getitem__(key.lower())
-
-    def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and super().__contains__(key.lower())
-
-    def get(self, key: str, default=None):
-        return super().get(key.lower(), default)
-
-
 @dataclass
 class Response:
     status_code: int
     body: bytes  # the first BODY_KEEP bytes
     duration_ms: int
-    headers: Headers
-
-
-def blocked_reason(ip: IP) -> str | None:
-    """Why `ip` must not be connected to, as "a loopback address", or None when it is public."""
-    if isinstance(ip, ipaddress.IPv6Address):
-        ip = ipaddress.IPv6Address(int(ip))  # drop any %scope: it does not change the class
-        for net, form, v4 in (
-            (_MAPPED, "an IPv4-mapped form", ip.ipv4_mapped),
-            (_NAT64, "a NAT64 form", ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)),
-            (_NAT64_LOCAL, "a local-use NAT64 form", ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)),
-            (_SIX_TO_FOUR, "a 6to4 form", ip.sixtofour),
-        ):
-            if ip in net:
-                why = blocked_reason(v4)
-                if why:
-                    return f"{form} of {v4}, {why}"
-                # The local-use prefix's embedding is chosen by its operator; it may reach anything.
-                return "a local-use NAT64 address" if net is _NAT64_LOCAL else None
-    why = next((why for net, why in _BLOCKED[ip.version] if ip in net), None)
-    outside = ip.version == 6 and ip not in _V6_GLOBAL_UNICAST
-    return why or ("a reserved address" if outside else None)
-
-
-def parse_ip(host: str) -> IP | None:
-    """The address a numeric host names, in any spelling the C resolver accepts (2130706433,
-    0x7f000001, 0177.0.0.1, 127.1, [::1]), so they are judged without a DNS lookup; else None."""
-    try:
-        return ipaddress.ip_address(host.partition("%")[0] if ":" in host else host)
-    except ValueError:
-        pass
-    parts = host.lower().split(".")
-    if not 1 <= len(parts) <= 4 or not all(_IPV4_PART.fullmatch(p) for p in parts):
-        return None
-    try:
-        nums = [int(p, 16) if p.startswith("0x") else int(p, 8) if p[0] == "0" else int(p) for p in parts]
-    except ValueError:  # "0x" alone, or 8 and 9 in an octal part
-        return None
-    *head, last = nums
-    if any(n > 255 for n in head) or last >= 1 << (8 * (4 - len(head))):
-        return None
-    return ipaddress.IPv4Address(sum(n << (8 * (3 - i)) for i, n in enumerate(head)) + last)
-
-
-_URL_SAFE = "/%:@!$&'()*+,;=~-._"
-
-
-@lru_cache(maxsize=1024)
-def split_url(url: str, allow_http: bool) -> tuple[str, str, int, str]:
-    """(scheme, host, port, path?query) of a URL we may post to; ValueError says what is wrong."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise ValueError(f"is not valid ({exc})") from None
-    scheme = parts.scheme.lower()
-    if scheme != "https" and not (allow_http and scheme == "http"):
-        hint = _ALLOW_HTTP_HINT if scheme == "http" else ""
-        raise ValueError(f"must start with {'http:// or ' if allow_http else ''}https://{hint}")
-    if parts.username is not None or parts.password is not None:
-        raise ValueError("must not contain a user name or password (use the bearer token instead)")
-    host = parts.hostname or ""
-    if not host.isascii():
-        try:
-            host = host.encode("idna").decode("ascii")
-        except UnicodeError:
-            raise ValueError(f"has an invalid host name: {host}") from None
-    if not host or not (_HOST_NAME.fullmatch(host) or (":" in host and parse_ip(host))):
-        raise ValueError(f"has an invalid host name: {host or '(none)'}")
-    if port == 0:
-        raise ValueError("has an invalid port: 0")
-    # Percent-encode what may not stand in a request line (spaces, non-ASCII, control
-    # characters), as a browser would; escapes already there are kept as they are.
-    path = quote(parts.path or "/", safe=_URL_SAFE)
-    target = path + (f"?{quote(parts.query, safe=_URL_SAFE + '?')}" if parts.query else "")
-    return scheme, host, port or (443 if scheme == "https" else 80), target
+    headers: HTTPHeaderDict  # urllib3's: lookups ignore case, repeats joined by ", "
 
 
 def _resolve(host: str, port: int, timeout: float | None = None) -> list[tuple]:
@@ -215,14 +79,6 @@ def _resolver(pid: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=4, thread_name_prefix="wahook-dns")
 
 
-def _blocked_message(host: str, ip: IP, why: str) -> str:
-    literal = parse_ip(host)
-    if literal is None:
-        return f"{host} resolves to {ip}, {why}"
-    # An odd spelling (2130706433) is shown with the address it stands for.
-    return f"{host} is {why}" if ":" in host or host == str(ip) else f"{host} is {ip}, {why}"
-
-
 def check_url(url: str, *, allow_http: bool, allow_private: bool, resolve: bool = True) -> str | None:
     """None when the URL may be used, else the problem in words a self-hoster understands.
     With `resolve`, the host name must resolve, and (unless allow_private) to public addresses only."""
@@ -233,7 +89,7 @@ def check_url(url: str, *, allow_http: bool, allow_private: bool, resolve: bool 
     ip = parse_ip(host)
     if ip is not None:
         why = None if allow_private else blocked_reason(ip)
-        return f"{_blocked_message(host, ip, why)}{_ALLOW_PRIVATE_HINT}" if why else None
+        return f"{blocked_message(host, ip, why)}{ALLOW_PRIVATE_HINT}" if why else None
     if not resolve:
         return None
     try:
@@ -244,7 +100,7 @@ def check_url(url: str, *, allow_http: bool, allow_private: bool, resolve: bool 
         address = ipaddress.ip_address(sockaddr[0])
         why = None if allow_private else blocked_reason(address)
         if why:  # stricter than send time: a name with any non-public address is refused
-            return f"{_blocked_message(host, address, why)}{_ALLOW_PRIVATE_HINT}"
+            return f"{blocked_message(host, address, why)}{ALLOW_PRIVATE_HINT}"
     return None
 
 
@@ -294,7 +150,7 @@ class _Guarded:
         for family, kind, proto, _, sockaddr in _resolve(host, self.port, left):
             why = None if self.allow_private else blocked_reason(ipaddress.ip_address(sockaddr[0]))
             if why:  # skip it; another address of the same name may be public
-                refused = refused or "blocked: " + _blocked_message(host, ipaddress.ip_address(sockaddr[0]), why)
+                refused = refused or "blocked: " + blocked_message(host, ipaddress.ip_address(sockaddr[0]), why)
                 continue
             sock = _DeadlineSocket(family, kind, proto)
             try:
@@ -317,6 +173,21 @@ _GuardedHTTP = type("_GuardedHTTP", (_Guarded, HTTPConnection), {})
 _GuardedHTTPS = type("_GuardedHTTPS", (_Guarded, HTTPSConnection), {})
 
 
+@lru_cache(maxsize=4)
+def _tls_context(ca_certs: str | None = None) -> ssl.SSLContext:
+    """Verifying TLS (certifi's roots unless `ca_certs`) over sockets that keep the deadline."""
+    tls = ssl.create_default_context(cafile=ca_certs or certifi.where())
+    tls.sslsocket_class = _DeadlineSSLSocket
+    return tls
+
+
+def _connection(scheme: str, host: str, port: int, tls: ssl.SSLContext, allow_private: bool) -> HTTPConnection:
+    """A guarded connection, not yet connected: it resolves and checks the name when it connects."""
+    conn = _GuardedHTTPS(host, port, ssl_context=tls) if scheme == "https" else _GuardedHTTP(host, port)
+    conn.allow_private = allow_private
+    return conn
+
+
 # Low-level failures in words, most specific first; urllib3 wraps some, so causes are searched.
 _CAUSES: list[tuple[type | tuple[type, ...], Callable[[Exception], str]]] = [
     (ssl.SSLCertVerificationError, lambda e: f"TLS certificate verify failed: {e.verify_message}"),
@@ -332,7 +203,7 @@ _CAUSES: list[tuple[type | tuple[type, ...], Callable[[Exception], str]]] = [
 ]
 
 
-def _describe(exc: BaseException, timeout: float) -> DeliveryError:
+def describe(exc: BaseException, timeout: float) -> DeliveryError:
     """The first cause in `exc`'s chain that a self-hoster can act on, as a DeliveryError."""
     seen: BaseException | None = exc
     while seen is not None:
@@ -357,8 +228,7 @@ class Sender:
         self.allow_http = allow_http
         self.allow_private = allow_private
         self.pool_size = pool_size
-        self._tls = ssl.create_default_context(cafile=ca_certs or certifi.where())
-        self._tls.sslsocket_class = _DeadlineSSLSocket
+        self._tls = _tls_context(ca_certs)
         self._closed = False
         self._own_pool()
 
@@ -384,7 +254,7 @@ class Sender:
             response.close()
         except Exception as exc:
             conn.close()
-            raise _describe(exc, timeout) from exc
+            raise describe(exc, timeout) from exc
         except BaseException:
             conn.close()
             raise
@@ -393,7 +263,7 @@ class Sender:
         else:
             conn.close()
         elapsed = int((time.monotonic() - started) * 1000)
-        return Response(response.status, kept, elapsed, Headers(response.headers.items()))
+        return Response(response.status, kept, elapsed, response.headers)
 
     def _exchange(self, conn: HTTPConnection, target: str, body: bytes, headers: dict[str, str], deadline: float):
         # A kept-alive connection the server has closed meanwhile reads as EOF: drop it unused.
@@ -438,13 +308,7 @@ class Sender:
             idle = self._idle.get(key)
             if idle:
                 return idle.pop()
-        scheme, host, port = key
-        if scheme == "https":
-            conn: HTTPConnection = _GuardedHTTPS(host, port, ssl_context=self._tls)
-        else:
-            conn = _GuardedHTTP(host, port)
-        conn.allow_private = self.allow_private
-        return conn
+        return _connection(*key, self._tls, self.allow_private)
 
     def _checkin(self, key: tuple[str, str, int], conn: HTTPConnection) -> None:
         if conn.sock is None:  # the server said Connection: close
@@ -464,3 +328,50 @@ class Sender:
             self._idle.clear()
         for conn in idle:
             conn.close()
+
+
+class Download:
+    """A GET whose answer is read in chunks (a media file): its status, headers and body.
+
+    The whole exchange keeps to the deadline it was opened with; `read` may set a new one for
+    each chunk. Close it (or use it in a `with`) once read."""
+
+    def __init__(self, conn: HTTPConnection, response) -> None:
+        self._conn = conn
+        self._response = response
+        self.status: int = response.status
+        self.headers: HTTPHeaderDict = response.headers
+
+    def read(self, size: int, deadline: float | None = None) -> bytes:
+        """Up to `size` bytes of the body (b"" at its end), by `deadline` (time.monotonic()) if given."""
+        if deadline is not None:
+            self._conn.sock.deadline = deadline
+        return self._response.read(size)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Download:
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.close()
+
+
+def get(url: str, headers: dict[str, str], *, allow_http: bool, allow_private: bool, timeout: float) -> Download:
+    """GET `url` over a new guarded connection, not following redirects, within `timeout`
+    seconds until the answer's head has arrived. Raises DeliveryError."""
+    try:
+        scheme, host, port, target = split_url(url, allow_http)
+    except ValueError as exc:
+        raise DeliveryError(f"URL {exc}", permanent=True) from None
+    conn = _connection(scheme, host, port, _tls_context(), allow_private)
+    conn.deadline = time.monotonic() + timeout
+    try:
+        conn.connect()
+        conn.sock.deadline = conn.deadline
+        conn.request("GET", target, headers=headers, preload_content=False, decode_content=False)
+        return Download(conn, conn.getresponse())
+    except Exception as exc:
+        conn.close()
+        raise describe(exc, timeout) from exc

@@ -1,5 +1,8 @@
--- wahook's schema, version 1. db.py applies it (and every later numbered migration)
--- inside one transaction, together with PRAGMA user_version. Times are unix seconds.
+-- wahook's whole current schema (SQLite), in one file to read. Databases are built and brought
+-- up to date by the numbered files in migrations/, never from this file; tests/test_schema.py
+-- checks that running this on an empty database gives exactly what the migrations build.
+-- PostgreSQL's text differs in types and triggers: migrations/*.postgresql.sql.
+-- Times are unix seconds.
 
 -- Every signed Meta POST, byte for byte, stored before Meta gets its 200.
 CREATE TABLE IF NOT EXISTS webhooks (
@@ -22,10 +25,38 @@ CREATE TABLE IF NOT EXISTS events (
     name TEXT NOT NULL,
     dedupe_key TEXT UNIQUE,                   -- NULL for test events
     created_at REAL NOT NULL,
-    body TEXT NOT NULL
+    body TEXT NOT NULL,
+    -- The event log's search. The customer (a phone number, or a business-scoped user id) and
+    -- the WhatsApp message id are read out of the event's JSON: nothing at intake fills them.
+    customer TEXT GENERATED ALWAYS AS (
+        CASE WHEN json_valid(body) THEN coalesce(
+            nullif(json_extract(body, '$.recipient'), ''),
+            CASE WHEN name = 'message.echo' THEN nullif(json_extract(body, '$.to'), '') END,
+            nullif(json_extract(body, '$.from'), ''),
+            nullif(json_extract(body, '$.wa_id'), ''),
+            nullif(json_extract(body, '$.user_phone'), '')
+        ) END
+    ) VIRTUAL,
+    customer_user_id TEXT GENERATED ALWAYS AS (
+        CASE WHEN json_valid(body) THEN coalesce(
+            nullif(json_extract(body, '$.recipient_user_id'), ''),
+            CASE WHEN name = 'message.echo' THEN nullif(json_extract(body, '$.to_user_id'), '') END,
+            nullif(json_extract(body, '$.from_user_id'), ''),
+            nullif(json_extract(body, '$.user_id'), '')
+        ) END
+    ) VIRTUAL,
+    message_id TEXT GENERATED ALWAYS AS (
+        CASE WHEN json_valid(body) THEN nullif(json_extract(body, '$.message_id'), '') END
+    ) VIRTUAL
 );
 CREATE INDEX IF NOT EXISTS events_webhook ON events (webhook_id);
 CREATE INDEX IF NOT EXISTS events_created ON events (created_at);
+-- Each search walks one index newest webhook first and stops after a page.
+CREATE INDEX IF NOT EXISTS events_customer ON events (customer, webhook_id) WHERE customer IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_customer_user ON events (customer_user_id, webhook_id)
+    WHERE customer_user_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_message ON events (message_id, webhook_id) WHERE message_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_name ON events (name, webhook_id);
 
 -- Where events go.
 CREATE TABLE IF NOT EXISTS endpoints (
@@ -38,7 +69,18 @@ CREATE TABLE IF NOT EXISTS endpoints (
     enabled INTEGER NOT NULL DEFAULT 1,
     disabled_reason TEXT NOT NULL DEFAULT '',
     created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    -- Secret rotation: the secret a rotation replaced keeps signing alongside the new one
+    -- until previous_secret_until, so receivers can switch without losing a delivery.
+    previous_secret TEXT NOT NULL DEFAULT '',
+    previous_secret_until REAL,
+    -- The failing streak (outages.py): when its attempts started failing (NULL while it is
+    -- healthy), when it is next probed and the probe interval, and until when deliveries of
+    -- the outage are being redelivered to it after it came back.
+    failing_since REAL,
+    next_probe_at REAL,
+    probe_interval REAL,
+    recovering_until REAL
 );
 
 -- The outbox: one row per (event, endpoint), or per (Meta webhook, endpoint) for the meta
@@ -61,11 +103,28 @@ CREATE TABLE IF NOT EXISTS deliveries (
     last_error TEXT NOT NULL DEFAULT '',
     last_duration_ms INTEGER,
     created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    -- A failed delivery of a deleted endpoint can never be sent again; the admin dismisses it.
+    -- It then leaves the monitor's counts but keeps its row and attempts (the history).
+    dismissed_at REAL,
+    -- Retry cycles given by hand (delivery.failed is sent once per cycle), and how often
+    -- automatic recovery redelivered it in this cycle (a few times at most).
+    cycle INTEGER NOT NULL DEFAULT 0,
+    auto_redelivered INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries (state, endpoint_id);
 CREATE INDEX IF NOT EXISTS deliveries_event ON deliveries (event_id);
 CREATE INDEX IF NOT EXISTS deliveries_webhook ON deliveries (webhook_id);
+-- Each lane claims its own endpoint's due deliveries, oldest first, in one index look-up,
+-- however many deliveries other endpoints have waiting.
+CREATE INDEX IF NOT EXISTS deliveries_lane ON deliveries (endpoint_id, next_attempt_at)
+    WHERE state IN ('pending', 'retrying');
+CREATE INDEX IF NOT EXISTS deliveries_state_webhook ON deliveries (state, webhook_id);
+-- The oldest failed deliveries of an endpoint, for its probe and its recovery.
+CREATE INDEX IF NOT EXISTS deliveries_failed ON deliveries (endpoint_id, id) WHERE state = 'failed';
+-- The oldest delivery still on its way, per endpoint, in one index look-up each.
+CREATE INDEX IF NOT EXISTS deliveries_waiting_since ON deliveries (endpoint_id, created_at)
+    WHERE state IN ('pending', 'retrying');
 
 -- Every attempt, kept for the monitor. endpoint_id has no foreign key on purpose:
 -- the history outlives a deleted endpoint.
@@ -82,6 +141,8 @@ CREATE TABLE IF NOT EXISTS attempts (
 );
 CREATE INDEX IF NOT EXISTS attempts_time ON attempts (attempted_at);
 CREATE INDEX IF NOT EXISTS attempts_delivery ON attempts (delivery_id);
+-- The monitor's last attempt and failure streak per endpoint.
+CREATE INDEX IF NOT EXISTS attempts_endpoint ON attempts (endpoint_id, id);
 
 -- Meta POSTs refused for their signature, counted per minute for the monitor (a flood of
 -- forgeries adds no rows). Nothing of the body is kept.
@@ -108,3 +169,144 @@ CREATE TABLE IF NOT EXISTS workers (
     started_at REAL NOT NULL,
     seen_at REAL NOT NULL
 );
+
+-- Endpoint ids are never reused, so a new endpoint never inherits a deleted one's attempts:
+-- the highest id ever used is kept here (INTEGER PRIMARY KEY alone would hand out a deleted
+-- endpoint's id again).
+CREATE TABLE IF NOT EXISTS endpoint_ids (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    last INTEGER NOT NULL
+);
+INSERT INTO endpoint_ids (one, last) VALUES (1, 0);
+-- An endpoint inserted with an explicit id (a restored backup, a script) raises the mark too.
+CREATE TRIGGER IF NOT EXISTS endpoint_ids_seen AFTER INSERT ON endpoints BEGIN
+    UPDATE endpoint_ids SET last = max(last, NEW.id);
+END;
+
+-- Customers per business phone number, for contact.created / contact.updated (contacts.py).
+-- Found by wa_id (their phone), else by user_id (the business-scoped id of a customer who
+-- hides the phone behind a username). seen_ts is the newest message's own time: an older
+-- message arriving late never renames anyone.
+CREATE TABLE IF NOT EXISTS contacts (
+    id INTEGER PRIMARY KEY,
+    phone_number_id TEXT NOT NULL,
+    wa_id TEXT,
+    user_id TEXT,
+    name TEXT,
+    seen_ts REAL NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS contacts_wa_id ON contacts (phone_number_id, wa_id);
+CREATE INDEX IF NOT EXISTS contacts_user_id ON contacts (phone_number_id, user_id);
+
+-- Keys for the publish, pull and stream API. Only a SHA-256 of the key is kept; `prefix`
+-- (its random first part, not secret) finds the row, so the hash is compared in constant time.
+CREATE TABLE IF NOT EXISTS api_keys (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    prefix TEXT NOT NULL UNIQUE,
+    key_hash TEXT NOT NULL,
+    scopes TEXT NOT NULL,                     -- comma separated: publish, read
+    created_at REAL NOT NULL,
+    last_used_at REAL,
+    revoked_at REAL
+);
+
+-- Idempotency-Key of a publish -> the answer it got, per API key, for 24 hours. Written in
+-- the transaction that publishes, so a repeat either sees the event or publishes it itself.
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    api_key_id INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    status INTEGER NOT NULL,
+    answer TEXT NOT NULL,
+    PRIMARY KEY (api_key_id, key)
+);
+CREATE INDEX IF NOT EXISTS idempotency_created ON idempotency_keys (created_at);
+
+-- Media custody (media_store.py): one row per Meta media id, downloaded by the worker and
+-- kept in the data folder under the file's sha256, so a file sent twice is kept once.
+CREATE TABLE IF NOT EXISTS media (
+    id INTEGER PRIMARY KEY,
+    media_id TEXT NOT NULL UNIQUE,            -- Meta's id, checked against media_links.SAFE_ID
+    mime_type TEXT NOT NULL DEFAULT '',
+    sha256 TEXT NOT NULL DEFAULT '',          -- Meta's hash as sent (hex or base64)
+    filename TEXT NOT NULL DEFAULT '',        -- a document's name, as the customer sent it
+    file TEXT,                                -- hex sha256 naming the kept file, once downloaded
+    size INTEGER,
+    state TEXT NOT NULL DEFAULT 'pending'
+        CHECK (state IN ('pending', 'retrying', 'downloaded', 'failed')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    lease_owner TEXT,
+    lease_until REAL,
+    last_error TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS media_due ON media (next_attempt_at) WHERE state IN ('pending', 'retrying');
+CREATE INDEX IF NOT EXISTS media_file ON media (file);
+-- The webhooks that carried each media id: the file goes when the last of them is pruned.
+CREATE TABLE IF NOT EXISTS media_refs (
+    media INTEGER NOT NULL REFERENCES media (id) ON DELETE CASCADE,
+    webhook_id INTEGER NOT NULL REFERENCES webhooks (id) ON DELETE CASCADE,
+    PRIMARY KEY (media, webhook_id)
+);
+CREATE INDEX IF NOT EXISTS media_refs_webhook ON media_refs (webhook_id);
+
+-- Running totals for GET /metrics (metrics.py), kept by triggers in the very transaction
+-- that changes the rows, so every web process and worker adds to the same numbers and a
+-- scrape reads a few dozen rows instead of counting a million. `kind` names the series;
+-- a counter's row is only ever added to (pruning history does not take from it).
+CREATE TABLE IF NOT EXISTS metric_totals (
+    kind TEXT NOT NULL,                       -- webhooks, events, attempts, deliveries
+    label TEXT NOT NULL DEFAULT '',           -- outcome, event name, or endpoint id
+    label2 TEXT NOT NULL DEFAULT '',          -- result or state
+    value INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (kind, label, label2)
+);
+INSERT INTO metric_totals (kind, label, label2, value)
+    VALUES ('webhooks', 'received', '', 0), ('webhooks', 'rejected', '', 0);
+CREATE TRIGGER IF NOT EXISTS metric_webhook AFTER INSERT ON webhooks BEGIN
+    INSERT INTO metric_totals (kind, label, label2, value) VALUES ('webhooks', 'received', '', 1)
+        ON CONFLICT DO UPDATE SET value = value + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS metric_rejection_new AFTER INSERT ON rejections BEGIN
+    INSERT INTO metric_totals (kind, label, label2, value) VALUES ('webhooks', 'rejected', '', NEW.count)
+        ON CONFLICT DO UPDATE SET value = value + NEW.count;
+END;
+CREATE TRIGGER IF NOT EXISTS metric_rejection_more AFTER UPDATE OF count ON rejections
+    WHEN NEW.count > OLD.count BEGIN
+    INSERT INTO metric_totals (kind, label, label2, value)
+        VALUES ('webhooks', 'rejected', '', NEW.count - OLD.count)
+        ON CONFLICT DO UPDATE SET value = value + NEW.count - OLD.count;
+END;
+CREATE TRIGGER IF NOT EXISTS metric_event AFTER INSERT ON events BEGIN
+    INSERT INTO metric_totals (kind, label, label2, value) VALUES ('events', NEW.name, '', 1)
+        ON CONFLICT DO UPDATE SET value = value + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS metric_attempt AFTER INSERT ON attempts BEGIN
+    INSERT INTO metric_totals (kind, label, label2, value)
+        VALUES ('attempts', coalesce(NEW.endpoint_id, 0), CASE WHEN NEW.ok THEN 'success' ELSE 'failure' END, 1)
+        ON CONFLICT DO UPDATE SET value = value + 1;
+END;
+-- Deliveries are a gauge (how many are in each state now): added on insert, moved on a
+-- change of state or endpoint (a deleted endpoint sets it NULL), taken away on delete.
+CREATE TRIGGER IF NOT EXISTS metric_delivery_new AFTER INSERT ON deliveries BEGIN
+    INSERT INTO metric_totals (kind, label, label2, value)
+        VALUES ('deliveries', coalesce(NEW.endpoint_id, 0), NEW.state, 1)
+        ON CONFLICT DO UPDATE SET value = value + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS metric_delivery_moved AFTER UPDATE OF state, endpoint_id ON deliveries
+    WHEN OLD.state IS NOT NEW.state OR OLD.endpoint_id IS NOT NEW.endpoint_id BEGIN
+    UPDATE metric_totals SET value = value - 1
+        WHERE kind = 'deliveries' AND label = CAST(coalesce(OLD.endpoint_id, 0) AS TEXT) AND label2 = OLD.state;
+    INSERT INTO metric_totals (kind, label, label2, value)
+        VALUES ('deliveries', coalesce(NEW.endpoint_id, 0), NEW.state, 1)
+        ON CONFLICT DO UPDATE SET value = value + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS metric_delivery_gone AFTER DELETE ON deliveries BEGIN
+    UPDATE metric_totals SET value = value - 1
+        WHERE kind = 'deliveries' AND label = CAST(coalesce(OLD.endpoint_id, 0) AS TEXT) AND label2 = OLD.state;
+END;

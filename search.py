@@ -16,7 +16,7 @@ import re
 import sqlite3
 from collections.abc import Mapping
 
-from events import CONTACT_EVENTS, OPERATIONAL_EVENTS, SELECTABLE_NAMES
+from event_catalog import CONTACT_EVENTS, OPERATIONAL_EVENTS, SELECTABLE_NAMES
 
 STATES = ("pending", "retrying", "delivered", "failed")
 RARE_STATES = ("pending", "retrying", "failed")  # a small share of all deliveries, once they are sent

@@ -33,7 +33,7 @@ import delivery
 import endpoints
 import monitor
 from db import get_db
-from events import SELECTABLE_GROUPS, SELECTABLE_NAMES, iso
+from event_catalog import SELECTABLE_GROUPS, SELECTABLE_NAMES, iso
 
 bp = Blueprint("settings", __name__)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import db
 import outbox
 from db import transaction
-from events import iso
+from event_catalog import iso
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import db
-from events import storable
+from event_catalog import storable
 
 RANKS = {"sent": 1, "delivered": 2, "read": 3, "played": 3, "failed": 4}
 

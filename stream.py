@@ -5,7 +5,7 @@ workers with WAHOOK_WEB_THREADS threads each). So each web process serves at mos
 `threads - RESERVED_THREADS` streams at once; one more is refused with 503 and a
 Retry-After, and the reserved threads are always left for Meta's POSTs and the pages.
 
-The loop looks for new commits every POLL_SECONDS with `PRAGMA data_version` (feed.Watcher),
+The loop looks for new commits every POLL_SECONDS with `PRAGMA data_version` (db.CommitWatch),
 reads a page only when something was committed, sends a comment line when it has been
 quiet for HEARTBEAT_SECONDS (proxies and browsers drop silent connections; a dead client
 shows up as a failed write), and ends when its worker is shutting down, so a stream never

@@ -34,13 +34,15 @@ from rq import SimpleWorker
 
 import db
 import delivery
+import delivery_states
 import embedded_redis
+import heartbeats
 import jobs
+import lanes
 import logs
 import media_store
 import media_worker
 import outages
-import outbox
 import safe_http
 import silence
 from config import ConfigError, load_config
@@ -51,7 +53,6 @@ LANE_THREADS = 4  # concurrent sends per endpoint
 FAST_BATCH = 32  # deliveries claimed at once by a lane whose receiver answers quickly
 SLOW_SECONDS = 0.5  # an attempt slower than this makes its lane claim one at a time
 SWEEP_INTERVAL = 1.0
-HEARTBEAT_INTERVAL = 5.0
 PRUNE_INTERVAL = 3600.0
 WATCH_INTERVAL = 0.003  # while awake, how often to look for new commits
 AWAKE_IDLE = 2.0  # renew the wake key until this long after the last due delivery was found
@@ -59,22 +60,18 @@ AWAKE_RENEW = 1.0
 WATCH_MARGIN = 0.5  # watch this much past the wake key's expiry
 
 
-class Lane:
+class Lane(lanes.Lane):
     """One endpoint's sending in this process: threads that claim its due deliveries and send them.
 
-    `want()` says there is work. One thread then claims a batch; when the batch comes back
-    full there is probably more, and it calls in the next thread, so a backlog is worked by
-    every thread and a trickle by one. The very first batch is sent alone, so an endpoint
-    that answers 410 Gone gets one request, not one per thread. Nothing waits in memory:
-    what is not claimed stays in SQLite, where any worker may claim it.
+    A round claims a batch; when the batch comes back full there is probably more, and it
+    calls in the next thread (see lanes.py). The very first batch is sent alone, so an
+    endpoint that answers 410 Gone gets one request, not one per thread.
     """
 
     def __init__(self, dispatcher: Dispatcher, endpoint_id: int | None) -> None:
         self.dispatcher = dispatcher
         self.endpoint_id = endpoint_id
-        self.ready = threading.Condition()
-        self.more = False  # there may be due deliveries nobody has claimed yet
-        self.busy = 0  # threads claiming or sending
+        self.failure = f"delivery batch failed for endpoint {endpoint_id}"
         self.slow = True  # until an attempt shows otherwise, claim one at a time
         self.known = False  # no attempt yet: one thread probes before the others join in
         config = dispatcher.config["delivery"]
@@ -82,64 +79,30 @@ class Lane:
         self.sender = safe_http.Sender(
             allow_http=config["allow_http"], allow_private=config["allow_private_urls"], pool_size=LANE_THREADS
         )
-        self.threads = [
-            threading.Thread(target=self.run, name=f"lane-{endpoint_id}-{n}", daemon=True) for n in range(LANE_THREADS)
-        ]
-        for thread in self.threads:
-            thread.start()
+        super().__init__(f"lane-{endpoint_id}", LANE_THREADS, dispatcher.stopping)
 
-    def want(self) -> None:
-        with self.ready:
-            self.more = True
-            self.ready.notify()
-
-    def idle(self) -> bool:
-        with self.ready:
-            return not self.more and not self.busy
-
-    def run(self) -> None:
-        stopping = self.dispatcher.stopping
-        while not stopping.is_set():
-            with self.ready:
-                if not self.more:
-                    self.ready.wait(0.5)
-                    continue
-                # Cleared before the claim reads: a want() from now on is seen by the next claim.
-                self.more = False
-                self.busy += 1
-                size = 1 if self.slow else FAST_BATCH
-            claimed: list = []
-            try:
-                conn = db.connection(self.dispatcher.config.database)
-                claimed = outbox.claim_next(conn, self.endpoint_id, self.dispatcher.name, self.lease, size)
-                # A full batch: there is likely more, for another thread, once an attempt has
-                # shown the endpoint answers at all (a first 410 should end everything at once).
-                full = len(claimed) == size
-                if full and self.known:
+    def work(self) -> None:
+        size = 1 if self.slow else FAST_BATCH
+        conn = db.connection(self.dispatcher.config.database)
+        claimed = delivery_states.claim_next(conn, self.endpoint_id, self.dispatcher.name, self.lease, size)
+        # A full batch: there is likely more, for another thread, once an attempt has
+        # shown the endpoint answers at all (a first 410 should end everything at once).
+        full = len(claimed) == size
+        if full and self.known:
+            self.want()
+        results = delivery.deliver_claimed(
+            conn, self.dispatcher.config, self.sender, self.endpoint_id, claimed, self.dispatcher.name
+        )
+        if results:
+            log_outcomes(self.endpoint_id, results)
+            self.slow = any(o.duration_ms > SLOW_SECONDS * 1000 for _, o in results)
+            if not self.known:
+                self.known = True
+                if full:
                     self.want()
-                results = delivery.deliver_claimed(
-                    conn, self.dispatcher.config, self.sender, self.endpoint_id, claimed, self.dispatcher.name
-                )
-                if results:
-                    log_outcomes(self.endpoint_id, results)
-                    self.slow = any(o.duration_ms > SLOW_SECONDS * 1000 for _, o in results)
-                    if not self.known:
-                        self.known = True
-                        if full:
-                            self.want()
-            except Exception:
-                # Leases we took run out and the sweeper finds the deliveries again.
-                log.exception("delivery batch failed for endpoint %s", self.endpoint_id)
-                stopping.wait(1)
-            finally:
-                with self.ready:
-                    self.busy -= 1
 
-    def close(self) -> None:
-        with self.ready:
-            self.ready.notify_all()
-        for thread in self.threads:
-            thread.join(timeout=1)
+    def close(self, grace: float = 1.0) -> None:
+        super().close(grace)
         self.sender.close()
 
 
@@ -185,7 +148,7 @@ class Dispatcher:
             if self.stopping.is_set():
                 return 0
             conn = db.connection(self.config.database)
-            found = outbox.due_endpoints(conn)
+            found = delivery_states.due_endpoints(conn)
             if self.media is not None and media_store.any_due(conn):
                 self.media.want()
             for endpoint_id in found:
@@ -223,15 +186,12 @@ class Dispatcher:
             while not self.stopping.is_set():
                 if not self.awake.wait(0.5):
                     continue
-                version = None
+                commits = db.CommitWatch(conn, seen=False)
                 last_found = renewed = time.monotonic()
                 while not self.stopping.wait(WATCH_INTERVAL):
                     now = time.monotonic()
-                    changed = db.data_version(conn)
-                    if changed != version:
-                        version = changed
-                        if self.pump():
-                            last_found = now
+                    if commits.changed() and self.pump():
+                        last_found = now
                     if now - last_found < AWAKE_IDLE and now - renewed > AWAKE_RENEW:
                         self.hold_awake()
                         renewed = now
@@ -271,15 +231,6 @@ class Dispatcher:
             lane.close()
         if self.media is not None:
             self.media.close(max(0.0, deadline - time.monotonic()))
-
-
-def heartbeat(conn, name: str, started_at: float) -> None:
-    with db.transaction(conn):
-        conn.execute(
-            "INSERT INTO workers (name, pid, host, started_at, seen_at) VALUES (?, ?, ?, ?, ?)"
-            " ON CONFLICT (name) DO UPDATE SET seen_at = excluded.seen_at",
-            (name, os.getpid(), socket.gethostname(), started_at, time.time()),
-        )
 
 
 def prune(conn, retention_days: int, media_folder: Path | None = None) -> int:
@@ -325,8 +276,8 @@ def sweep(dispatcher: Dispatcher) -> None:
         try:
             conn = db.connection(dispatcher.config.database)
             now = time.monotonic()
-            if now - last_beat >= HEARTBEAT_INTERVAL:
-                heartbeat(conn, dispatcher.name, started)
+            if now - last_beat >= heartbeats.INTERVAL:
+                heartbeats.beat(conn, dispatcher.name, started)
                 last_beat = now
             outages.sweep(conn, dispatcher.config)  # may make a probe due: before the pump
             dispatcher.pump()
@@ -385,9 +336,7 @@ def main() -> int:
     run_rq(config)
     dispatcher.stop()
     try:
-        conn = db.connection(config.database)
-        with db.transaction(conn):
-            conn.execute("DELETE FROM workers WHERE name = ?", (dispatcher.name,))
+        heartbeats.forget(db.connection(config.database), dispatcher.name)
     except Exception as exc:
         log.warning("could not remove the heartbeat: %s", exc)
     log.info("worker %s stopped", dispatcher.name)

@@ -171,6 +171,16 @@ def pytest_generate_tests(metafunc) -> None:
         metafunc.parametrize("engine", marker.args or ENGINES)
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    # Under xdist (`make test`) tests are handed to the workers in this order: the slowest go
+    # first so that none of them starts last and keeps the run going alone. The browser tests
+    # share one Chromium per module, so they stay together on one worker.
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    for item in items:
+        if item.get_closest_marker("browser"):
+            item.add_marker(pytest.mark.xdist_group("browser"))
+
+
 @pytest.fixture
 def engine() -> str:
     return "sqlite"
@@ -187,11 +197,25 @@ def postgres_server():
     shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def migrated_postgres(postgres_server) -> str:
+    """The name of a PostgreSQL database migrated once for the run, which each test copies:
+    migrating a new database takes longer than the server takes to copy one."""
+    url = postgres_server.new_database()
+    conn = db.connect(url)
+    try:
+        db.migrate(conn)
+    finally:
+        conn.close()
+    return postgres_server.name_of(url)
+
+
 @pytest.fixture
 def storage_database(engine, tmp_path, request) -> str:
-    """storage.database for this test: a SQLite file in its folder, or a fresh PostgreSQL database."""
+    """storage.database for this test: a SQLite file in its folder, or a PostgreSQL database of
+    its own, already migrated (the app still checks it is, as on every start)."""
     if engine == "postgresql":
-        return request.getfixturevalue("postgres_server").new_database()
+        return request.getfixturevalue("postgres_server").new_database(request.getfixturevalue("migrated_postgres"))
     return str(tmp_path / "data" / "wahook.db")
 
 

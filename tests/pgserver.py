@@ -63,11 +63,18 @@ class Server:
         with psycopg.connect(self.url(), autocommit=True) as conn:
             conn.execute("SELECT pg_reload_conf()")
 
-    def new_database(self) -> str:
+    def new_database(self, template: str | None = None) -> str:
+        """A new database's URL: empty, or a copy of the database `template` (which nobody may
+        be connected to), made by the server in a fraction of the time migrating takes."""
         name = f"t{os.getpid()}_{next(_numbers)}"
         with psycopg.connect(self.url(), autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
+            conn.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
         return self.url(name)
+
+    @staticmethod
+    def name_of(url: str) -> str:
+        """The database name in one of our URLs."""
+        return urlsplit(url).path.lstrip("/")
 
     def stop(self) -> None:
         # The package's own stop knows only the first server process, not the restarted one.

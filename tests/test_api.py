@@ -416,6 +416,7 @@ def test_a_chunked_body_over_1_mib_gets_413_over_gunicorn(processes, make_key, c
     assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 0
 
 
+@pytest.mark.slow
 def test_publishing_10000_events_delivers_each_once(processes, make_key, add_endpoint, receiver, conn):
     key = make_key("publish")
     add_endpoint(receiver.url, events="campaign.*")

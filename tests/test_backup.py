@@ -10,6 +10,7 @@ import sqlite3
 import threading
 import time
 
+import pytest
 import requests
 
 import db
@@ -54,6 +55,7 @@ def test_refuses_what_it_cannot_write_without_touching_anything(tmp_path, runner
     assert not (tmp_path / "missing").exists()
 
 
+@pytest.mark.slow
 def test_backup_during_a_flood_then_restore(tmp_path, redis_url, receiver):
     """Real gunicorn and a worker under load; the backup has every webhook acknowledged before
     it started, and a worker on a restored copy in a fresh data folder sends what was pending."""

@@ -17,7 +17,7 @@ import db
 
 def test_fresh_database_gets_the_schema_and_version(tmp_path):
     conn = db.connect(tmp_path / "w.db")
-    latest = db.MIGRATIONS[-1][0] if db.MIGRATIONS else 1
+    latest = db.migrations()[-1][0]
     assert db.migrate(conn) == latest
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"webhooks", "events", "endpoints", "deliveries", "attempts", "rejections", "workers"} <= tables
@@ -26,13 +26,13 @@ def test_fresh_database_gets_the_schema_and_version(tmp_path):
 
 def test_an_old_database_is_brought_up_to_date(tmp_path):
     conn = db.connect(tmp_path / "w.db")
-    assert db.migrate(conn, []) == 1
-    # Version 1 as it shipped also had this index; schema.sql no longer makes it, since
+    assert db.migrate(conn, db.migrations()[:1]) == 1
+    # Version 1 as it shipped also had this index; 0001_schema.sql no longer makes it, since
     # migration 2 drops it again.
     conn.execute("CREATE INDEX deliveries_due ON deliveries (next_attempt_at) WHERE state IN ('pending', 'retrying')")
     indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert "deliveries_due" in indexes and "deliveries_lane" not in indexes
-    assert db.migrate(conn) == db.MIGRATIONS[-1][0]
+    assert db.migrate(conn) == db.migrations()[-1][0]
     indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert "deliveries_lane" in indexes and "attempts_endpoint" in indexes and "deliveries_due" not in indexes
 
@@ -47,7 +47,7 @@ def test_pragmas(tmp_path):
 def test_migrations_apply_in_order_with_their_version(tmp_path):
     conn = db.connect(tmp_path / "w.db")
     base = db.migrate(conn)
-    steps = db.MIGRATIONS + [
+    steps = db.migrations() + [
         (base + 1, "ALTER TABLE endpoints ADD COLUMN note TEXT NOT NULL DEFAULT '';"),
         (base + 2, "CREATE TABLE extra (id INTEGER PRIMARY KEY);\nCREATE INDEX extra_id ON extra (id);"),
     ]
@@ -59,7 +59,7 @@ def test_migrations_apply_in_order_with_their_version(tmp_path):
 def test_a_failing_migration_changes_nothing(tmp_path):
     conn = db.connect(tmp_path / "w.db")
     base = db.migrate(conn)
-    broken = db.MIGRATIONS + [(base + 1, "CREATE TABLE half (id INTEGER);\nTHIS IS NOT SQL;")]
+    broken = db.migrations() + [(base + 1, "CREATE TABLE half (id INTEGER);\nTHIS IS NOT SQL;")]
     with pytest.raises(sqlite3.OperationalError):
         db.migrate(conn, broken)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == base
@@ -89,7 +89,7 @@ def test_transaction_rolls_back_on_error(tmp_path):
 def test_init_db_command(runner, app):
     result = runner.invoke(args=["init-db"])
     assert result.exit_code == 0
-    assert f"schema version {db.MIGRATIONS[-1][0]}" in result.output
+    assert f"schema version {db.migrations()[-1][0]}" in result.output
 
 
 def test_a_process_starting_during_a_long_migration_waits_for_it(tmp_path, monkeypatch):
@@ -97,14 +97,14 @@ def test_a_process_starting_during_a_long_migration_waits_for_it(tmp_path, monke
     4's indexes on a big database) must not make a process starting alongside fail."""
     monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 100)
     path = tmp_path / "w.db"
-    db.migrate(db.connect(path), [])
+    db.migrate(db.connect(path), db.migrations()[:1])
     holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)  # released from a timer
     holder.execute("BEGIN IMMEDIATE")
     releaser = threading.Timer(0.5, lambda: holder.execute("COMMIT"))
     releaser.start()
     try:
         started = time.monotonic()
-        assert db.migrate(db.connect(path)) == db.MIGRATIONS[-1][0]
+        assert db.migrate(db.connect(path)) == db.migrations()[-1][0]
         assert time.monotonic() - started >= 0.4  # it did wait for the lock
     finally:
         releaser.cancel()
@@ -160,11 +160,12 @@ print(conn.execute("PRAGMA journal_mode").fetchone()[0], conn.execute("PRAGMA us
 """
 
 
+@pytest.mark.slow
 def test_eight_processes_opening_a_new_database_at_once_all_start(tmp_path):
     """Switching a new file to WAL takes an exclusive lock that SQLite's busy handler does not
     wait for: a process that lost the race used to die with "database is locked"."""
     root = str(Path(db.__file__).parent)
-    latest = max(version for version, _ in db.MIGRATIONS)
+    latest = db.migrations()[-1][0]
     for round_ in range(4):
         path = tmp_path / f"new-{round_}" / "wahook.db"
         start = time.time() + 1.5  # every interpreter is up and spinning by then

@@ -17,9 +17,10 @@ from standardwebhooks.webhooks import Webhook
 
 import db
 import delivery
+import delivery_states
 import endpoints
 import jobs
-import outbox
+import leases
 import safe_http
 import worker
 from conftest import text_message, wait_until
@@ -258,6 +259,7 @@ def test_private_address_is_refused_at_send_time(tmp_path, app, post_webhook, re
 # --- isolation and at-least-once ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_hanging_endpoint_does_not_hold_back_another(app, post_webhook, make_receiver, add_endpoint, conn):
     hanging, healthy = make_receiver(), make_receiver()
     hanging.behaviour = Behaviour(delay=10)
@@ -342,6 +344,7 @@ def test_redis_stopped_during_intake_then_back(tmp_path, receiver, conn):
         embedded_redis.stop(data)
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_attempt_loses_nothing(processes, post_webhook, receiver, add_endpoint, conn):
     receiver.script = [Behaviour(delay=1.5)]
     add_endpoint(receiver.url, events=MESSAGES)
@@ -375,7 +378,9 @@ def test_a_batch_that_slows_down_keeps_its_leases_until_recorded(
         post_webhook(text_message(f"wamid.SLOW{n}"))
     config = app.config["WAHOOK"]
     owner = "first"
-    claimed = outbox.claim(conn, [r[0] for r in conn.execute("SELECT id FROM deliveries")], owner, 1.0)
+    claimed = leases.claim_ids(
+        conn, "deliveries", [r[0] for r in conn.execute("SELECT id FROM deliveries")], owner, 1.0
+    )
     assert len(claimed) == 6
     sender = safe_http.Sender(allow_http=True, allow_private=True)
     batch = threading.Thread(
@@ -427,7 +432,7 @@ def test_410_in_the_middle_of_a_claimed_batch_fails_the_rest(app, post_webhook, 
     for n in range(3):
         post_webhook(text_message(f"wamid.MID{n}"))
     config = app.config["WAHOOK"]
-    claimed = outbox.claim_next(conn, endpoint["id"], "w", 30, 32)
+    claimed = delivery_states.claim_next(conn, endpoint["id"], "w", 30, 32)
     sender = safe_http.Sender(allow_http=True, allow_private=True)
     delivery.deliver_claimed(conn, config, sender, endpoint["id"], claimed, "w")
     sender.close()

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 import events
 import samples
-from events import EVENT_GROUPS, EVENT_NAMES, event_id_for, parse
+from event_catalog import EVENT_GROUPS, EVENT_NAMES, event_id_for
+from events import parse
 
 WABA = "102290129340398"
 PHONE_ID = "106540352242922"
@@ -654,6 +655,7 @@ def check(body: dict) -> None:
         json.dumps(event.body)
 
 
+@pytest.mark.slow
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(st.dictionaries(st.text(max_size=8), json_values, max_size=5) | body_st)
 def test_parse_never_raises(body):

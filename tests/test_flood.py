@@ -20,6 +20,7 @@ pytestmark = pytest.mark.engines
 TOTAL = 300
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_flood_loses_nothing(app, processes, receiver, conn):
     with app.app_context():
         endpoints.create(get_db(), app.config["WAHOOK"], receiver.url, events="message.received")

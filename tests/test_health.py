@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-import worker
+import heartbeats
 from app import create_app
 from conftest import instance_sections, wait_until
 
@@ -26,14 +26,14 @@ def test_no_worker_is_503_with_the_reason(client):
 
 
 def test_all_up_is_200(client, conn):
-    worker.heartbeat(conn, "w1", time.time())
+    heartbeats.beat(conn, "w1", time.time())
     response = client.get("/healthz")
     assert response.status_code == 200
     assert response.json == {"ok": True, "database": "ok", "redis": "ok", "worker": "ok", "meta": "ok"}
 
 
 def test_silent_worker_is_503(client, conn):
-    worker.heartbeat(conn, "w1", time.time())
+    heartbeats.beat(conn, "w1", time.time())
     conn.execute("UPDATE workers SET seen_at = ?", (time.time() - 120,))
     body = client.get("/healthz").json
     assert body["ok"] is False and body["worker"].startswith("error: no worker heartbeat for 1")
@@ -43,7 +43,7 @@ def test_redis_down_is_503(tmp_path, conn):
     app = create_app(
         {"config_path": str(tmp_path / "none.toml"), **instance_sections(tmp_path, "unix:///nonexistent.sock")}
     )
-    worker.heartbeat(conn, "w1", time.time())
+    heartbeats.beat(conn, "w1", time.time())
     response = app.test_client().get("/healthz")
     assert response.status_code == 503
     assert response.json["redis"].startswith("error:") and response.json["database"] == "ok"
@@ -56,6 +56,7 @@ def test_broken_database_is_503_not_500(client, conn):
     assert response.json["database"].startswith("error:")
 
 
+@pytest.mark.slow
 def test_needs_no_login_and_reports_a_real_worker(processes):
     base = processes.start_web()
     import requests

@@ -25,6 +25,7 @@ import pytest
 import redis
 
 import embedded_redis
+import first_config
 import run
 from config import load_config
 
@@ -39,7 +40,7 @@ QUICK_START = 10  # seconds: a second start reuses everything (about 1 s on a la
 
 def test_fill_in_sets_empty_values_and_keeps_everything_else():
     example = (ROOT / "config.example.toml").read_text()
-    filled = run.fill_in(example, {("meta", "verify_token"): "tok", ("admin", "password"): "pw"})
+    filled = first_config.fill_in(example, {("meta", "verify_token"): "tok", ("admin", "password"): "pw"})
     data = tomllib.loads(filled)
     assert data["meta"]["verify_token"] == "tok"
     assert data["admin"]["password"] == "pw"
@@ -51,7 +52,7 @@ def test_fill_in_sets_empty_values_and_keeps_everything_else():
 
 def test_fill_in_adds_a_missing_key_or_section():
     text = "[meta]\napp_secret = 'x'  # kept\n\n[delivery]\nworkers = 2\n"
-    filled = run.fill_in(text, {("meta", "verify_token"): "tok", ("admin", "password"): "pw"})
+    filled = first_config.fill_in(text, {("meta", "verify_token"): "tok", ("admin", "password"): "pw"})
     assert tomllib.loads(filled) == {
         "meta": {"app_secret": "x", "verify_token": "tok"},
         "delivery": {"workers": 2},
@@ -62,21 +63,21 @@ def test_fill_in_adds_a_missing_key_or_section():
 
 def test_fill_in_handles_single_quotes_and_trailing_comments():
     text = "[admin]\npassword = ''   # set me\n"
-    assert run.fill_in(text, {("admin", "password"): "pw"}) == '[admin]\npassword = "pw"   # set me\n'
+    assert first_config.fill_in(text, {("admin", "password"): "pw"}) == '[admin]\npassword = "pw"   # set me\n'
 
 
 def test_empty_secrets_are_filled_in_an_existing_file(tmp_path):
     path = tmp_path / "config.toml"
     path.write_text('[meta]\napp_secret = "s"\n\n[admin]\npassword = ""\n')
     path.chmod(0o640)
-    filled = run.fill_empty_secrets(path, load_config(path))
+    filled = first_config.fill_empty_secrets(path, load_config(path))
     assert filled == ["meta.verify_token", "admin.password"]
     config = load_config(path)
     assert len(config["meta"]["verify_token"]) >= 20 and len(config["admin"]["password"]) >= 20
     assert config["meta"]["app_secret"] == "s"
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
     again = path.read_text()
-    assert run.fill_empty_secrets(path, load_config(path)) == []
+    assert first_config.fill_empty_secrets(path, load_config(path)) == []
     assert path.read_text() == again
 
 
@@ -84,7 +85,7 @@ def test_a_file_that_cannot_be_filled_safely_is_left_alone(tmp_path):
     path = tmp_path / "config.toml"
     text = 'meta.verify_token = ""\nadmin = { password = "" }\n'  # valid TOML our line edit cannot reach
     path.write_text(text)
-    assert run.fill_empty_secrets(path, load_config(path)) == []
+    assert first_config.fill_empty_secrets(path, load_config(path)) == []
     assert path.read_text() == text
 
 

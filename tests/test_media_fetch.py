@@ -12,7 +12,8 @@ import pytest
 import media_fetch
 import media_store
 from graph_stub import Media
-from media_fetch import MediaError, download
+from media_fetch import download
+from safe_http import DeliveryError
 
 PICTURE = b"\xff\xd8\xff" + bytes(range(256)) * 400
 
@@ -45,7 +46,7 @@ def test_a_file_is_kept_under_its_hash(config, folder, graph):
 def test_a_bad_token_is_reported_without_the_token(config, folder, graph):
     graph.media["111"] = Media(PICTURE)
     config["meta"]["access_token"] = "wrong-secret-token"
-    with pytest.raises(MediaError) as failure:
+    with pytest.raises(DeliveryError) as failure:
         download(config, "111", "", folder)
     assert "refused the access token (401)" in failure.value.message
     assert "wrong-secret-token" not in failure.value.message
@@ -58,7 +59,7 @@ def test_a_bad_token_is_reported_without_the_token(config, folder, graph):
 )
 def test_graph_errors_are_data(config, folder, graph, status, words, permanent):
     graph.media["111"] = Media(PICTURE, graph_status=status)
-    with pytest.raises(MediaError) as failure:
+    with pytest.raises(DeliveryError) as failure:
         download(config, "111", "", folder)
     assert words in failure.value.message
     assert failure.value.permanent is permanent
@@ -66,14 +67,14 @@ def test_graph_errors_are_data(config, folder, graph, status, words, permanent):
 
 
 def test_an_unknown_media_id_is_permanent(config, folder, graph):
-    with pytest.raises(MediaError, match="no such media") as failure:
+    with pytest.raises(DeliveryError, match="no such media") as failure:
         download(config, "999", "", folder)
     assert failure.value.permanent
 
 
 def test_a_stalled_download_times_out_and_can_be_retried(config, folder, graph):
     graph.media["111"] = Media(PICTURE, stall=config["delivery"]["timeout"] + 1.5)
-    with pytest.raises(MediaError, match="timed out") as failure:
+    with pytest.raises(DeliveryError, match="timed out") as failure:
         download(config, "111", "", folder)
     assert not failure.value.permanent
     assert leftovers(folder) == []
@@ -81,7 +82,7 @@ def test_a_stalled_download_times_out_and_can_be_retried(config, folder, graph):
 
 def test_a_wrong_hash_keeps_nothing(config, folder, graph):
     graph.media["111"] = Media(PICTURE, wrong_hash=True)
-    with pytest.raises(MediaError, match="sha256 mismatch") as failure:
+    with pytest.raises(DeliveryError, match="sha256 mismatch") as failure:
         download(config, "111", "", folder)
     assert not failure.value.permanent
     assert [p for p in folder.iterdir() if p.is_file()] == []
@@ -91,7 +92,7 @@ def test_a_wrong_hash_keeps_nothing(config, folder, graph):
 def test_the_webhooks_hash_is_checked_when_graph_gives_none(config, folder, graph, monkeypatch):
     graph.media["111"] = Media(PICTURE)
     monkeypatch.setattr(Media, "sha256", lambda self: "")
-    with pytest.raises(MediaError, match="sha256 mismatch"):
+    with pytest.raises(DeliveryError, match="sha256 mismatch"):
         download(config, "111", hashlib.sha256(b"other").hexdigest(), folder)
     as_base64 = base64.b64encode(hashlib.sha256(PICTURE).digest()).decode()
     assert download(config, "111", as_base64, folder).size == len(PICTURE)
@@ -99,7 +100,7 @@ def test_the_webhooks_hash_is_checked_when_graph_gives_none(config, folder, grap
 
 def test_a_body_larger_than_announced_is_cut_off(config, folder, graph):
     graph.media["111"] = Media(PICTURE * 20, announce_size=len(PICTURE))
-    with pytest.raises(MediaError, match="larger than the .* bytes Graph announced"):
+    with pytest.raises(DeliveryError, match="larger than the .* bytes Graph announced"):
         download(config, "111", "", folder)
     assert leftovers(folder) == []
 
@@ -107,12 +108,12 @@ def test_a_body_larger_than_announced_is_cut_off(config, folder, graph):
 def test_max_bytes_is_enforced_before_and_while_streaming(config, folder, graph):
     config["media"]["max_bytes"] = 1000
     graph.media["111"] = Media(PICTURE)
-    with pytest.raises(MediaError, match="over media.max_bytes") as failure:
+    with pytest.raises(DeliveryError, match="over media.max_bytes") as failure:
         download(config, "111", "", folder)
     assert failure.value.permanent
     assert graph.media["111"].hits == ["graph"]  # announced too large: not even fetched
     graph.media["222"] = Media(PICTURE, announce_size=500)  # announced small, sent large
-    with pytest.raises(MediaError, match="over media.max_bytes|larger than"):
+    with pytest.raises(DeliveryError, match="over media.max_bytes|larger than"):
         download(config, "222", "", folder)
     assert leftovers(folder) == []
 
@@ -120,7 +121,7 @@ def test_max_bytes_is_enforced_before_and_while_streaming(config, folder, graph)
 def test_an_expired_url_is_retried_with_a_fresh_one(config, folder, graph):
     graph.media["111"] = Media(PICTURE)
     graph.url_ttl = -1  # every URL handed out is already expired
-    with pytest.raises(MediaError, match="download URL answered 404") as failure:
+    with pytest.raises(DeliveryError, match="download URL answered 404") as failure:
         download(config, "111", "", folder)
     assert not failure.value.permanent
     graph.url_ttl = 300
@@ -131,12 +132,12 @@ def test_the_download_url_is_held_to_the_delivery_rules(config, folder, graph):
     """Graph (meta.graph_url) is trusted; the URL it hands back is not."""
     graph.media["111"] = Media(PICTURE)
     config["delivery"]["allow_private_urls"] = False
-    with pytest.raises(MediaError, match="loopback") as failure:
+    with pytest.raises(DeliveryError, match="loopback") as failure:
         download(config, "111", "", folder)
     assert failure.value.permanent
     config["delivery"]["allow_private_urls"] = True
     config["delivery"]["allow_http"] = False
-    with pytest.raises(MediaError, match="https://") as failure:
+    with pytest.raises(DeliveryError, match="https://") as failure:
         download(config, "111", "", folder)
     assert failure.value.permanent
     assert graph.media["111"].hits == ["graph", "graph"]  # the file URL was never connected to
@@ -163,7 +164,7 @@ def test_a_cap_bounds_the_whole_download(config, folder, graph):
     """The link downloads with a cap below gunicorn's request timeout (see media_worker.obtain)."""
     graph.media["111"] = Media(PICTURE, stall=1.5)
     started = time.monotonic()
-    with pytest.raises(MediaError, match="timed out|took longer") as failure:
+    with pytest.raises(DeliveryError, match="timed out|took longer") as failure:
         download(config, "111", "", folder, cap=0.5)
     assert time.monotonic() - started < 1.4
     assert not failure.value.permanent

@@ -155,7 +155,7 @@ def test_oldest_pending_age(client, conn, add_endpoint, post_webhook):
 def test_migration_counts_what_was_stored_before_it(storage_database):
     """A database from before the totals existed starts with them equal to its rows."""
     conn = db.connect(storage_database)
-    db.migrate(conn, [m for m in db.MIGRATIONS if m[0] < 9])
+    db.migrate(conn, [m for m in db.migrations(db.engine(conn)) if m[0] < 9])
     now = time.time()
     conn.execute("INSERT INTO endpoints (url, secret, created_at, updated_at) VALUES ('u', 's', ?, ?)", (now, now))
     conn.execute("INSERT INTO webhooks (webhook_id, received_at, body) VALUES ('whk_1', ?, ?)", (now, b"\0"))

@@ -14,10 +14,10 @@ import pytest
 
 import db
 import delivery
+import delivery_states
 import endpoints
 import jobs
 import outages
-import outbox
 import safe_http
 from app import create_app
 from conftest import Processes, instance_sections, text_message, wait_until
@@ -78,7 +78,7 @@ def operational(watch, name: str) -> list[dict]:
 
 def attempt_due(app, conn, endpoint_id: int) -> list:
     """Send the endpoint's due deliveries here and now, as a worker's lane would."""
-    claimed = outbox.claim_next(conn, endpoint_id, "test-lane", 10, 10)
+    claimed = delivery_states.claim_next(conn, endpoint_id, "test-lane", 10, 10)
     sender = safe_http.Sender(allow_http=True, allow_private=True)
     try:
         return delivery.deliver_claimed(conn, app.config["WAHOOK"], sender, endpoint_id, claimed, "test-lane")
@@ -345,6 +345,6 @@ def test_delivery_failed_once_per_delivery_and_again_only_for_a_new_cycle(
         outages.sweep(conn, app.config["WAHOOK"])
         attempt_due(app, conn, endpoint["id"])
     assert len(failed_events()) == 1
-    assert outbox.redeliver(conn, endpoint_id=endpoint["id"]) == 1  # by hand: a new cycle
+    assert delivery_states.redeliver(conn, endpoint_id=endpoint["id"]) == 1  # by hand: a new cycle
     fail_through_the_schedule(app, conn, endpoint["id"])
     assert len(failed_events()) == 2

@@ -1,10 +1,12 @@
-"""pg.py: SQLite's SQL translated for PostgreSQL, its schema and migrations, its rows, and the
-one-line answer to a database that cannot be reached, on a real PostgreSQL server."""
+"""pg.py: the SQL wahook writes once, run on PostgreSQL with only its placeholders changed; its
+migrations, its rows, and the one-line answer to a database that cannot be reached, on a real
+PostgreSQL server."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,7 +21,6 @@ import requests
 import db
 import endpoints
 import pg
-import pg_migrations
 from config import load_config
 from conftest import ROOT, Processes, instance_sections, sign, text_message, wait_every_event_delivered, wait_until
 
@@ -34,31 +35,64 @@ def pgconn(postgres_server):
     conn.close()
 
 
-def test_translate_placeholders_but_not_quoted_text():
+def test_translate_changes_placeholders_and_nothing_else():
     assert pg.translate("SELECT ? WHERE a = '?' AND b LIKE '5%'") == "SELECT %s WHERE a = '?' AND b LIKE '5%%'"
-    assert pg.translate("SELECT 1 WHERE x IS ? AND y IS NOT ?") == (
-        "SELECT 1 WHERE x IS NOT DISTINCT FROM %s AND y IS DISTINCT FROM %s"
-    )
-    assert pg.translate("SELECT 1 WHERE x IS NULL") == "SELECT 1 WHERE x IS NULL"
-    assert pg.translate("BEGIN IMMEDIATE") == "BEGIN"
-    assert (
-        pg.translate("INSERT OR IGNORE INTO t (a) VALUES (?)") == "INSERT INTO t (a) VALUES (%s) ON CONFLICT DO NOTHING"
-    )
+    assert pg.translate("SELECT 1 WHERE x IS NOT DISTINCT FROM ?") == "SELECT 1 WHERE x IS NOT DISTINCT FROM %s"
+    # The statement is passed on as written: a rewrite of INSERT OR IGNORE used to put its
+    # ON CONFLICT after a RETURNING clause, which PostgreSQL refuses.
+    written = "INSERT OR IGNORE INTO t (a) VALUES (?) RETURNING id"
+    assert pg.translate(written) == "INSERT OR IGNORE INTO t (a) VALUES (%s) RETURNING id"
+    assert pg.translate("SELECT 1 /* it's ? */, ?") == "SELECT 1 /* it's ? */, %s"
 
 
-def test_every_migration_runs_on_postgresql_as_written_or_by_its_own_text():
-    """A migration with SQLite-only SQL needs its text in pg_migrations.py: this names the one
-    that lacks it, rather than letting PostgreSQL installs fail at start."""
-    for version, sql in db.steps():
-        text = pg.schema_text(version, sql)
+def test_every_migration_runs_on_postgresql_as_written():
+    """A migration with SQLite-only SQL needs its own migrations/NNNN_*.postgresql.sql: this
+    names the one that lacks it, rather than letting PostgreSQL installs fail at start."""
+    for version, text in db.migrations("postgresql"):
         lines = [line for line in text.splitlines() if not line.strip().startswith("--")]
         found = [word for word in SQLITE_ONLY if word in "\n".join(lines).upper()]
-        assert not found, f"migration {version} uses {found}: add its PostgreSQL text to pg_migrations.TEXT"
-    assert set(pg_migrations.TEXT) <= {version for version, _ in db.steps()}
+        assert not found, f"migration {version} uses {found}: add its migrations/NNNN_*.postgresql.sql"
+        assert not any(word in line for line in lines for word in (" REAL", " BLOB")), version
+
+
+def test_the_code_writes_no_sqlite_only_statement():
+    """Nothing rewrites `INSERT OR IGNORE` or `IS ?` for PostgreSQL any more: a statement
+    written so would work on SQLite and fail on PostgreSQL only."""
+    sqlite_only = re.compile(r"\bOR\s+(IGNORE|REPLACE)\b|\bIS\s+(NOT\s+)?\?")
+    for path in sorted(ROOT.glob("*.py")):
+        found = sqlite_only.search(path.read_text(encoding="utf-8"))
+        assert found is None, f"{path.name}: {found[0]!r} (write ON CONFLICT DO NOTHING, IS NOT DISTINCT FROM)"
+
+
+@pytest.mark.engines
+def test_a_quote_in_a_comment_leaves_later_placeholders_working(storage_database, engine):
+    """An apostrophe in a `--` comment used to open a "quote" that hid every later `?`."""
+    conn = db.connect(storage_database)
+    row = conn.execute("SELECT ? AS a -- the customer's phone\n, ? AS b", (1, 2)).fetchone()
+    assert tuple(row) == (1, 2)
+    conn.close()
+
+
+@pytest.mark.engines
+def test_the_sql_written_once_reads_alike_on_both_engines(storage_database, engine):
+    """ON CONFLICT DO NOTHING (with RETURNING) and IS NOT DISTINCT FROM, as the code writes them."""
+    conn = db.connect(storage_database)
+    db.migrate(conn)
+    insert = (
+        "INSERT INTO contacts (phone_number_id, wa_id, seen_ts, created_at, updated_at)"
+        " VALUES ('1', ?, 0, 0, 0) ON CONFLICT DO NOTHING RETURNING id"
+    )
+    first = conn.execute(insert, ("31600",)).fetchone()[0]
+    assert conn.execute(insert, ("31600",)).fetchone() is None  # the unique (phone_number_id, wa_id)
+    anonymous = conn.execute(insert, (None,)).fetchone()[0]
+    same = "SELECT id FROM contacts WHERE wa_id IS NOT DISTINCT FROM ?"
+    assert [row[0] for row in conn.execute(same, ("31600",))] == [first]
+    assert [row[0] for row in conn.execute(same, (None,))] == [anonymous]
+    conn.close()
 
 
 def test_schema_on_postgresql_keeps_times_double_and_ids_64_bit(pgconn):
-    assert db.migrate(pgconn) == db.steps()[-1][0]
+    assert db.migrate(pgconn) == db.migrations("postgresql")[-1][0]
     types = {
         (row[0], row[1]): row[2]
         for row in pgconn.execute(
@@ -72,12 +106,12 @@ def test_schema_on_postgresql_keeps_times_double_and_ids_64_bit(pgconn):
     assert types[("webhooks", "body")] == "bytea"
     assert types[("deliveries", "id")] == "bigint"
     assert set(db.tables(pgconn)) >= {"webhooks", "events", "endpoints", "deliveries", "attempts", "metric_totals"}
-    assert db.migrate(pgconn) == db.steps()[-1][0]  # idempotent
+    assert db.migrate(pgconn) == db.migrations("postgresql")[-1][0]  # idempotent
 
 
 def test_a_failing_migration_changes_nothing_on_postgresql(pgconn):
     base = db.migrate(pgconn)
-    broken = db.MIGRATIONS + [(base + 1, "CREATE TABLE half (id INTEGER);\nTHIS IS NOT SQL;")]
+    broken = db.migrations("postgresql") + [(base + 1, "CREATE TABLE half (id INTEGER);\nTHIS IS NOT SQL;")]
     with pytest.raises(psycopg.Error):
         db.migrate(pgconn, broken)
     assert pg.version(pgconn) == base
@@ -104,7 +138,7 @@ def test_processes_migrating_at_once_apply_each_step_once(postgres_server):
     assert errors == []
     conn = db.connect(url)
     versions = [row[0] for row in conn.execute("SELECT version FROM wahook_schema ORDER BY version")]
-    assert versions == [version for version, _ in db.steps()]
+    assert versions == [version for version, _ in db.migrations("postgresql")]
 
 
 def test_rows_read_by_name_and_index_and_sums_are_ints(pgconn):
@@ -187,6 +221,7 @@ def with_endpoint(database: str, url: str):
     return conn
 
 
+@pytest.mark.slow
 def test_two_machines_on_one_postgresql_lose_nothing_when_a_worker_is_killed(
     tmp_path, redis_url, postgres_server, make_receiver
 ):
@@ -240,6 +275,7 @@ def test_two_machines_on_one_postgresql_lose_nothing_when_a_worker_is_killed(
             machine.stop_all()
 
 
+@pytest.mark.slow
 @pytest.mark.engines("postgresql")
 def test_postgresql_restarted_under_load(processes, storage_database, postgres_server, receiver, engine):
     """While PostgreSQL is down, Meta gets 503s (it retries); every webhook that got a 200 is

@@ -11,11 +11,11 @@ import requests
 
 import db
 import endpoints
+import heartbeats
 import silence
-import worker
 from app import create_app
 from conftest import Processes, instance_sections, login, make_app, sign, text_message, wait_until
-from events import iso
+from event_catalog import iso
 
 pytestmark = pytest.mark.engines
 
@@ -73,7 +73,7 @@ def post(base: str, wamid: str) -> float:
 
 
 def test_off_by_default_and_without_endpoints(tmp_path, redis_url, conn, add_endpoint, client):
-    worker.heartbeat(conn, "w1", time.time())
+    heartbeats.beat(conn, "w1", time.time())
     add_endpoint("http://127.0.0.1:9/hook")
     conn.execute("UPDATE endpoints SET created_at = 0")
     assert client.get("/healthz").json["meta"] == "ok"  # silence_hours = 0: not watching
@@ -93,7 +93,7 @@ def test_monitor_and_healthz_say_so_and_one_event_per_period(tmp_path, redis_url
     with app.app_context():
         conn = db.get_db()
         endpoints.create(conn, config, "http://127.0.0.1:9/ops", events="gateway.silent")
-        worker.heartbeat(conn, "w1", time.time())
+        heartbeats.beat(conn, "w1", time.time())
         long_ago = time.time() - 2 * 3600
         conn.execute("UPDATE endpoints SET created_at = ?", (long_ago - 100,))
         conn.execute("INSERT INTO webhooks (webhook_id, received_at, body) VALUES ('whk_old', ?, x'7b7d')", (long_ago,))

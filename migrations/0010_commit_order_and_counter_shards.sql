@@ -1,0 +1,3 @@
+-- Nothing on SQLite: one writer at a time already commits events in id order and adds to
+-- the counters in turn. PostgreSQL's text (the .postgresql.sql beside this file) lets its
+-- writers stop taking turns.
