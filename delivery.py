@@ -177,15 +177,17 @@ def record(conn: db.Connection, config, owner: str, results: list[tuple[db.Row, 
     """Store the attempts and move each delivery on, in one transaction for the batch."""
     now = time.time()
     gone: dict[int, str] = {}
-    finished = []
-    with transaction(conn):
+    with db.pipelined_transaction(conn):
+        sent = []
         for delivery, outcome in results:
             delivery_states.record_attempt(conn, delivery, now - outcome.duration_ms / 1000, outcome)
             state, attempts, next_at = next_step(config, delivery, outcome, now)
-            if delivery_states.finish(conn, delivery["id"], owner, state, attempts, next_at, outcome):
-                finished.append((delivery, outcome, state, attempts))
+            moved = delivery_states.finish_later(conn, delivery["id"], owner, state, attempts, next_at, outcome)
+            sent.append((delivery, outcome, state, attempts, moved))
             if outcome.status_code == 410 and delivery["endpoint_id"] is not None:
                 gone[delivery["endpoint_id"]] = f"receiver answered 410 Gone at {iso(now)}"
+        # Read only now: on PostgreSQL the whole batch went in one round trip.
+        finished = [(d, o, state, attempts) for d, o, state, attempts, moved in sent if moved.fetchone() is not None]
         for endpoint_id, reason in gone.items():
             endpoints.mark_disabled(conn, endpoint_id, reason)
             # The rest of our batch: mark_disabled leaves leased deliveries to their owner, us.

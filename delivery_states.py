@@ -91,24 +91,27 @@ def finish(
     Only while `owner` still holds the lease: if it ran out, another worker owns the row
     now and this returns False.
     """
-    return (
-        conn.execute(
-            "UPDATE deliveries SET state = ?, attempts = ?, next_attempt_at = ?, lease_owner = NULL,"
-            " lease_until = NULL, last_status_code = ?, last_error = ?, last_duration_ms = ?, updated_at = ?"
-            " WHERE id = ? AND lease_owner = ?",
-            (
-                state,
-                attempts,
-                next_at,
-                outcome.status_code,
-                outcome.error,
-                outcome.duration_ms,
-                time.time(),
-                delivery_id,
-                owner,
-            ),
-        ).rowcount
-        > 0
+    return finish_later(conn, delivery_id, owner, state, attempts, next_at, outcome).fetchone() is not None
+
+
+def finish_later(conn: db.Connection, delivery_id: int, owner: str, state: str, attempts: int, next_at: float, outcome):
+    """`finish`, sent without waiting: its cursor has a row when `owner` still held the lease.
+    A batch's updates read late go to PostgreSQL in one round trip (db.pipelined_transaction)."""
+    return conn.execute(
+        "UPDATE deliveries SET state = ?, attempts = ?, next_attempt_at = ?, lease_owner = NULL,"
+        " lease_until = NULL, last_status_code = ?, last_error = ?, last_duration_ms = ?, updated_at = ?"
+        " WHERE id = ? AND lease_owner = ? RETURNING id",
+        (
+            state,
+            attempts,
+            next_at,
+            outcome.status_code,
+            outcome.error,
+            outcome.duration_ms,
+            time.time(),
+            delivery_id,
+            owner,
+        ),
     )
 
 

