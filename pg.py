@@ -1,7 +1,7 @@
 """PostgreSQL for db.py: a connection that runs the SQL the rest of wahook writes once for both.
 
 Statements in the code are written in the SQL both engines read alike (`ON CONFLICT DO
-NOTHING`, `IS NOT DISTINCT FROM`, `RETURNING`), with `?` placeholders. What this module
+NOTHING`, `RETURNING`, `IS NULL`), with `?` placeholders. What this module
 changes, and nothing more:
 
 - `?` placeholders become `%s`, and a literal `%` becomes `%%` (psycopg's escape); a `?` or

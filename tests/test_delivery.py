@@ -442,6 +442,29 @@ def test_410_in_the_middle_of_a_claimed_batch_fails_the_rest(app, post_webhook, 
     assert len(receiver.requests) == 1
 
 
+def test_the_lane_of_deleted_endpoints_takes_only_their_deliveries(post_webhook, receiver, add_endpoint, conn, runner):
+    """A delivery a worker held when its endpoint was deleted stays open with no endpoint. Once
+    that lease runs out, the lane for deleted endpoints (endpoint None) claims it, and nothing
+    of the endpoints that still exist."""
+    kept = add_endpoint(receiver.url, events=MESSAGES)
+    gone = add_endpoint(receiver.url, events=MESSAGES)
+    post_webhook(text_message())
+    held = delivery_states.claim_next(conn, gone["id"], "w", 3.0, 32)
+    assert len(held) == 1
+    runner.invoke(args=["endpoint", "remove", str(gone["id"])])
+    row = conn.execute("SELECT state, endpoint_id FROM deliveries WHERE id = ?", (held[0]["id"],)).fetchone()
+    assert (row["state"], row["endpoint_id"]) == ("pending", None)  # left to the worker holding it
+    orphans: list = []
+    wait_until(
+        lambda: orphans.extend(delivery_states.claim_next(conn, None, "w2", 30, 32)) or orphans,
+        timeout=15,
+        message="the deleted endpoint's lane to claim the delivery once the lease ran out",
+    )
+    assert [r["id"] for r in orphans] == [held[0]["id"]]
+    others = delivery_states.claim_next(conn, kept["id"], "w2", 30, 32)
+    assert [r["endpoint_id"] for r in others] == [kept["id"]]
+
+
 def test_send_test_is_not_taken_by_a_worker_meanwhile(app, receiver, add_endpoint, conn):
     receiver.behaviour = Behaviour(delay=0.3)
     endpoint = add_endpoint(receiver.url, events=MESSAGES)

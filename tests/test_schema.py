@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from pathlib import Path
 
 import pytest
 
 import db
+from conftest import ROOT
 
-SCHEMA = Path(db.__file__).with_name("schema.sql")
+SCHEMA = ROOT / "schema.sql"
 
 
 def normalized(sql: str | None) -> str:
