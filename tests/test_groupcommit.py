@@ -217,3 +217,15 @@ def test_every_webhook_answered_200_is_stored_when_the_server_dies_right_after(p
         conn.close()
     missing = set(acknowledged) - kept
     assert not missing, f"{len(missing)} of {len(acknowledged)} acknowledged webhooks were not stored"
+
+
+def test_webhooks_refused_or_stored_leave_nobody_expected(app, post_webhook):
+    """A leader waits for webhooks still being checked; one refused before it was stored (a bad
+    signature, a body that is not JSON) must not stay expected, or every later commit would wait."""
+    group = groupcommit.group_for(app.config["WAHOOK"].database)
+    assert post_webhook(status_update("wamid.COUNTED")).status_code == 200
+    assert post_webhook(status_update("wamid.REFUSED"), secret="not-the-secret").status_code == 401
+    assert post_webhook(b"not json").status_code == 400
+    assert group.coming == 0
+    assert group.waiting == [] and not group.leading
+    assert group.written >= 1
