@@ -157,6 +157,14 @@ def test_one_write_alone_is_committed_at_once(database):
     assert not db.shared_connection(database).in_transaction
 
 
+def test_a_write_alone_that_fails_is_undone_and_the_next_one_is_committed(database):
+    with pytest.raises(sqlite3.IntegrityError, match="cannot be stored"):
+        groupcommit.run(database, writer("poison"))
+    assert stored(database) == []  # its first row went with it
+    assert groupcommit.run(database, writer("after")) == "after"
+    assert stored(database) == [("after", 1), ("after", 2)]
+
+
 def test_a_webhook_that_cannot_be_stored_is_answered_503_and_the_others_200(processes, tmp_path):
     """Over HTTP, many webhooks at once into one web process: only the one the database
     refuses gets a 503 (Meta retries it), every other is answered 200 and stored."""
