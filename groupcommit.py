@@ -79,7 +79,8 @@ class Group:
 
 
 class WholeTransactionLost(Exception):
-    """SQLite rolled back the whole transaction while `failed` ran (not only its savepoint)."""
+    """The whole transaction must go because of `failed`: SQLite rolled it back (not only the
+    savepoint), or `failed` was alone in it."""
 
     def __init__(self, failed: Write) -> None:
         super().__init__("the transaction was rolled back")
@@ -232,16 +233,23 @@ def take_waiting(group: Group) -> list[Write]:
 
 
 def write_each(conn: db.Connection, batch: list[Write]) -> None:
-    """Run each write inside its own savepoint; one that raises is undone alone and keeps its error."""
+    """Run each write inside its own savepoint; one that raises is undone alone and keeps its error.
+
+    A write alone in its batch (the usual case while traffic is light) needs no savepoint: if it
+    raises, the transaction is rolled back, which undoes it alone.
+    """
+    alone = len(batch) == 1
     for write in batch:
-        conn.execute("SAVEPOINT intake")
+        if not alone:
+            conn.execute("SAVEPOINT intake")
         try:
             write.result = write.write(conn)
         except Exception as exc:
-            if not conn.in_transaction:
+            if alone or not conn.in_transaction:
                 write.error = exc
-                write.finish()  # its answer is final; the others are written again
+                write.finish()  # its answer is final; the others, if any, are written again
                 raise WholeTransactionLost(write) from exc
             conn.execute("ROLLBACK TO intake")
             write.error = exc
-        conn.execute("RELEASE intake")
+        if not alone:
+            conn.execute("RELEASE intake")

@@ -142,17 +142,18 @@ DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite)
 
 @bp.post(PATH)
 def receive() -> Response:
-    # A thread about to commit other webhooks waits a moment for this one (groupcommit.coming).
-    with groupcommit.coming(current_app.config["WAHOOK"].database):
-        return accept()
-
-
-def accept() -> Response:
-    """Check, parse and store one Meta POST; its answer."""
     config = current_app.config["WAHOOK"]
     raw = read_body()
     if raw is None:
         return text("body larger than 4 MiB", 413)
+    # From here a thread about to commit other webhooks waits a moment for this one
+    # (groupcommit.coming); not while the body arrives, which a slow client can make long.
+    with groupcommit.coming(config.database):
+        return accept(config, raw)
+
+
+def accept(config, raw: bytes) -> Response:
+    """Check, parse and store one Meta POST whose body is `raw`; its answer."""
     problem = signature_problem(
         raw,
         request.headers.get("X-Hub-Signature-256"),

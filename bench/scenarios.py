@@ -115,15 +115,18 @@ def receiver_ceiling(ws: Workspace, seconds: float = 3) -> float:
 # -- intake
 
 
-def intake(ws: Workspace, plan: Plan) -> tuple[Comparison, dict]:
-    """Signed status webhooks per second through wahook's intake vs a bare Flask app, same gunicorn."""
+def intake(ws: Workspace, plan: Plan) -> tuple[dict[str, Comparison], dict]:
+    """Signed status webhooks per second through wahook's intake, with storage.synchronous "full"
+    and "normal", each against a bare Flask app under the same gunicorn settings: the three in
+    turn, round after round, in the same run. Returns ({level: wahook vs bare}, notes)."""
     pool = ws.root / "intake.pool"
     warm = ws.root / "warm.pool"
     write_pool(pool, plan.intake_pool)
     write_pool(warm, 3000)
-    result = Comparison()
-    notes: dict = {"wraps": 0, "non2xx": 0, "errors": 0, "p99_ours": [], "p99_theirs": []}
-    notes |= {"cpu_ours": [], "cpu_theirs": []}  # server CPU microseconds per request
+    levels = ("full", "normal")
+    result = {level: Comparison() for level in levels}
+    notes: dict = {"wraps": 0, "non2xx": 0, "errors": 0, "p99_theirs": [], "cpu_theirs": []}
+    notes |= {f"{what}_{level}": [] for what in ("p99", "cpu") for level in levels}  # CPU: us per request
     for _ in range(plan.rounds):
         bare = ws.stack()
         base = bare.start_web("bench.bare_app:app")
@@ -132,16 +135,16 @@ def intake(ws: Workspace, plan: Plan) -> tuple[Comparison, dict]:
         run = wrk_timed(base + INTAKE_PATH, pool, plan.intake_seconds)
         notes["cpu_theirs"].append((bare.cpu_seconds() - cpu) / run.posted * 1e6)
         bare.stop()
-        result.theirs.append(run.rate)
         notes["p99_theirs"].append(run.p99_ms)
-
-        run, cpu_us = intake_once(ws, pool, warm, plan.intake_seconds)
-        notes["cpu_ours"].append(cpu_us)
-        result.ours.append(run.rate)
-        notes["p99_ours"].append(run.p99_ms)
-        notes["wraps"] += run.wraps
-        notes["non2xx"] += run.non2xx
-        notes["errors"] += run.socket_errors
+        for level in levels:
+            result[level].theirs.append(run.rate)
+            ours, cpu_us = intake_once(ws, pool, warm, plan.intake_seconds, synchronous=level)
+            notes[f"cpu_{level}"].append(cpu_us)
+            result[level].ours.append(ours.rate)
+            notes[f"p99_{level}"].append(ours.p99_ms)
+            notes["wraps"] += ours.wraps
+            notes["non2xx"] += ours.non2xx
+            notes["errors"] += ours.socket_errors
     return result, notes
 
 

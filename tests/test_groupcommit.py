@@ -157,6 +157,14 @@ def test_one_write_alone_is_committed_at_once(database):
     assert not db.shared_connection(database).in_transaction
 
 
+def test_a_write_alone_that_fails_is_undone_and_the_next_one_is_committed(database):
+    with pytest.raises(sqlite3.IntegrityError, match="cannot be stored"):
+        groupcommit.run(database, writer("poison"))
+    assert stored(database) == []  # its first row went with it
+    assert groupcommit.run(database, writer("after")) == "after"
+    assert stored(database) == [("after", 1), ("after", 2)]
+
+
 def test_a_webhook_that_cannot_be_stored_is_answered_503_and_the_others_200(processes, tmp_path):
     """Over HTTP, many webhooks at once into one web process: only the one the database
     refuses gets a 503 (Meta retries it), every other is answered 200 and stored."""
@@ -217,3 +225,15 @@ def test_every_webhook_answered_200_is_stored_when_the_server_dies_right_after(p
         conn.close()
     missing = set(acknowledged) - kept
     assert not missing, f"{len(missing)} of {len(acknowledged)} acknowledged webhooks were not stored"
+
+
+def test_webhooks_refused_or_stored_leave_nobody_expected(app, post_webhook):
+    """A leader waits for webhooks still being checked; one refused before it was stored (a bad
+    signature, a body that is not JSON) must not stay expected, or every later commit would wait."""
+    group = groupcommit.group_for(app.config["WAHOOK"].database)
+    assert post_webhook(status_update("wamid.COUNTED")).status_code == 200
+    assert post_webhook(status_update("wamid.REFUSED"), secret="not-the-secret").status_code == 401
+    assert post_webhook(b"not json").status_code == 400
+    assert group.coming == 0
+    assert group.waiting == [] and not group.leading
+    assert group.written >= 1
