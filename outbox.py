@@ -181,15 +181,17 @@ def claim_next(
     due = (
         f"SELECT id FROM deliveries WHERE endpoint_id IS ? AND {_ACTIVE_SQL}"  # noqa: S608
         " AND next_attempt_at <= ? AND (lease_until IS NULL OR lease_until < ?)"
-        " ORDER BY next_attempt_at LIMIT ?"
+        " ORDER BY next_attempt_at, id LIMIT ?"
     )
     if db.engine(conn) == "postgresql":
         with transaction(conn):
-            return conn.execute(
+            rows = conn.execute(
                 f"UPDATE deliveries SET lease_owner = ?, lease_until = ? WHERE id IN ({due} FOR UPDATE SKIP LOCKED)"  # noqa: S608
                 " RETURNING *",
                 (owner, now + lease_seconds, endpoint_id, now, now, limit),
             ).fetchall()
+        # RETURNING keeps no order: longest due first, oldest first among equals, as on SQLite.
+        return sorted(rows, key=lambda row: (row["next_attempt_at"], row["id"]))
     ids = [row[0] for row in conn.execute(due, (endpoint_id, now, now, limit))]
     return claim(conn, ids, owner, lease_seconds)
 

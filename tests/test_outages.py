@@ -34,17 +34,17 @@ WATCHED = "endpoint.recovered,endpoint.disabled,delivery.failed"
 MESSAGES = "message.received"
 
 
-def sections_for(tmp_path, redis_url, **delivery_changes) -> dict:
-    sections = instance_sections(tmp_path, redis_url)
+def sections_for(tmp_path, redis_url, database: str, **delivery_changes) -> dict:
+    sections = instance_sections(tmp_path, redis_url, database)
     sections["delivery"].update(retry_schedule=SHORT_SCHEDULE, **delivery_changes)
     return sections
 
 
 @pytest.fixture
-def app(request, tmp_path, redis_url):
-    """The shared `app`, with a retry schedule that is over in 0.4 s (and `delivery` changes
-    given by indirect parametrization)."""
-    sections = sections_for(tmp_path, redis_url, **getattr(request, "param", {}))
+def app(request, tmp_path, redis_url, storage_database):
+    """The shared `app`, on the test's engine, with a retry schedule that is over in 0.4 s (and
+    `delivery` changes given by indirect parametrization)."""
+    sections = sections_for(tmp_path, redis_url, storage_database, **getattr(request, "param", {}))
     application = create_app({"TESTING": True, "config_path": str(tmp_path / "config.toml"), **sections})
     jobs.redis_connection(application.config["WAHOOK"]).flushall()
     yield application
@@ -92,6 +92,11 @@ def fail_through_the_schedule(app, conn, endpoint_id: int) -> None:
     assert count(conn, endpoint_id, "failed") == 1
 
 
+def test_each_engine_stores_the_outage_it_is_named_for(app, conn, engine):
+    assert db.engine(conn) == engine
+    assert db.is_postgres(app.config["WAHOOK"].database) == (engine == "postgresql")
+
+
 # --- recovery ---------------------------------------------------------------------------------
 
 
@@ -134,9 +139,9 @@ def test_a_receiver_down_past_the_whole_schedule_gets_every_event_by_itself_once
 
 
 def test_recovery_goes_on_after_the_worker_is_killed_half_way(
-    tmp_path, redis_url, conn, post_webhook, make_receiver, add_endpoint
+    tmp_path, redis_url, storage_database, conn, post_webhook, make_receiver, add_endpoint
 ):
-    processes = Processes(tmp_path, sections_for(tmp_path, redis_url))
+    processes = Processes(tmp_path, sections_for(tmp_path, redis_url, storage_database))
     down = make_receiver()
     down.behaviour = DOWN
     endpoint = add_endpoint(down.url, events=MESSAGES)
