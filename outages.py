@@ -20,6 +20,7 @@ Every write to `deliveries` is outbox.py's; this module writes only the endpoint
 
 from __future__ import annotations
 
+import os
 import time
 
 import db
@@ -28,7 +29,7 @@ import outbox
 from db import transaction
 from events import iso
 
-PROBE_FIRST = 10.0  # seconds after the last failure
+PROBE_FIRST = float(os.environ.get("WAHOOK_PROBE_FIRST") or 10.0)  # seconds after the last failure; tests shorten it
 PROBE_MAX = 600.0
 RECOVERY_PER_SECOND = 20
 # Never sent for a failure to deliver these, so two failing endpoints that each select

@@ -27,6 +27,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+# The worker's sweeper (retries, probes, silence) looks every second; the tests' workers, in
+# this process or started as processes (they inherit the environment), look five times as
+# often, so a test waits less for what it checks. Set before worker.py reads it.
+SWEEP_INTERVAL = 0.2
+os.environ["WAHOOK_SWEEP_INTERVAL"] = str(SWEEP_INTERVAL)
+
 import apikeys  # noqa: E402
 import db  # noqa: E402
 import embedded_redis  # noqa: E402
