@@ -183,6 +183,7 @@ def pytest_configure(config) -> None:
     interruption.install(config)
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the xdist_group marks
 def pytest_collection_modifyitems(config, items) -> None:
     # Under xdist (`make test`) tests are handed to the workers in this order: the slowest go
     # first so that none of them starts last and keeps the run going alone. The browser tests

@@ -10,6 +10,7 @@ still stopping what they started; a second signal after that ends the run at onc
 from __future__ import annotations
 
 import contextlib
+import functools
 import signal
 import time
 
@@ -31,12 +32,16 @@ def _stop_here(signum, frame) -> None:
     raise KeyboardInterrupt(f"stopped by signal {signum}")
 
 
-def _pass_to_workers(signum, frame) -> None:
+def _pass_to_workers(config: pytest.Config, signum, frame) -> None:
     """In the xdist controller: the first signal goes to the workers, the next ends the run."""
     global _first_signal
     if _first_signal is not None:
         raise KeyboardInterrupt(f"stopped by signal {signum}")
     _first_signal = time.monotonic()
+    # xdist replaces a worker that ends early; these are ending because they were told to.
+    dsession = config.pluginmanager.getplugin("dsession")
+    if dsession is not None and hasattr(dsession, "_max_worker_restart"):
+        dsession._max_worker_restart = 0
     for worker in psutil.Process().children():
         with contextlib.suppress(psutil.Error):
             worker.send_signal(signal.SIGINT)
@@ -45,7 +50,7 @@ def _pass_to_workers(signum, frame) -> None:
 def install(config: pytest.Config) -> None:
     """Handle SIGINT and SIGTERM in this pytest process (from pytest_configure)."""
     controller = bool(getattr(config.option, "numprocesses", None)) and not hasattr(config, "workerinput")
-    handler = _pass_to_workers if controller else _stop_here
+    handler = functools.partial(_pass_to_workers, config) if controller else _stop_here
     with contextlib.suppress(ValueError):  # not the main thread: signals are not ours to handle
         signal.signal(signal.SIGINT, handler)
         signal.signal(signal.SIGTERM, handler)

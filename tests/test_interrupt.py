@@ -16,7 +16,7 @@ import pytest
 from conftest import ROOT, wait_until
 
 START_LIMIT = 120  # seconds for the run to start PostgreSQL, Redis, gunicorn and a worker
-STOP_LIMIT = 60  # seconds: a run stops its gunicorn, worker, Redis and PostgreSQL within this
+STOP_LIMIT = 120  # seconds: a run stops its gunicorn, worker, Redis and PostgreSQL within this, loaded or not
 
 
 def alive(pid: int) -> bool:
