@@ -50,15 +50,17 @@ def claim(
     waiting = " AND next_attempt_at <= ?" if due else ""
     pick = (
         f"SELECT id FROM {table} WHERE {OPEN}{narrow}{waiting} AND {_FREE}"  # noqa: S608 (our SQL)
-        " ORDER BY next_attempt_at LIMIT ?"
+        " ORDER BY next_attempt_at, id LIMIT ?"
     )
     pick_params = (*params, *((now,) if due else ()), now, limit)
     if db.engine(conn) == "postgresql":
         # One statement is a transaction of its own: no BEGIN and COMMIT, two round trips fewer.
-        return conn.execute(
+        rows = conn.execute(
             f"UPDATE {table} SET {_lease_sql(touch)} WHERE id IN ({pick} FOR UPDATE SKIP LOCKED) RETURNING *",  # noqa: S608
             (*_lease_params(owner, now + lease_seconds, now, touch), *pick_params),
         ).fetchall()
+        # RETURNING keeps no order: longest due first, oldest first among equals, as on SQLite.
+        return sorted(rows, key=lambda row: (row["next_attempt_at"], row["id"]))
     ids = [row[0] for row in conn.execute(pick, pick_params)]
     return claim_ids(conn, table, ids, owner, lease_seconds, due=due, touch=touch, now=now)
 

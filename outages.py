@@ -20,6 +20,7 @@ Every write to `deliveries` is delivery_states.py's; this module writes only the
 
 from __future__ import annotations
 
+import os
 import time
 
 import db
@@ -29,7 +30,7 @@ import outbox
 from db import transaction
 from event_catalog import iso
 
-PROBE_FIRST = 10.0  # seconds after the last failure
+PROBE_FIRST = float(os.environ.get("WAHOOK_PROBE_FIRST") or 10.0)  # seconds after the last failure; tests shorten it
 PROBE_MAX = 600.0
 RECOVERY_PER_SECOND = 20
 # Never sent for a failure to deliver these, so two failing endpoints that each select

@@ -6,6 +6,7 @@ PostgreSQL server the run starts itself (tests/pgserver.py). Unmarked tests use 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -16,7 +17,6 @@ import sys
 import tempfile
 import threading
 import time
-from contextlib import contextmanager
 from html import unescape
 from pathlib import Path
 
@@ -27,17 +27,25 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+# The worker's sweeper (retries, probes, silence) looks every second; the tests' workers, in
+# this process or started as processes (they inherit the environment), look five times as
+# often, so a test waits less for what it checks. Set before worker.py reads it.
+SWEEP_INTERVAL = 0.2
+os.environ["WAHOOK_SWEEP_INTERVAL"] = str(SWEEP_INTERVAL)
+
 import apikeys  # noqa: E402
 import db  # noqa: E402
 import embedded_redis  # noqa: E402
 import endpoints  # noqa: E402
 import intake  # noqa: E402
+import interruption  # noqa: E402
 import jobs  # noqa: E402
 import worker  # noqa: E402
 from app import create_app  # noqa: E402
 from db import get_db  # noqa: E402
 from graph_stub import TOKEN as GRAPH_TOKEN  # noqa: E402
 from graph_stub import GraphStub  # noqa: E402
+from interruption import _signal_handlers  # noqa: E402, F401 (an autouse fixture)
 from pgserver import Server as PostgresServer  # noqa: E402
 from receiver import Receiver  # noqa: E402
 
@@ -171,6 +179,11 @@ def pytest_generate_tests(metafunc) -> None:
         metafunc.parametrize("engine", marker.args or ENGINES)
 
 
+def pytest_configure(config) -> None:
+    interruption.install(config)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the xdist_group marks
 def pytest_collection_modifyitems(config, items) -> None:
     # Under xdist (`make test`) tests are handed to the workers in this order: the slowest go
     # first so that none of them starts last and keeps the run going alone. The browser tests
@@ -277,7 +290,7 @@ def post_webhook(client):
     return post
 
 
-@contextmanager
+@contextlib.contextmanager
 def worker_in_process(app):
     """The worker's dispatcher and sweeper in this process, as worker.py runs them, for `app`."""
     dispatcher = worker.Dispatcher(app.config["WAHOOK"])

@@ -278,7 +278,8 @@ def test_a_hanging_endpoint_does_not_hold_back_another(app, post_webhook, make_r
             assert post_webhook(text_message(f"wamid.ISO{n}")).status_code == 200
             run_rq_burst(app)
             arrived = healthy.wait_for(n + 1, timeout=5)[-1]
-            assert arrived.at - posted < 1.0, f"event {n} took {arrived.at - posted:.2f} s"
+            # Held back, it would wait out the 10 s hang; a busy machine may take a second or two.
+            assert arrived.at - posted < hanging.behaviour.delay / 2, f"event {n} took {arrived.at - posted:.2f} s"
         assert hanging.started >= 1 and len(hanging.requests) == 0
     finally:
         dispatcher.stop(grace=0.2)

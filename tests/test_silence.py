@@ -14,7 +14,7 @@ import endpoints
 import heartbeats
 import silence
 from app import create_app
-from conftest import Processes, instance_sections, login, make_app, sign, text_message, wait_until
+from conftest import SWEEP_INTERVAL, Processes, instance_sections, login, make_app, sign, text_message, wait_until
 from event_catalog import iso
 
 pytestmark = pytest.mark.engines
@@ -48,7 +48,7 @@ def test_a_short_window_with_real_processes(tmp_path, redis_url, make_receiver):
         assert first["event"] == "gateway.silent" and first["hours"] == 0.001
         assert first["since"] in (iso(posted - 1), iso(posted))
         assert ops.requests[0].headers["X-Webhook-Event"] == "gateway.silent"
-        time.sleep(3)  # the sweeper looks every second: still one event for one silent period
+        time.sleep(5 * SWEEP_INTERVAL)  # five more looks of the sweeper: still one event for one silent period
         assert len(ops.requests) == 1
         assert "wahook_meta_silent 1.0" in requests.get(base + "/metrics", timeout=5).text
 
