@@ -28,9 +28,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 
+import accounts
 import db
 import names
-from outbox import OPERATIONAL
+from outbox import OPERATIONAL, selects
 
 # Events a bare filter leaves out: operational ones (as for endpoints) and test sends, which
 # belong to the one endpoint they were sent to.
@@ -61,6 +62,12 @@ def filter_sql(wanted: Iterable[str]) -> tuple[str, list]:
     return "(" + " OR ".join(clauses) + ")", params
 
 
+def picks(wanted: Iterable[str], name: str) -> bool:
+    """What filter_sql picks, for one event name (the WebSocket hub filters rows itself)."""
+    wanted = list(wanted)
+    return name not in HIDDEN_BY_DEFAULT if not wanted else selects(wanted, name)
+
+
 def parse_filter(text: str | None) -> list[str]:
     """`events=a,b` as filter entries; raises ValueError on an entry no event could match."""
     return names.clean_filter(text or "")
@@ -79,10 +86,16 @@ def latest_row(conn: db.Connection) -> int:
     return conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
 
 
-def page(conn: db.Connection, after_row: int, limit: int, wanted: Iterable[str]) -> list[db.Row]:
-    """Up to `limit` events after row `after_row` that the filter picks, oldest first: rows of
+def page(
+    conn: db.Connection, after_row: int, limit: int, wanted: Iterable[str], account_ids: Iterable[str] = ()
+) -> list[db.Row]:
+    """Up to `limit` events after row `after_row` that the filters pick, oldest first: rows of
     (id, event_id, name, body as stored)."""
     condition, params = filter_sql(wanted)
+    account_ids = list(account_ids)
+    if account_ids:
+        extra, more = accounts.sql(account_ids)
+        condition, params = f"{condition} AND {extra}", [*params, *more]
     return conn.execute(
         f"SELECT id, event_id, name, body FROM events WHERE id > ? AND {condition} ORDER BY id LIMIT ?",  # noqa: S608
         (after_row, *params, limit),
@@ -114,6 +127,7 @@ def follow(
     poll_seconds: float,
     page_size: int = 200,
     keep_going: Callable[[], bool] = lambda: True,
+    account_ids: Iterable[str] = (),
 ) -> Iterator[list[db.Row]]:
     """Each batch of events committed after row `after_row`, oldest first, as they come; an
     empty batch after every look that found nothing (then it waits `poll_seconds`), so the
@@ -122,7 +136,7 @@ def follow(
     more = True  # read once at the start: events may have come after the cursor already
     while keep_going():
         if more or watcher.changed():
-            rows = page(conn, after_row, page_size, wanted)
+            rows = page(conn, after_row, page_size, wanted, account_ids)
             more = len(rows) == page_size
             if rows:
                 after_row = rows[-1]["id"]

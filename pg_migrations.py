@@ -144,4 +144,12 @@ CREATE OR REPLACE TRIGGER metric_delivery AFTER INSERT OR DELETE OR UPDATE OF st
 CREATE INDEX IF NOT EXISTS deliveries_waiting_since ON deliveries (endpoint_id, created_at)
     WHERE state IN ('pending', 'retrying');
 """,
+    10: f"""
+ALTER TABLE endpoints ADD COLUMN IF NOT EXISTS accounts TEXT NOT NULL DEFAULT '[]';
+{_customer_column("waba_id", ["waba_id"])}
+{_customer_column("phone_number_id", ["phone_number_id"])}
+CREATE INDEX IF NOT EXISTS events_waba ON events (waba_id, webhook_id) WHERE waba_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_phone_number ON events (phone_number_id, webhook_id)
+    WHERE phone_number_id IS NOT NULL;
+""",
 }
