@@ -119,6 +119,11 @@ def list_all(conn: db.Connection) -> list[ApiKey]:
     return [_row(row) for row in conn.execute("SELECT * FROM api_keys ORDER BY id")]
 
 
+def by_id(conn: db.Connection, key_id: int) -> ApiKey | None:
+    row = conn.execute("SELECT * FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+    return None if row is None else _row(row)
+
+
 def revoke(conn: db.Connection, key_id: int) -> bool:
     """Revoke a key for good; False when there is no such key. Revoking twice is harmless."""
     with transaction(conn):
