@@ -22,8 +22,8 @@ from flask import Flask
 from playwright.sync_api import expect
 from werkzeug.serving import make_server
 
-from conftest import ROOT, Processes, free_port, instance_sections, sign, text_message, wait_until
-from test_browser import SCREENSHOTS, browser, new_page  # noqa: F401 (browser is a fixture)
+from conftest import ROOT, Processes, free_port, instance_sections, text_message, wait_until
+from test_browser import SCREENSHOTS, browser, new_page, post_meta  # noqa: F401 (browser is a fixture)
 
 pytestmark = pytest.mark.browser
 
@@ -89,14 +89,7 @@ class Wahook:
 
 
 def post_message(base: str, wamid: str, text: str) -> None:
-    raw = json.dumps(text_message(wamid, text=text)).encode()
-    response = requests.post(
-        base + "/api/webhooks/whatsapp",
-        data=raw,
-        headers={"Content-Type": "application/json", "X-Hub-Signature-256": sign(raw)},
-        timeout=10,
-    )
-    assert response.status_code == 200
+    post_meta(base, text_message(wamid, text=text))
 
 
 @pytest.fixture
