@@ -195,6 +195,7 @@ class Hub:
                     self._close(client, 1001, "server restarting; reconnect with ?after=")
                 if not self.clients:
                     self.stopped.set()
+                    return
                 continue
             now = time.monotonic()
             if now >= next_poll:
@@ -340,11 +341,14 @@ def hub(database: str, serving: Callable[[], bool]) -> Hub:
 def stop(timeout: float = 2.0) -> None:
     """Close every socket with 1001 (going away) before the process exits (gunicorn's
     worker_exit), waiting at most `timeout` for the close frames to go out."""
-    if _hub is None:
-        return
-    _hub.stopping.set()
-    _hub.wake()
-    _hub.stopped.wait(timeout)
+    if _hub is not None:
+        stop_hub(_hub, timeout)
+
+
+def stop_hub(hub: Hub, timeout: float = 2.0) -> None:
+    hub.stopping.set()
+    hub.wake()
+    hub.stopped.wait(timeout)
 
 
 def open_count() -> int:

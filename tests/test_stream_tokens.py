@@ -14,6 +14,7 @@ import requests
 import db
 import stream
 import stream_tokens
+import ws_hub
 from app import create_app
 from conftest import Processes, instance_sections, wait_until
 from ws_client import Refused, WsClient
@@ -274,3 +275,18 @@ def test_access_log_masks_tokens(web):
     logs = read_logs()
     assert "GET /api/v1/events?limit=5&token=*** HTTP/1.1" in logs
     assert token not in logs and token.split(".")[1] not in logs and key not in logs
+
+
+def test_one_key_holds_at_most_its_share_of_a_process_websockets(app, monkeypatch):
+    monkeypatch.setattr(ws_hub, "MAX_SOCKETS", 3)
+    monkeypatch.setattr(ws_hub, "PER_KEY", 2)
+    hub = ws_hub.Hub(app.config["WAHOOK"].database, lambda: True)
+    try:
+        assert hub.reserve(1) is None and hub.reserve(1) is None
+        assert "this API key already holds 2" in hub.reserve(1)
+        assert hub.reserve(2) is None
+        assert "3 WebSockets open" in hub.reserve(3)
+        hub.release(1)
+        assert hub.reserve(1) is None
+    finally:
+        ws_hub.stop_hub(hub)
