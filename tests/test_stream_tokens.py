@@ -4,7 +4,11 @@ other origins, the WebSocket over real gunicorn, per-key caps, and tokens kept o
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 import signal
+import subprocess
 import threading
 import time
 
@@ -16,7 +20,7 @@ import stream
 import stream_tokens
 import ws_hub
 from app import create_app
-from conftest import Processes, instance_sections, wait_until
+from conftest import ROOT, Processes, instance_sections, wait_until
 from ws_client import Refused, WsClient
 
 pytestmark = pytest.mark.engines
@@ -255,6 +259,7 @@ def test_websocket_refuses_foreign_origins_bad_tokens_and_unknown_cursors(web):
         assert refused.value.status == status and json.loads(refused.value.body)["error"]
 
 
+@pytest.mark.engines("sqlite")  # nothing here depends on the engine
 def test_websocket_pings_and_says_going_away_when_the_server_stops(web):
     base, processes = web
     token = token_for(base, web_key(processes))
@@ -265,6 +270,7 @@ def test_websocket_pings_and_says_going_away_when_the_server_stops(web):
     assert live.close_code == 1001
 
 
+@pytest.mark.engines("sqlite")  # nothing here depends on the engine
 def test_access_log_masks_tokens(web):
     base, processes = web
     key = web_key(processes)
@@ -277,6 +283,7 @@ def test_access_log_masks_tokens(web):
     assert token not in logs and token.split(".")[1] not in logs and key not in logs
 
 
+@pytest.mark.engines("sqlite")  # nothing here depends on the engine
 def test_one_key_holds_at_most_its_share_of_a_process_websockets(app, monkeypatch):
     monkeypatch.setattr(ws_hub, "MAX_SOCKETS", 3)
     monkeypatch.setattr(ws_hub, "PER_KEY", 2)
@@ -290,3 +297,26 @@ def test_one_key_holds_at_most_its_share_of_a_process_websockets(app, monkeypatc
         assert hub.reserve(1) is None
     finally:
         ws_hub.stop_hub(hub)
+
+
+@pytest.mark.engines("sqlite")  # nothing here depends on the engine
+def test_the_docs_node_backend_mints_a_working_token(web):
+    """docs/browser.md's Node lines, run by node against a real wahook (Express stubbed)."""
+    base, processes = web
+    key = web_key(processes, "read")
+    found = re.search(r"```js\n(.*?)```", (ROOT / "docs" / "browser.md").read_text(encoding="utf-8"), re.S)
+    script = (
+        f"const WAHOOK = {json.dumps(base)};\n"
+        "let route; const app = { get: (path, handler) => { route = handler; } };\n"
+        + found.group(1)
+        + "route({}, { json: (body) => console.log(JSON.stringify(body)) });\n"
+    )
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is needed to check the docs' Node example: apt-get install nodejs", pytrace=False)
+    result = subprocess.run(
+        [node, "-e", script], env={**os.environ, "WAHOOK_READ_KEY": key}, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    token = json.loads(result.stdout)["token"]
+    assert requests.get(base + "/api/v1/events?token=" + token, timeout=10).status_code == 200
