@@ -20,7 +20,7 @@ import stream
 import stream_tokens
 import ws_hub
 from app import create_app
-from conftest import ROOT, Processes, instance_sections, wait_until
+from conftest import ROOT, Processes, instance_sections, sign, text_message, wait_until
 from ws_client import Refused, WsClient
 
 pytestmark = pytest.mark.engines
@@ -320,3 +320,24 @@ def test_the_docs_node_backend_mints_a_working_token(web):
     assert result.returncode == 0, result.stderr
     token = json.loads(result.stdout)["token"]
     assert requests.get(base + "/api/v1/events?token=" + token, timeout=10).status_code == 200
+
+
+@pytest.mark.engines("sqlite")  # nothing here depends on the engine
+def test_open_websockets_take_no_request_thread(tmp_path, redis_url):
+    """With 4 threads per web process, 60 open sockets would starve everything else if each
+    held a thread; intake and the API still answer, and every socket still gets events."""
+    processes = Processes(tmp_path, instance_sections(tmp_path, redis_url))
+    processes.env["WAHOOK_WEB_THREADS"] = "4"
+    try:
+        base = processes.start_web()
+        key = web_key(processes)
+        sockets = [WsClient(ws_url(base, "events=campaign.*"), bearer(key)) for _ in range(60)]
+        raw = json.dumps(text_message("wamid.THREADS")).encode()
+        headers = {"Content-Type": "application/json", "X-Hub-Signature-256": sign(raw)}
+        assert requests.post(base + "/api/webhooks/whatsapp", data=raw, headers=headers, timeout=10).status_code == 200
+        event_id = post_event(base, key, "campaign.everyone")
+        for live in sockets:
+            assert [f["id"] for f in live.frames(1)] == [event_id]
+            live.close()
+    finally:
+        processes.stop_all()
