@@ -26,6 +26,7 @@ import binascii
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import selectors
 import socket
@@ -41,6 +42,8 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 import accounts
 import db
 import feed
+
+log = logging.getLogger("wahook.ws")
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455's fixed key suffix
 PING_SECONDS = 10.0  # the contract asks for a ping at least every 15 s
@@ -129,6 +132,7 @@ class Hub:
         self.count = 0
         self.arrivals: list[Client] = []
         self.clients: set[Client] = set()
+        self.watcher: feed.Watcher | None = None
         self.stopping = threading.Event()
         self.stopped = threading.Event()
         self.selector = selectors.DefaultSelector()
@@ -177,37 +181,49 @@ class Hub:
     # -- the hub thread
 
     def run(self) -> None:
-        conn = db.connection(self.database)
-        watcher = feed.Watcher(conn)
-        next_poll = next_ping = time.monotonic()
+        self.next_poll = self.next_ping = time.monotonic()
         while True:
-            for key, mask in self.selector.select(POLL_SECONDS):
-                if key.data is None:
-                    self._drain_wake()
-                    continue
-                if mask & selectors.EVENT_READ:
-                    self._read(key.data)
-                if mask & selectors.EVENT_WRITE and key.data in self.clients:
-                    self._flush(key.data)
-            self._take_arrivals()
-            if self.stopping.is_set() or not self.serving():
-                for client in list(self.clients):
-                    self._close(client, 1001, "server restarting; reconnect with ?after=")
-                if not self.clients:
-                    self.stopped.set()
+            try:
+                if not self._turn():
                     return
+            except Exception:  # noqa: BLE001 (the hub must outlive any one socket's or query's failure)
+                log.exception("WebSocket hub: one round failed; going on")
+                time.sleep(POLL_SECONDS)
+
+    def _turn(self) -> bool:
+        """One round: socket I/O, arrivals, new events, pings. False once stopped."""
+        for key, mask in self.selector.select(POLL_SECONDS):
+            if key.data is None:
+                self._drain_wake()
                 continue
-            now = time.monotonic()
-            if now >= next_poll:
-                next_poll = now + POLL_SECONDS
-                try:
-                    changed = watcher.changed()
-                    self._send_new(conn, changed)
-                except db.Error:
-                    db.rollback(conn)  # the database is busy or away: try again next round
-            if now >= next_ping:
-                next_ping = now + PING_SECONDS
-                self._ping(now)
+            if mask & selectors.EVENT_READ:
+                self._read(key.data)
+            if mask & selectors.EVENT_WRITE and key.data in self.clients:
+                self._flush(key.data)
+        self._take_arrivals()
+        if self.stopping.is_set() or not self.serving():
+            for client in list(self.clients):
+                self._close(client, 1001, "server restarting; reconnect with ?after=")
+            if not self.clients:
+                self.stopped.set()
+                return False
+            return True
+        now = time.monotonic()
+        if now >= self.next_poll:
+            self.next_poll = now + POLL_SECONDS
+            conn = db.connection(self.database)  # this thread's own, kept between rounds
+            if self.watcher is None or self.watcher.conn is not conn:
+                self.watcher = feed.Watcher(conn)
+                for client in self.clients:  # a new connection saw no commits yet: look once
+                    client.behind = True
+            try:
+                self._send_new(conn, self.watcher.changed())
+            except db.Error:
+                db.rollback(conn)  # the database is busy or away: try again next round
+        if now >= self.next_ping:
+            self.next_ping = now + PING_SECONDS
+            self._ping(now)
+        return True
 
     def _drain_wake(self) -> None:
         try:
