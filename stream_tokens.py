@@ -21,8 +21,10 @@ import json
 import time
 from dataclasses import dataclass
 
+import accounts
 import apikeys
 import db
+import names
 
 PREFIX = "wst_"
 MAX_TTL_SECONDS = 86400
@@ -52,6 +54,21 @@ def _b64(data: bytes) -> str:
 
 def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def read_request(body: dict) -> tuple[int, list[str], list[str]]:
+    """(ttl_seconds, events, accounts) of a token request's JSON object; ValueError says what
+    is wrong (a 422)."""
+    extra = sorted(set(body) - {"ttl_seconds", "events", "accounts"})
+    if extra:
+        raise ValueError(f"unknown field {extra[0]!r}; a token request has ttl_seconds, events and accounts")
+    ttl = body.get("ttl_seconds", DEFAULT_TTL_SECONDS)
+    if not isinstance(ttl, int) or isinstance(ttl, bool) or not 1 <= ttl <= MAX_TTL_SECONDS:
+        raise ValueError(f"ttl_seconds must be a whole number from 1 to {MAX_TTL_SECONDS}")
+    for name in ("events", "accounts"):
+        if not isinstance(body.get(name, []), list):
+            raise ValueError(f"{name} must be a list")
+    return ttl, names.clean_filter(body.get("events", [])), accounts.clean(body.get("accounts", []))
 
 
 def grant_for(key: apikeys.ApiKey, ttl_seconds: int, events: list[str], accounts: list[str]) -> Grant:
