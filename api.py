@@ -321,7 +321,14 @@ def events_stream() -> Response:
     release = lambda: stream.release_slot(who.key.id)  # noqa: E731
     try:
         response = Response(
-            stream.events(current_app.config["WAHOOK"].database, after, wanted, account_ids),
+            stream.events(
+                current_app.config["WAHOOK"].database,
+                after,
+                wanted,
+                account_ids,
+                who.key.id,
+                who.grant.expires_at if who.grant else None,
+            ),
             mimetype="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -379,7 +386,8 @@ def websocket() -> Response:
     except OSError:
         hub.release(who.key.id)
         return HandedOff()
-    hub.add(ws_hub.Client(mine, who.key.id, after, wanted, frozenset(account_ids)))
+    expires = who.grant.expires_at if who.grant else None
+    hub.add(ws_hub.Client(mine, who.key.id, after, wanted, frozenset(account_ids), expires))
     return HandedOff()
 
 

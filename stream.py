@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
+import apikeys
 import db
 import feed
 
@@ -80,15 +81,27 @@ def frame(row) -> str:
 
 
 def events(
-    database: str | os.PathLike, after_row: int, wanted: list[str], account_ids: list[str] = ()
+    database: str | os.PathLike,
+    after_row: int,
+    wanted: list[str],
+    account_ids: list[str] = (),
+    key_id: int | None = None,
+    expires_at: float | None = None,
 ) -> Iterator[str]:
     """The stream's text, from the event after row `after_row` on, until the client or the worker
-    goes. Its slot is released by the response's close (see api.events_stream), which also runs
-    for a generator that never started."""
+    goes, or (checked every HEARTBEAT_SECONDS) key `key_id` is revoked or the token's
+    `expires_at` passes. Its slot is released by the response's close (see api.events_stream), which also
+    runs for a generator that never started."""
     conn = db.connection(database)
     yield f"retry: {RETRY_MS}\n: connected\n\n"
-    quiet_since = time.monotonic()
+    quiet_since = checked = time.monotonic()
     for rows in feed.follow(conn, after_row, wanted, POLL_SECONDS, PAGE, lambda: _serving(), account_ids):
+        if time.monotonic() - checked >= HEARTBEAT_SECONDS:
+            checked = time.monotonic()
+            if (expires_at is not None and time.time() >= expires_at) or (
+                key_id is not None and not apikeys.live_ids(conn, [key_id])
+            ):
+                return  # the reader reconnects with a fresh token (or is refused)
         if rows:
             yield "".join(frame(row) for row in rows)
             quiet_since = time.monotonic()

@@ -40,6 +40,7 @@ from wsproto.events import CloseConnection, Ping, Pong, TextMessage
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 import accounts
+import apikeys
 import db
 import feed
 
@@ -109,6 +110,7 @@ class Client:
     after: int
     wanted: list[str]
     account_ids: frozenset[str]
+    expires_at: float | None = None  # a stream token's expiry; None when a key opened it
     ws: Connection = field(default_factory=lambda: Connection(ConnectionType.SERVER))
     out: bytearray = field(default_factory=bytearray)
     heard: float = field(default_factory=time.monotonic)
@@ -222,7 +224,7 @@ class Hub:
                 db.rollback(conn)  # the database is busy or away: try again next round
         if now >= self.next_ping:
             self.next_ping = now + PING_SECONDS
-            self._ping(now)
+            self._ping(now, db.connection(self.database))
         return True
 
     def _drain_wake(self) -> None:
@@ -260,10 +262,17 @@ class Hub:
                 if texts:
                     self._queue(client, b"".join(client.ws.send(TextMessage(data=t)) for t in texts))
 
-    def _ping(self, now: float) -> None:
+    def _ping(self, now: float, conn: db.Connection) -> None:
+        """Ping every socket; drop the silent ones, and close those whose key was revoked or
+        whose token expired since they opened (1008: the page reconnects with a fresh token)."""
+        live = apikeys.live_ids(conn, sorted({c.key_id for c in self.clients}))
         for client in list(self.clients):
             if now - client.heard > 3 * PING_SECONDS:
                 self._drop(client)
+            elif client.key_id not in live:
+                self._close(client, 1008, "the API key was revoked")
+            elif client.expires_at is not None and time.time() >= client.expires_at:
+                self._close(client, 1008, "the stream token expired; reconnect with a fresh one")
             elif not client.closing:
                 self._queue(client, client.ws.send(Ping(payload=str(int(time.time())).encode("ascii"))))
 

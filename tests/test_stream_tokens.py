@@ -341,3 +341,33 @@ def test_open_websockets_take_no_request_thread(tmp_path, redis_url):
             live.close()
     finally:
         processes.stop_all()
+
+
+@pytest.mark.engines("sqlite")  # nothing here depends on the engine
+def test_revoking_the_key_ends_open_sockets_and_streams_of_its_tokens(web):
+    base, processes = web
+    key = web_key(processes)
+    token = token_for(base, key)
+    live = WsClient(ws_url(base, "token=" + token), {"Origin": ORIGIN}, timeout=30)
+    sse = requests.get(base + "/api/v1/stream?token=" + token, stream=True, timeout=30)
+    assert sse.status_code == 200
+    code, _ = processes.cli("apikey", "revoke", "1")
+    assert code == 0
+    live.pump(lambda: live.close_code is not None, timeout=25)
+    assert live.close_code == 1008
+    started = time.monotonic()
+    for _ in sse.iter_lines():  # the stream ends by itself
+        assert time.monotonic() - started < 25, "the stream went on after its key was revoked"
+    assert requests.get(base + "/api/v1/stream?token=" + token, timeout=10).status_code == 401
+
+
+@pytest.mark.engines("sqlite")  # nothing here depends on the engine
+def test_an_open_socket_closes_when_its_token_expires(web):
+    base, processes = web
+    token = token_for(base, web_key(processes), ttl_seconds=2)
+    live = WsClient(ws_url(base, "token=" + token), {"Origin": ORIGIN}, timeout=30)
+    live.pump(lambda: live.close_code is not None, timeout=25)
+    assert live.close_code == 1008
+    with pytest.raises(Refused) as refused:
+        WsClient(ws_url(base, "token=" + token), {"Origin": ORIGIN})
+    assert refused.value.status == 401
