@@ -66,8 +66,9 @@ def read_request(body: dict) -> tuple[int, list[str], list[str]]:
     if not isinstance(ttl, int) or isinstance(ttl, bool) or not 1 <= ttl <= MAX_TTL_SECONDS:
         raise ValueError(f"ttl_seconds must be a whole number from 1 to {MAX_TTL_SECONDS}")
     for name in ("events", "accounts"):
-        if not isinstance(body.get(name, []), list):
-            raise ValueError(f"{name} must be a list")
+        value = body.get(name, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"{name} must be a list of strings")
     return ttl, names.clean_filter(body.get("events", [])), accounts.clean(body.get("accounts", []))
 
 

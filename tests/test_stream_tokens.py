@@ -129,6 +129,8 @@ def test_a_token_never_publishes(client, make_key):
         ({"events": "campaign.*"}, 422),
         ({"events": ["no such event"]}, 422),
         ({"accounts": ["a b"]}, 422),
+        ({"accounts": [None]}, 422),
+        ({"events": [1]}, 422),
         ({"scopes": ["publish"]}, 422),
         ([1, 2], 400),
     ],
