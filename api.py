@@ -3,6 +3,11 @@
     POST /api/v1/events   scope publish   {"event": "campaign.completed", "data": {...}} -> 202
     GET  /api/v1/events   scope read      ?after=<event_id>&limit=100&events=a,b
     GET  /api/v1/stream   scope read      Server-Sent Events, resumes after Last-Event-ID
+    GET  /api/v1/ws       scope read      the same over a WebSocket, resumes after ?after=
+    POST /api/v1/stream-tokens  scope read  a signed, expiring token for a browser (?token=)
+
+The three reading routes take `?token=` in place of the key, and `accounts=` beside
+`events=`. Browser origins in api.allowed_origins get CORS (cors.py).
 
 Every answer is JSON; every error is {"error": "..."} with 400 (unreadable input), 401 (no,
 unknown or revoked key), 403 (scope), 413 (body over 1 MiB), 422 (a value that cannot be
@@ -23,7 +28,9 @@ import psycopg
 from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
+import accounts
 import apikeys
+import cors
 import db
 import feed
 import intake
@@ -31,6 +38,8 @@ import jobs
 import names
 import outbox
 import stream
+import stream_tokens
+import ws_hub
 from db import get_db, transaction
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -61,11 +70,30 @@ def error(status: int, message: str) -> Response:
     return response
 
 
+def allowed_origins() -> list[str]:
+    return current_app.config["WAHOOK"]["api"]["allowed_origins"]
+
+
+@bp.before_request
+def check_origin() -> Response | None:
+    """Answer CORS preflights; refuse a WebSocket or token request from a foreign page (403)."""
+    if cors.is_preflight(request):
+        return cors.preflight(request, allowed_origins())
+    browser_only = (
+        "token" in request.args
+        or request.headers.get("Upgrade", "").lower() == "websocket"
+        or request.endpoint == "api.mint_stream_token"
+    )
+    if browser_only and not cors.origin_allowed(request, allowed_origins()):
+        return error(403, "this page's origin is not in api.allowed_origins")
+    return None
+
+
 @bp.after_request
 def no_store(response: Response) -> Response:
     # Answers carry customers' messages: keep them out of every cache on the way.
     response.headers.setdefault("Cache-Control", "no-store")
-    return response
+    return cors.add_headers(request, response, allowed_origins())
 
 
 @bp.errorhandler(ApiError)
@@ -106,6 +134,55 @@ def authorize(scope: str) -> apikeys.ApiKey:
         return apikeys.check(get_db(), apikeys.bearer(request.headers.get("Authorization")), scope)
     except apikeys.Refused as exc:
         raise ApiError(exc.status, exc.message) from None
+
+
+def covers(allowed: tuple[str, ...], entry: str) -> bool:
+    """Whether a filter entry asks for nothing beyond the non-empty filter `allowed`."""
+    if not entry.endswith(".*"):
+        return outbox.selects(allowed, entry)
+    return any(a.endswith(".*") and entry.startswith(a[:-1]) for a in allowed)
+
+
+class Reader:
+    """Who reads, and within which filters: an API key, or a stream token minted from one."""
+
+    def __init__(self, key: apikeys.ApiKey, grant: stream_tokens.Grant | None) -> None:
+        self.key = key
+        self.grant = grant
+
+    def events(self) -> list[str]:
+        """The events filter: the request's `events=`, which a token's own filter must cover."""
+        asked = read_filter()
+        if self.grant is None or not self.grant.events:
+            return asked
+        extra = [entry for entry in asked if not covers(self.grant.events, entry)]
+        if extra:
+            raise ApiError(403, f"this token does not allow {extra[0]!r}; it allows {', '.join(self.grant.events)}")
+        return asked or list(self.grant.events)
+
+    def accounts(self) -> list[str]:
+        try:
+            asked = accounts.clean(request.args.get("accounts"))
+        except ValueError as exc:
+            raise ApiError(422, str(exc)) from None
+        if self.grant is None or not self.grant.accounts:
+            return asked
+        extra = sorted(set(asked) - set(self.grant.accounts))
+        if extra:
+            raise ApiError(403, f"this token does not allow account {extra[0]!r}")
+        return asked or list(self.grant.accounts)
+
+
+def reader() -> Reader:
+    """The request's reader: `?token=` (a stream token) or a read key in the header."""
+    token = request.args.get("token")
+    if token is None:
+        return Reader(authorize("read"), None)
+    try:
+        key, grant = stream_tokens.check(get_db(), current_app.config["SECRET_KEY"], token)
+    except apikeys.Refused as exc:
+        raise ApiError(exc.status, exc.message) from None
+    return Reader(key, grant)
 
 
 def read_publish() -> tuple[str, dict]:
@@ -209,41 +286,129 @@ def cursor(event_id: str | None) -> feed.Position | None:
 
 @bp.get("/events")
 def pull() -> Response:
-    key = authorize("read")
+    who = reader()
     limit = read_limit()
-    wanted = read_filter()
+    wanted, account_ids = who.events(), who.accounts()
     after = cursor(request.args.get("after"))
     conn = get_db()
-    apikeys.touch(conn, key)
-    rows = feed.page(conn, after or 0, limit, wanted)
+    apikeys.touch(conn, who.key)
+    rows = feed.page(conn, after or 0, limit, wanted, account_ids)
     # The bodies are sent as stored, byte for byte, as deliveries send them.
     next_id = json.dumps(rows[-1]["event_id"]) if rows else "null"
     text = '{"events":[' + ",".join(row["body"] for row in rows) + '],"next":' + next_id + "}"
     return Response(text, mimetype="application/json")
 
 
+def busy(message: str) -> Response:
+    response = error(503, message)
+    response.headers["Retry-After"] = "5"
+    return response
+
+
 @bp.get("/stream")
 def events_stream() -> Response:
-    key = authorize("read")
-    wanted = read_filter()
+    who = reader()
+    wanted, account_ids = who.events(), who.accounts()
     resume = request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
     conn = get_db()
     after = cursor(resume)
     if after is None:
         after = feed.latest_row(conn)
-    apikeys.touch(conn, key)
-    if not stream.take_slot():
-        response = error(503, "this web process has no stream slot free; retry shortly")
-        response.headers["Retry-After"] = "5"
-        return response
+    apikeys.touch(conn, who.key)
+    refused = stream.take_slot(who.key.id)
+    if refused:
+        return busy(refused)
+    release = lambda: stream.release_slot(who.key.id)  # noqa: E731
     try:
         response = Response(
-            stream.events(current_app.config["WAHOOK"].database, after, wanted),
+            stream.events(
+                current_app.config["WAHOOK"].database,
+                after,
+                wanted,
+                account_ids,
+                who.key.id,
+                who.grant.expires_at if who.grant else None,
+            ),
             mimetype="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
     except BaseException:
-        stream.release_slot()
+        release()
         raise
-    response.call_on_close(stream.release_slot)
+    response.call_on_close(release)
     return response
+
+
+class HandedOff(Response):
+    """The answer of a request whose socket the WebSocket hub took over: nothing more is
+    written, and gunicorn drops its handle of the connection (StopIteration means "close it";
+    the hub's duplicate keeps the connection itself open)."""
+
+    def __call__(self, environ, start_response):
+        raise StopIteration
+
+
+@bp.get("/ws")
+def websocket_expected() -> Response:
+    """A plain GET (no Upgrade): say what this address is for."""
+    response = error(426, "this address takes WebSocket connections only (Upgrade: websocket)")
+    response.headers["Upgrade"] = "websocket"
+    return response
+
+
+@bp.route("/ws", methods=["GET"], websocket=True)
+def websocket() -> Response:
+    problem = ws_hub.handshake_problem(request.headers)
+    if problem:
+        return error(400, problem)
+    who = reader()
+    wanted, account_ids = who.events(), who.accounts()
+    conn = get_db()
+    after = cursor(request.args.get("after"))
+    if after is None:
+        after = feed.latest_row(conn)
+    apikeys.touch(conn, who.key)
+    sock = request.environ.get("gunicorn.socket")
+    if sock is None:
+        return error(501, "WebSockets are served by gunicorn (make run, or gunicorn app:app)")
+    config = current_app.config["WAHOOK"]
+    hub = ws_hub.hub(config.database, stream.serving)
+    refused = hub.reserve(who.key.id)
+    if refused:
+        return busy(refused)
+    extra = {"Cache-Control": "no-store"}
+    origin = request.headers.get("Origin")
+    if origin in config["api"]["allowed_origins"]:
+        extra["Access-Control-Allow-Origin"] = origin
+    try:
+        sock.sendall(ws_hub.switching_protocols(request.headers["Sec-WebSocket-Key"], extra))
+        mine = ws_hub.take_over(sock)
+    except OSError:
+        hub.release(who.key.id)
+        return HandedOff()
+    expires = who.grant.expires_at if who.grant else None
+    hub.add(ws_hub.Client(mine, who.key.id, after, wanted, frozenset(account_ids), expires))
+    return HandedOff()
+
+
+@bp.post("/stream-tokens")
+def mint_stream_token() -> Response:
+    """A stream token for a browser page (see stream_tokens.py)."""
+    key = authorize("read")
+    raw = intake.read_body(MAX_BODY_BYTES)
+    if raw is None:
+        raise ApiError(413, "body larger than 1 MiB")
+    try:
+        body = intake.DECODER.decode(raw.decode("utf-8")) if raw.strip() else {}
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise ApiError(400, "body is not UTF-8 JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, 'body must be a JSON object: {"ttl_seconds": 900, "events": [], "accounts": []}')
+    try:
+        ttl, events, account_ids = stream_tokens.read_request(body)
+    except ValueError as exc:
+        raise ApiError(422, str(exc)) from None
+    grant = stream_tokens.grant_for(key, ttl, events, account_ids)
+    apikeys.touch(get_db(), key)
+    token = stream_tokens.encode(current_app.config["SECRET_KEY"], grant)
+    return answer({"token": token, "expires_at": grant.expires_at})

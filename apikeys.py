@@ -119,6 +119,20 @@ def list_all(conn: db.Connection) -> list[ApiKey]:
     return [_row(row) for row in conn.execute("SELECT * FROM api_keys ORDER BY id")]
 
 
+def by_id(conn: db.Connection, key_id: int) -> ApiKey | None:
+    row = conn.execute("SELECT * FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+    return None if row is None else _row(row)
+
+
+def live_ids(conn: db.Connection, key_ids: list[int]) -> set[int]:
+    """Those of `key_ids` that still exist unrevoked (open streams and sockets end for the rest)."""
+    if not key_ids:
+        return set()
+    marks = ",".join("?" for _ in key_ids)
+    sql = f"SELECT id FROM api_keys WHERE revoked_at IS NULL AND id IN ({marks})"  # noqa: S608 (marks only)
+    return {row[0] for row in conn.execute(sql, key_ids)}
+
+
 def revoke(conn: db.Connection, key_id: int) -> bool:
     """Revoke a key for good; False when there is no such key. Revoking twice is harmless."""
     with transaction(conn):

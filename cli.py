@@ -58,11 +58,19 @@ apikey_cli = AppGroup("apikey", help="Make, list and revoke keys for the publish
 @click.option("--events", default="", help="Comma-separated event names; all events when left out.")
 @click.option("--format", "format_", type=click.Choice(endpoints.FORMATS), default="events", show_default=True)
 @click.option("--bearer-token", default="", help="Sent as Authorization: Bearer <token>.")
-def endpoint_add(url: str, secret: str | None, events: str, format_: str, bearer_token: str) -> None:
+@click.option("--accounts", default="", help="Comma-separated WABA and phone number ids; all accounts when left out.")
+def endpoint_add(url: str, secret: str | None, events: str, format_: str, bearer_token: str, accounts: str) -> None:
     """Add an endpoint; prints it with its id and full secret (shown this once)."""
     try:
         row = endpoints.create(
-            get_db(), config(), url, secret=secret, events=events, format=format_, bearer_token=bearer_token
+            get_db(),
+            config(),
+            url,
+            secret=secret,
+            events=events,
+            format=format_,
+            bearer_token=bearer_token,
+            accounts=accounts,
         )
     except endpoints.EndpointError as exc:
         refuse(exc.message, exc.field)

@@ -40,8 +40,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "auto_recover": True,
         "disable_after_hours": 72,
     },
+    "api": {"allowed_origins": []},
     "admin": {"password": "", "secret_key": "", "metrics_token": ""},
 }
+# Keys whose list holds strings (checked in _check_origins), not numbers of seconds.
+STRING_LISTS = {"api.allowed_origins"}
 
 
 # storage.database starting with one of these selects PostgreSQL (see db.py).
@@ -100,6 +103,9 @@ def _check_value(key: str, value: Any, default: Any) -> None:
     elif isinstance(default, str):
         if not isinstance(value, str):
             raise ConfigError(f"{key} must be a string, not {value!r}")
+    elif key in STRING_LISTS:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f'{key} must be a list of strings such as ["https://inbox.example.com"], not {value!r}')
     elif isinstance(default, list):
         if not isinstance(value, list) or not all(_is_number(v) for v in value):
             raise ConfigError(f"{key} must be a list of numbers of seconds, not {value!r}")
@@ -144,9 +150,21 @@ def _check_limits(sections: dict[str, dict[str, Any]]) -> None:
         raise ConfigError("media.link_days must be from 1 to 3650")
     if not sections["storage"]["database"].strip():
         raise ConfigError("storage.database must name a file")
+    _check_origins(sections["api"]["allowed_origins"])
     url = sections["redis"]["url"]
     if url != "embedded" and not url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(f'redis.url must be "embedded" or a redis://, rediss:// or unix:// URL, not {url!r}')
+
+
+def _check_origins(origins: list[str]) -> None:
+    """Each allowed origin must be exactly what a browser sends in `Origin`: scheme://host[:port]."""
+    for origin in origins:
+        scheme, sep, rest = origin.partition("://")
+        if scheme not in ("http", "https") or not sep or not rest or any(c in rest for c in "/?#@ *"):
+            raise ConfigError(
+                f"api.allowed_origins: {origin!r} is not an origin; write scheme://host[:port] with no path,"
+                ' as "https://inbox.example.com"'
+            )
 
 
 def merge(data: dict[str, Any], into: dict[str, dict[str, Any]]) -> None:

@@ -19,6 +19,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
+import accounts
 import db
 import delivery_states
 import endpoints
@@ -81,9 +82,10 @@ def signature_headers(secrets_: str | list[str], message_id: str, timestamp: int
     }
 
 
-def payloads(conn: db.Connection, deliveries: list[db.Row]) -> dict[int, bytes]:
+def payloads(conn: db.Connection, deliveries: list[db.Row], account_ids: list[str] = ()) -> dict[int, bytes]:
     """The exact bytes to POST for each delivery: the event's JSON, or the original Meta body for
-    meta format. Two queries for a whole batch: {delivery id: bytes}, pruned ones left out."""
+    meta format (only the entries of `account_ids` when given: accounts.trim_meta). Two
+    queries for a whole batch: {delivery id: bytes}, pruned ones left out."""
     wanted: dict[tuple[str, int], list[int]] = {}
     for delivery in deliveries:
         source = (
@@ -100,7 +102,7 @@ def payloads(conn: db.Connection, deliveries: list[db.Row]) -> dict[int, bytes]:
             continue
         marks = ",".join("?" * len(ids))
         for source_id, body in conn.execute(f"SELECT id, body FROM {table} WHERE id IN ({marks})", ids):  # noqa: S608
-            data = body.encode("utf-8") if table == "events" else bytes(body)
+            data = body.encode("utf-8") if table == "events" else accounts.trim_meta(bytes(body), account_ids)
             for delivery_id in wanted[(table, source_id)]:
                 found[delivery_id] = data
     return found
@@ -230,7 +232,7 @@ def deliver_claimed(
         )
         fail_unsendable(conn, owner, claimed, why)
         return []
-    bodies = payloads(conn, claimed)
+    bodies = payloads(conn, claimed, json.loads(endpoint["accounts"] or "[]"))
     results = []
     for delivery in claimed:
         if time.time() + timeout + 1 > lease_until:

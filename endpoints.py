@@ -15,6 +15,7 @@ import secrets
 import time
 from typing import Any
 
+import accounts
 import db
 import delivery_states
 import names
@@ -97,6 +98,11 @@ def check_fields(config, values: dict[str, Any]) -> dict[str, Any]:
         cleaned["url"] = url
     if "events" in values:
         cleaned["events"] = json.dumps(clean_events(values["events"]))
+    if "accounts" in values:
+        try:
+            cleaned["accounts"] = json.dumps(accounts.clean(values["accounts"]))
+        except ValueError as exc:
+            raise EndpointError("accounts", str(exc)) from None
     if "format" in values:
         if values["format"] not in FORMATS:
             raise EndpointError("format", f"format must be one of {', '.join(FORMATS)}")
@@ -129,6 +135,7 @@ def as_dict(row: db.Row, show_secret: bool = False) -> dict[str, Any]:
         "secret": row["secret"] if show_secret else mask(row["secret"]),
         "events": json.loads(row["events"]),
         "format": row["format"],
+        "accounts": json.loads(row["accounts"] or "[]"),
         "bearer_token": row["bearer_token"] if show_secret else mask(row["bearer_token"]),
         "enabled": bool(row["enabled"]),
         "disabled_reason": row["disabled_reason"],

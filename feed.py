@@ -35,9 +35,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 
+import accounts
 import db
 import names
-from outbox import OPERATIONAL
+from outbox import OPERATIONAL, selects
 
 # Events a bare filter leaves out: operational ones (as for endpoints) and test sends, which
 # belong to the one endpoint they were sent to.
@@ -68,6 +69,12 @@ def filter_sql(wanted: Iterable[str]) -> tuple[str, list]:
     return "(" + " OR ".join(clauses) + ")", params
 
 
+def picks(wanted: Iterable[str], name: str) -> bool:
+    """What filter_sql picks, for one event name (the WebSocket hub filters rows itself)."""
+    wanted = list(wanted)
+    return name not in HIDDEN_BY_DEFAULT if not wanted else selects(wanted, name)
+
+
 def parse_filter(text: str | None) -> list[str]:
     """`events=a,b` as filter entries; raises ValueError on an entry no event could match."""
     return names.clean_filter(text or "")
@@ -77,8 +84,8 @@ def parse_filter(text: str | None) -> list[str]:
 Position = int | tuple[int, int]
 
 _PG_PAGE = (
-    "SELECT id, event_id, name, body, tx::text AS tx FROM events"
-    " WHERE (tx, id) > (CAST(? AS xid8), ?) AND tx < pg_snapshot_xmin(pg_current_snapshot()) AND {}"
+    "SELECT {columns}, tx::text AS tx FROM events"
+    " WHERE (tx, id) > (CAST(? AS xid8), ?) AND tx < pg_snapshot_xmin(pg_current_snapshot()) AND {condition}"
     " ORDER BY events.tx, events.id LIMIT ?"
 )
 # ORDER BY names the table's column: a bare `tx` would be the text alias above, and as text
@@ -116,15 +123,33 @@ def latest_row(conn: db.Connection) -> Position:
     return conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
 
 
-def page(conn: db.Connection, after_row: Position, limit: int, wanted: Iterable[str]) -> list[db.Row]:
-    """Up to `limit` events after position `after_row` that the filter picks, oldest first: rows
+def page(
+    conn: db.Connection, after_row: Position, limit: int, wanted: Iterable[str], account_ids: Iterable[str] = ()
+) -> list[db.Row]:
+    """Up to `limit` events after position `after_row` that the filters pick, oldest first: rows
     of (id, event_id, name, body as stored), and tx on PostgreSQL."""
     condition, params = filter_sql(wanted)
+    account_ids = list(account_ids)
+    if account_ids:
+        extra, more = accounts.sql(account_ids)
+        condition, params = f"{condition} AND {extra}", [*params, *more]
+    return _read(conn, after_row, limit, "id, event_id, name, body", condition, params)
+
+
+def page_of_all(conn: db.Connection, after_row: Position, limit: int) -> list[db.Row]:
+    """Up to `limit` events after position `after_row`, whatever their name, with each one's
+    waba_id and phone_number_id: for a reader that filters per client (the WebSocket hub)."""
+    return _read(conn, after_row, limit, "id, event_id, name, body, waba_id, phone_number_id", "TRUE", [])
+
+
+def _read(conn: db.Connection, after_row: Position, limit: int, columns: str, condition: str, params: list):
+    """The page query of both engines: by id on SQLite, in commit order on PostgreSQL."""
     if postgres(conn):
         tx, row_id = after_row if isinstance(after_row, tuple) else (0, after_row or 0)
-        return conn.execute(_PG_PAGE.format(condition), (str(tx), row_id, *params, limit)).fetchall()
+        sql = _PG_PAGE.format(columns=columns, condition=condition)
+        return conn.execute(sql, (str(tx), row_id, *params, limit)).fetchall()
     return conn.execute(
-        f"SELECT id, event_id, name, body FROM events WHERE id > ? AND {condition} ORDER BY id LIMIT ?",  # noqa: S608
+        f"SELECT {columns} FROM events WHERE id > ? AND {condition} ORDER BY id LIMIT ?",  # noqa: S608 (our SQL)
         (after_row, *params, limit),
     ).fetchall()
 
@@ -136,6 +161,7 @@ def follow(
     poll_seconds: float,
     page_size: int = 200,
     keep_going: Callable[[], bool] = lambda: True,
+    account_ids: Iterable[str] = (),
 ) -> Iterator[list[db.Row]]:
     """Each batch of events committed after position `after_row`, oldest first, as they come; an
     empty batch after every look that found nothing (then it waits `poll_seconds`), so the
@@ -144,7 +170,7 @@ def follow(
     more = True  # read once at the start: events may have come after the cursor already
     while keep_going():
         if more or watcher.changed():
-            rows = page(conn, after_row, page_size, wanted)
+            rows = page(conn, after_row, page_size, wanted, account_ids)
             more = len(rows) == page_size
             if rows:
                 after_row = position(rows[-1])

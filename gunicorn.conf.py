@@ -50,6 +50,8 @@ accesslog = "-" if os.environ.get("WAHOOK_ACCESS_LOG") in ("1", "true", "yes") e
 loglevel = os.environ.get("WAHOOK_LOG_LEVEL") or "info"
 # WAHOOK_LOG_FORMAT=json: one JSON object per line from gunicorn and the app (see logs.py).
 logconfig_dict = logs.gunicorn_logconfig()
+# The access log masks `?token=` (stream tokens in browsers' URLs): see access_log.py.
+logger_class = "access_log.MaskingLogger"
 
 # gunicorn's runtime control socket defaults to one shared path in $HOME; two instances
 # on one machine (or a test run next to a live one) would fight over it. Signals suffice.
@@ -84,3 +86,10 @@ def post_worker_init(worker) -> None:
     import stream
 
     stream.configure(worker.cfg.threads, lambda: worker.alive)
+
+
+def worker_exit(server, worker) -> None:
+    """Say goodbye (1001) on every open WebSocket, so clients reconnect at once."""
+    import ws_hub
+
+    ws_hub.stop()

@@ -56,6 +56,7 @@ class EndpointHealth:
     last_error: db.Row | None = None  # the newest failed attempt of the last day
     outage: str = "healthy"  # outages.endpoint_state: failing, recovering or healthy
     recovering_until: float | None = None
+    accounts: tuple[str, ...] = ()  # the WhatsApp accounts it takes; empty = all
 
     @property
     def state(self) -> str:
@@ -87,6 +88,7 @@ def endpoint_health(conn: db.Connection, now: float | None = None) -> list[Endpo
             failing_since=row["failing_since"],
             outage=outages.endpoint_state(row),
             recovering_until=row["recovering_until"],
+            accounts=tuple(endpoints.as_dict(row)["accounts"]),
         )
         for row in endpoints.list_all(conn)
     }

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import accounts
 import db
 from event_catalog import OPERATIONAL_EVENTS, event_id_for, iso, storable
 
@@ -29,6 +30,7 @@ class Target:
     url: str
     format: str
     wanted: frozenset[str]
+    account_ids: frozenset[str] = frozenset()  # empty: every account (accounts.py)
 
     def selects(self, name: str) -> bool:
         return selects(self.wanted, name)
@@ -51,8 +53,14 @@ def selects(wanted: Iterable[str], name: str) -> bool:
 def targets(conn: db.Connection) -> list[Target]:
     """Every enabled endpoint with its filter, read once per transaction that fans out."""
     return [
-        Target(row["id"], row["url"], row["format"], frozenset(json.loads(row["events"] or "[]")))
-        for row in conn.execute("SELECT id, url, events, format FROM endpoints WHERE enabled = 1")
+        Target(
+            row["id"],
+            row["url"],
+            row["format"],
+            frozenset(json.loads(row["events"] or "[]")),
+            frozenset(json.loads(row["accounts"] or "[]")),
+        )
+        for row in conn.execute("SELECT id, url, events, format, accounts FROM endpoints WHERE enabled = 1")
     ]
 
 
@@ -89,7 +97,9 @@ def add_events(
     webhook_row = webhook[0] if webhook else None
     now = time.time()
     rows = []
-    new_names = []
+    new_events = []
+    # An event's accounts are read from its JSON only when some endpoint routes by account.
+    by_account = any(t.account_ids for t in to)
     # Every insert is sent before any answer is read: on PostgreSQL one round trip for them all.
     sent = [_insert_event(conn, event, created_at, webhook_row) for event in new]
     for event, cursor in zip(new, sent, strict=True):
@@ -97,13 +107,17 @@ def add_events(
         if inserted is None:
             continue
         inserted = inserted[0]
-        new_names.append(event.name)
+        ids = accounts.of_body(event.body) if by_account else (None, None)
+        new_events.append((event.name, ids))
         for target in to:
-            if target.format == "events" and target.selects(event.name):
+            if target.format == "events" and target.selects(event.name) and accounts.takes(target.account_ids, *ids):
                 rows.append((target.id, target.url, inserted, webhook_row, event.name, event.event_id, now, now, now))
+    new_names = [name for name, _ in new_events]
     if webhook is not None:
         for target in to:
-            if target.format == "meta" and any(target.selects(name) for name in new_names):
+            if target.format == "meta" and any(
+                target.selects(name) and accounts.takes(target.account_ids, *ids) for name, ids in new_events
+            ):
                 rows.append((target.id, target.url, None, webhook_row, "whatsapp.meta", webhook[1], now, now, now))
     if rows:
         conn.executemany(

@@ -47,6 +47,13 @@ CREATE TABLE IF NOT EXISTS events (
     ) VIRTUAL,
     message_id TEXT GENERATED ALWAYS AS (
         CASE WHEN json_valid(body) THEN nullif(json_extract(body, '$.message_id'), '') END
+    ) VIRTUAL,
+    -- Each event's account, for accounts= on pull, stream and WebSocket and the event log.
+    waba_id TEXT GENERATED ALWAYS AS (
+        CASE WHEN json_valid(body) THEN nullif(json_extract(body, '$.waba_id'), '') END
+    ) VIRTUAL,
+    phone_number_id TEXT GENERATED ALWAYS AS (
+        CASE WHEN json_valid(body) THEN nullif(json_extract(body, '$.phone_number_id'), '') END
     ) VIRTUAL
 );
 CREATE INDEX IF NOT EXISTS events_webhook ON events (webhook_id);
@@ -57,6 +64,9 @@ CREATE INDEX IF NOT EXISTS events_customer_user ON events (customer_user_id, web
     WHERE customer_user_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS events_message ON events (message_id, webhook_id) WHERE message_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS events_name ON events (name, webhook_id);
+CREATE INDEX IF NOT EXISTS events_waba ON events (waba_id, webhook_id) WHERE waba_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_phone_number ON events (phone_number_id, webhook_id)
+    WHERE phone_number_id IS NOT NULL;
 
 -- Where events go.
 CREATE TABLE IF NOT EXISTS endpoints (
@@ -80,7 +90,10 @@ CREATE TABLE IF NOT EXISTS endpoints (
     failing_since REAL,
     next_probe_at REAL,
     probe_interval REAL,
-    recovering_until REAL
+    recovering_until REAL,
+    -- Accounts routing (accounts.py): WhatsApp Business Account ids and phone number ids, as a
+    -- JSON list; [] takes every account.
+    accounts TEXT NOT NULL DEFAULT '[]'
 );
 
 -- The outbox: one row per (event, endpoint), or per (Meta webhook, endpoint) for the meta

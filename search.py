@@ -4,7 +4,8 @@ delivery state, newest first, a page at a time.
 Each filter is one index walk (db migration 4): `events.customer` is the customer's phone
 number and `events.customer_user_id` their business-scoped user id, both read from the
 event's JSON (`from`, `recipient`, `to` of an echo, `wa_id`, `from_user_id`, …);
-`events.message_id` is the WhatsApp message id (wamid); `events_name` and
+`events.message_id` is the WhatsApp message id (wamid); `events.waba_id` and
+`events.phone_number_id` (migration 10) the business account and number; `events_name` and
 `deliveries_state_webhook` cover the name and the state. A page is found by walking
 webhook ids downwards, so the first page of a million stored webhooks costs what the
 first page of a hundred does.
@@ -20,7 +21,9 @@ from event_catalog import CONTACT_EVENTS, OPERATIONAL_EVENTS, SELECTABLE_NAMES
 
 STATES = ("pending", "retrying", "delivered", "failed")
 RARE_STATES = ("pending", "retrying", "failed")  # a small share of all deliveries, once they are sent
-FIELDS = ("customer", "message_id", "event", "state")
+FIELDS = ("customer", "message_id", "account", "event", "state")
+# Fields looked up in an index of their own on events (not the delivery state's).
+EVENT_FIELDS = {"customer", "message_id", "account"}
 MAX_LENGTH = 200
 PHONE_RE = re.compile(r"[+\d][\d\s().-]*")
 
@@ -67,7 +70,7 @@ def queries(chosen: dict[str, str], before: int | None) -> list[tuple[str, list]
     webhook order, rather than one OR that would have to sort every event of a busy customer.
     """
     state = chosen.get("state")
-    if state in RARE_STATES and not {"customer", "message_id"} & chosen.keys():
+    if state in RARE_STATES and not EVENT_FIELDS & chosen.keys():
         # Few deliveries are not delivered, and a name can have most events: walk the state's.
         table, column = "deliveries d", "webhook_id"
         shapes = [(["state = ?"], [state])]
@@ -77,7 +80,7 @@ def queries(chosen: dict[str, str], before: int | None) -> list[tuple[str, list]
                 " AND (d.event_id = e.id OR d.event_id IS NULL))"
             )
             shapes[0][1].append(chosen["event"])
-    elif {"customer", "message_id", "event"} & chosen.keys():
+    elif (EVENT_FIELDS | {"event"}) & chosen.keys():
         table, column = "events e", "webhook_id"
         shapes = event_clauses(chosen)
     elif state:
@@ -99,7 +102,21 @@ def queries(chosen: dict[str, str], before: int | None) -> list[tuple[str, list]
 
 def event_clauses(chosen: dict[str, str]) -> list[tuple[list[str], list]]:
     """WHERE clauses on `events e` (and its deliveries) for the chosen fields, with their values:
-    one set, or two for a customer (by phone number, by user id)."""
+    one set, or two for a customer (by phone number, by user id), times two for an account
+    (by WhatsApp Business Account id, by phone number id)."""
+    shapes = customer_clauses(chosen)
+    if "account" not in chosen:
+        return shapes
+    account = chosen["account"]
+    return [
+        ([f"{column} = ?", *where], [account, *params])
+        for column in ("waba_id", "phone_number_id")
+        for where, params in shapes
+    ]
+
+
+def customer_clauses(chosen: dict[str, str]) -> list[tuple[list[str], list]]:
+    """event_clauses without the account."""
     where: list[str] = []
     params: list = []
     if "message_id" in chosen:

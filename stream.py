@@ -3,7 +3,9 @@
 A stream holds one gunicorn thread for as long as it is open (see gunicorn.conf.py: gthread
 workers with WAHOOK_WEB_THREADS threads each). So each web process serves at most
 `threads - RESERVED_THREADS` streams at once; one more is refused with 503 and a
-Retry-After, and the reserved threads are always left for Meta's POSTs and the pages.
+Retry-After, and the reserved threads are always left for Meta's POSTs and the pages. One
+API key (with the stream tokens minted from it) holds at most half of a process's slots, so
+a client that opens streams in a loop cannot lock every other reader out.
 
 The loop looks for new commits every POLL_SECONDS with `PRAGMA data_version` (db.CommitWatch),
 reads a page only when something was committed, sends a comment line when it has been
@@ -19,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
+import apikeys
 import db
 import feed
 
@@ -30,23 +33,46 @@ DEFAULT_SLOTS = 32  # outside gunicorn (the Flask test client, `flask run`)
 RETRY_MS = 2000  # how long an EventSource waits before reconnecting
 
 _slots = threading.BoundedSemaphore(DEFAULT_SLOTS)
+_per_key_cap = DEFAULT_SLOTS // 2
+_held: dict[int, int] = {}  # API key id -> slots its streams hold in this process
+_held_lock = threading.Lock()
 _serving: Callable[[], bool] = lambda: True  # noqa: E731 (replaced by the worker hook)
 
 
 def configure(threads: int, serving: Callable[[], bool]) -> None:
     """Called in each gunicorn worker after boot: size the slots to its threads and learn how
     to tell that it is shutting down."""
-    global _slots, _serving
-    _slots = threading.BoundedSemaphore(max(1, threads - RESERVED_THREADS))
+    global _slots, _serving, _per_key_cap
+    slots = max(1, threads - RESERVED_THREADS)
+    _slots = threading.BoundedSemaphore(slots)
+    _per_key_cap = max(1, slots // 2)
     _serving = serving
 
 
-def take_slot() -> bool:
-    return _slots.acquire(blocking=False)
+def take_slot(key_id: int) -> str | None:
+    """Take a stream slot for API key `key_id`; None when taken, else why not (a 503's text)."""
+    with _held_lock:
+        if _held.get(key_id, 0) >= _per_key_cap:
+            return f"this API key already holds {_per_key_cap} streams in this web process; close one or retry"
+        if not _slots.acquire(blocking=False):
+            return "this web process has no stream slot free; retry shortly"
+        _held[key_id] = _held.get(key_id, 0) + 1
+    return None
 
 
-def release_slot() -> None:
-    _slots.release()
+def release_slot(key_id: int) -> None:
+    with _held_lock:
+        left = _held.get(key_id, 1) - 1
+        if left > 0:
+            _held[key_id] = left
+        else:
+            _held.pop(key_id, None)
+        _slots.release()
+
+
+def serving() -> bool:
+    """Whether this process is still serving (False once its worker is shutting down)."""
+    return _serving()
 
 
 def frame(row) -> str:
@@ -54,14 +80,28 @@ def frame(row) -> str:
     return f"id: {row['event_id']}\nevent: {row['name']}\ndata: {row['body']}\n\n"
 
 
-def events(database: str | os.PathLike, after_row: feed.Position, wanted: list[str]) -> Iterator[str]:
+def events(
+    database: str | os.PathLike,
+    after_row: feed.Position,
+    wanted: list[str],
+    account_ids: list[str] = (),
+    key_id: int | None = None,
+    expires_at: float | None = None,
+) -> Iterator[str]:
     """The stream's text, from the event after position `after_row` on, until the client or the worker
-    goes. Its slot is released by the response's close (see api.events_stream), which also runs
-    for a generator that never started."""
+    goes, or (checked every HEARTBEAT_SECONDS) key `key_id` is revoked or the token's
+    `expires_at` passes. Its slot is released by the response's close (see api.events_stream), which also
+    runs for a generator that never started."""
     conn = db.connection(database)
     yield f"retry: {RETRY_MS}\n: connected\n\n"
-    quiet_since = time.monotonic()
-    for rows in feed.follow(conn, after_row, wanted, POLL_SECONDS, PAGE, lambda: _serving()):
+    quiet_since = checked = time.monotonic()
+    for rows in feed.follow(conn, after_row, wanted, POLL_SECONDS, PAGE, lambda: _serving(), account_ids):
+        if time.monotonic() - checked >= HEARTBEAT_SECONDS:
+            checked = time.monotonic()
+            if (expires_at is not None and time.time() >= expires_at) or (
+                key_id is not None and not apikeys.live_ids(conn, [key_id])
+            ):
+                return  # the reader reconnects with a fresh token (or is refused)
         if rows:
             yield "".join(frame(row) for row in rows)
             quiet_since = time.monotonic()

@@ -247,8 +247,10 @@ def run_streams(ws: sc.Workspace, plan: sc.Plan, table: Table) -> None:
     result, notes = api_scenarios.streams(ws, plan)
     ours, theirs = sc.median(result.ours), sc.median(result.theirs)
     table.add(
-        f"intake with {api_scenarios.STREAMS} event streams open ({plan.rounds} rounds of {plan.intake_seconds:g} s)",
-        f"{ours:,.0f}/s ({spread(result.ours)}), p99 {sc.median(notes['p99_with']):.0f} ms",
+        f"intake with {api_scenarios.STREAMS} event streams and {api_scenarios.SOCKETS} WebSockets open"
+        f" ({plan.rounds} rounds of {plan.intake_seconds:g} s)",
+        f"{ours:,.0f}/s ({spread(result.ours)}), p99 {sc.median(notes['p99_with']):.0f} ms,"
+        f" {sc.median(notes['bytes_per_socket']) / 1024:.1f} KiB per open WebSocket",
         f"no streams {theirs:,.0f}/s, p99 {sc.median(notes['p99_without']):.0f} ms",
         f"{result.ratio:.2f}",
         ">= 0.9, all 200",

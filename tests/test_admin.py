@@ -178,6 +178,7 @@ PUBLIC_RULES = {
     "/api/v1/stream",
     "/metrics",
 }
+PUBLIC_RULES |= {"/api/v1/ws", "/api/v1/stream-tokens"}  # keys and stream tokens (test_stream_tokens)
 PUBLIC_RULES |= {"/media/<token>", "/media/", "/media/<path:rest>"}  # signed media links (test_media_route)
 
 

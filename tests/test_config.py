@@ -33,6 +33,7 @@ SPEC_DEFAULTS = {
         "auto_recover": True,
         "disable_after_hours": 72,
     },
+    "api": {"allowed_origins": []},
     "admin": {"password": "", "secret_key": "", "metrics_token": ""},
 }
 
@@ -42,6 +43,7 @@ OTHER_VALUES = {
     "synchronous": "normal",
     "graph_url": "http://127.0.0.1:9/v23.0",
     "auto_recover": False,
+    "allowed_origins": ["https://inbox.example.com", "http://127.0.0.1:5173"],
 }
 
 
@@ -331,3 +333,12 @@ def test_a_postgresql_url_keeps_a_local_data_folder(tmp_path, monkeypatch):
     assert load_config(path).data_dir == tmp_path / "var" / "lib" / "wahook"
     plain = load_config(write(tmp_path, '[storage]\ndatabase = "hooks.db"', name="x/config.toml"))
     assert plain.database_url == "" and plain.database == str(plain.database_path)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ['"https://inbox.example.com"', '["https://inbox.example.com/"]', '["inbox.example.com"]', '["*"]', "[1]"],
+)
+def test_allowed_origins_must_be_origins(tmp_path, value):
+    message = refused(tmp_path, f"[api]\nallowed_origins = {value}")
+    assert "api.allowed_origins" in message
