@@ -58,11 +58,24 @@ apikey_cli = AppGroup("apikey", help="Make, list and revoke keys for the publish
 @click.option("--events", default="", help="Comma-separated event names; all events when left out.")
 @click.option("--format", "format_", type=click.Choice(endpoints.FORMATS), default="events", show_default=True)
 @click.option("--bearer-token", default="", help="Sent as Authorization: Bearer <token>.")
-def endpoint_add(url: str, secret: str | None, events: str, format_: str, bearer_token: str) -> None:
+@click.option(
+    "--local",
+    is_flag=True,
+    help="A receiver on this machine or network: http:// and loopback or private addresses are allowed"
+    " for this endpoint alone (never link-local or reserved ones). No restart needed.",
+)
+def endpoint_add(url: str, secret: str | None, events: str, format_: str, bearer_token: str, local: bool) -> None:
     """Add an endpoint; prints it with its id and full secret (shown this once)."""
     try:
         row = endpoints.create(
-            get_db(), config(), url, secret=secret, events=events, format=format_, bearer_token=bearer_token
+            get_db(),
+            config(),
+            url,
+            secret=secret,
+            events=events,
+            format=format_,
+            bearer_token=bearer_token,
+            local=local,
         )
     except endpoints.EndpointError as exc:
         refuse(exc.message, exc.field)

@@ -293,6 +293,15 @@ CREATE INDEX IF NOT EXISTS deliveries_waiting_since ON deliveries (endpoint_id, 
     WHERE state IN ('pending', 'retrying');
 """,
     ),
+    (
+        10,
+        """
+-- A local endpoint (SPEC 4 `local`): a receiver on the same machine or network, which alone
+-- may use http:// and loopback or private addresses whatever delivery.allow_http and
+-- delivery.allow_private_urls say (never link-local, multicast or reserved ones).
+ALTER TABLE endpoints ADD COLUMN local INTEGER NOT NULL DEFAULT 0;
+""",
+    ),
 ]
 
 BUSY_TIMEOUT_MS = 5000

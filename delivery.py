@@ -138,7 +138,9 @@ def send(sender: safe_http.Sender, endpoint: db.Row, delivery: db.Row, body: byt
     """One HTTP attempt; every way it can go wrong comes back as an Outcome."""
     started = time.monotonic()
     try:
-        response = sender.post(endpoint["url"], body, build_headers(endpoint, delivery, body), timeout)
+        response = sender.post(
+            endpoint["url"], body, build_headers(endpoint, delivery, body), timeout, local=bool(endpoint["local"])
+        )
     except safe_http.DeliveryError as exc:
         return Outcome(False, None, int((time.monotonic() - started) * 1000), exc.message, permanent=exc.permanent)
     code = response.status_code

@@ -75,8 +75,29 @@ _MAPPED, _NAT64, _NAT64_LOCAL, _SIX_TO_FOUR = (
     _net(n) for n in ("::ffff:0:0/96", "64:ff9b::/96", "64:ff9b:1::/48", "2002::/16")
 )
 
-_ALLOW_HTTP_HINT = " (set delivery.allow_http to allow http)"
+# What a local endpoint (SPEC 4 `local`) may reach besides public addresses: a receiver on the
+# same machine or network. Never link-local (cloud metadata at 169.254.169.254), multicast,
+# broadcast, documentation or reserved addresses, whatever the endpoint says.
+LOCAL_KINDS = frozenset(
+    {"a loopback address", "a private address", "a carrier-grade NAT address", "a unique-local address"}
+)
+
+_ALLOW_HTTP_HINT = " (mark the endpoint local for a receiver on this machine or network, or set delivery.allow_http)"
+_LOCAL_PRIVATE_HINT = (
+    " (mark the endpoint local for a receiver on this machine or network, or set delivery.allow_private_urls)"
+)
 _ALLOW_PRIVATE_HINT = " (set delivery.allow_private_urls to allow it)"
+_NEVER_LOCAL_HINT = " (a local endpoint may use loopback and private addresses only)"
+
+
+def _private_hint(why: str, local: bool) -> str:
+    """How the admin could allow an address refused for `why`, said so it never suggests the
+    `local` mark for addresses that mark does not open."""
+    if any(why.endswith(kind) for kind in LOCAL_KINDS):
+        return _ALLOW_PRIVATE_HINT if local else _LOCAL_PRIVATE_HINT
+    return _NEVER_LOCAL_HINT if local else _ALLOW_PRIVATE_HINT
+
+
 _HOST_NAME = re.compile(r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*\.?")
 _IPV4_PART = re.compile(r"0x[0-9a-f]*|[0-9]+")
 
@@ -85,10 +106,21 @@ class DeliveryError(Exception):
     """A failed attempt, as data: `message` in words for the monitor page, `permanent` when
     retrying cannot help (a blocked address, a malformed URL)."""
 
-    def __init__(self, message: str, *, permanent: bool = False) -> None:
+    def __init__(self, message: str, *, permanent: bool = False, rule: str | None = None, hint: str = "") -> None:
         super().__init__(message)
         self.message = message
         self.permanent = permanent
+        self.rule = rule  # the delivery.* setting that refused it, when one did
+        self.hint = hint  # the end of `message` that says how the admin could allow it
+
+
+class RuleError(ValueError):
+    """A URL the delivery rules refuse; `rule` names the setting, `hint` ends the message."""
+
+    def __init__(self, message: str, rule: str, hint: str) -> None:
+        super().__init__(message + hint)
+        self.rule = rule
+        self.hint = hint
 
 
 class Headers(dict):
@@ -118,8 +150,9 @@ class Response:
     headers: Headers
 
 
-def blocked_reason(ip: IP) -> str | None:
-    """Why `ip` must not be connected to, as "a loopback address", or None when it is public."""
+def blocked_reason(ip: IP, local: bool = False) -> str | None:
+    """Why `ip` must not be connected to, as "a loopback address", or None when it is public
+    (or, with `local`, a loopback or private address of the kinds in LOCAL_KINDS)."""
     if isinstance(ip, ipaddress.IPv6Address):
         ip = ipaddress.IPv6Address(int(ip))  # drop any %scope: it does not change the class
         for net, form, v4 in (
@@ -129,12 +162,14 @@ def blocked_reason(ip: IP) -> str | None:
             (_SIX_TO_FOUR, "a 6to4 form", ip.sixtofour),
         ):
             if ip in net:
-                why = blocked_reason(v4)
+                why = blocked_reason(v4, local)
                 if why:
                     return f"{form} of {v4}, {why}"
                 # The local-use prefix's embedding is chosen by its operator; it may reach anything.
                 return "a local-use NAT64 address" if net is _NAT64_LOCAL else None
     why = next((why for net, why in _BLOCKED[ip.version] if ip in net), None)
+    if local and why in LOCAL_KINDS:
+        return None
     outside = ip.version == 6 and ip not in _V6_GLOBAL_UNICAST
     return why or ("a reserved address" if outside else None)
 
@@ -172,8 +207,10 @@ def split_url(url: str, allow_http: bool) -> tuple[str, str, int, str]:
         raise ValueError(f"is not valid ({exc})") from None
     scheme = parts.scheme.lower()
     if scheme != "https" and not (allow_http and scheme == "http"):
-        hint = _ALLOW_HTTP_HINT if scheme == "http" else ""
-        raise ValueError(f"must start with {'http:// or ' if allow_http else ''}https://{hint}")
+        wanted = f"must start with {'http:// or ' if allow_http else ''}https://"
+        if scheme == "http":
+            raise RuleError(wanted, "allow_http", _ALLOW_HTTP_HINT)
+        raise ValueError(wanted)
     if parts.username is not None or parts.password is not None:
         raise ValueError("must not contain a user name or password (use the bearer token instead)")
     host = parts.hostname or ""
@@ -223,17 +260,20 @@ def _blocked_message(host: str, ip: IP, why: str) -> str:
     return f"{host} is {why}" if ":" in host or host == str(ip) else f"{host} is {ip}, {why}"
 
 
-def check_url(url: str, *, allow_http: bool, allow_private: bool, resolve: bool = True) -> str | None:
+def check_url(
+    url: str, *, allow_http: bool, allow_private: bool, resolve: bool = True, local: bool = False
+) -> str | None:
     """None when the URL may be used, else the problem in words a self-hoster understands.
-    With `resolve`, the host name must resolve, and (unless allow_private) to public addresses only."""
+    With `resolve`, the host name must resolve, and (unless allow_private) to public addresses
+    only, or with `local` (a local endpoint) to public, loopback or private ones."""
     try:
-        _, host, port, _ = split_url(url, allow_http)
+        _, host, port, _ = split_url(url, allow_http or local)
     except ValueError as exc:
         return f"URL {exc}"
     ip = parse_ip(host)
     if ip is not None:
-        why = None if allow_private else blocked_reason(ip)
-        return f"{_blocked_message(host, ip, why)}{_ALLOW_PRIVATE_HINT}" if why else None
+        why = None if allow_private else blocked_reason(ip, local)
+        return f"{_blocked_message(host, ip, why)}{_private_hint(why, local)}" if why else None
     if not resolve:
         return None
     try:
@@ -242,9 +282,9 @@ def check_url(url: str, *, allow_http: bool, allow_private: bool, resolve: bool 
         return getattr(exc, "message", f"{host} did not resolve within 10 s")
     for *_, sockaddr in infos:
         address = ipaddress.ip_address(sockaddr[0])
-        why = None if allow_private else blocked_reason(address)
+        why = None if allow_private else blocked_reason(address, local)
         if why:  # stricter than send time: a name with any non-public address is refused
-            return f"{_blocked_message(host, address, why)}{_ALLOW_PRIVATE_HINT}"
+            return f"{_blocked_message(host, address, why)}{_private_hint(why, local)}"
     return None
 
 
@@ -285,16 +325,19 @@ class _Guarded:
     """Mixin for urllib3 connections: resolve and check addresses in the connect step itself."""
 
     allow_private = False
+    local = False  # a local endpoint's connection: loopback and private addresses too
     deadline: float | None = None
 
     def _new_conn(self) -> socket.socket:
         host = self._dns_host
         left = None if self.deadline is None else max(0.001, self.deadline - time.monotonic())
-        refused, error = None, None
+        refused, hint, error = None, "", None
         for family, kind, proto, _, sockaddr in _resolve(host, self.port, left):
-            why = None if self.allow_private else blocked_reason(ipaddress.ip_address(sockaddr[0]))
+            why = None if self.allow_private else blocked_reason(ipaddress.ip_address(sockaddr[0]), self.local)
             if why:  # skip it; another address of the same name may be public
-                refused = refused or "blocked: " + _blocked_message(host, ipaddress.ip_address(sockaddr[0]), why)
+                if refused is None:
+                    refused = "blocked: " + _blocked_message(host, ipaddress.ip_address(sockaddr[0]), why)
+                    hint = _private_hint(why, self.local)
                 continue
             sock = _DeadlineSocket(family, kind, proto)
             try:
@@ -310,7 +353,9 @@ class _Guarded:
                 error = exc
         if error is not None:
             raise error
-        raise DeliveryError(refused or f"{host} resolves to no address", permanent=True)
+        if refused is None:
+            raise DeliveryError(f"{host} resolves to no address", permanent=True)
+        raise DeliveryError(refused + hint, permanent=True, rule="allow_private_urls", hint=hint)
 
 
 _GuardedHTTP = type("_GuardedHTTP", (_Guarded, HTTPConnection), {})
@@ -365,21 +410,27 @@ class Sender:
     def _own_pool(self) -> None:
         # Also run in a forked child: the parent's sockets (and maybe a held lock) are not ours
         # to use; forget them without closing, which would not reach the parent's copies anyway.
-        self._idle: dict[tuple[str, str, int], list[HTTPConnection]] = {}
+        self._idle: dict[tuple[str, str, int, bool], list[HTTPConnection]] = {}
         self._lock = threading.Lock()
         self._pid = os.getpid()
 
-    def post(self, url: str, body: bytes, headers: dict[str, str], timeout: float) -> Response:
-        """POST `body` once; `timeout` (seconds) bounds the whole attempt. Raises DeliveryError."""
+    def post(self, url: str, body: bytes, headers: dict[str, str], timeout: float, *, local: bool = False) -> Response:
+        """POST `body` once; `timeout` (seconds) bounds the whole attempt. `local`: the endpoint
+        is marked local (http:// and loopback or private addresses allowed). Raises DeliveryError."""
         started = time.monotonic()
         deadline = started + timeout
         try:
-            key = split_url(url, self.allow_http)
+            scheme, host, port, target = split_url(url, self.allow_http or local)
+        except RuleError as exc:
+            raise DeliveryError(f"URL {exc}", permanent=True, rule=exc.rule, hint=exc.hint) from None
         except ValueError as exc:
             raise DeliveryError(f"URL {exc}", permanent=True) from None
-        conn = self._checkout(key[:3])
+        # A connection is checked when opened, under the rules of the endpoint that opened it:
+        # a local endpoint's connections are never lent to one that is not.
+        key = (scheme, host, port, local)
+        conn = self._checkout(key)
         try:
-            response = self._exchange(conn, key[3], body, headers, deadline)
+            response = self._exchange(conn, target, body, headers, deadline)
             kept, complete = self._read(response)
             response.close()
         except Exception as exc:
@@ -389,7 +440,7 @@ class Sender:
             conn.close()
             raise
         if complete:
-            self._checkin(key[:3], conn)
+            self._checkin(key, conn)
         else:
             conn.close()
         elapsed = int((time.monotonic() - started) * 1000)
@@ -431,22 +482,23 @@ class Sender:
             total += len(chunk)
         return kept, False
 
-    def _checkout(self, key: tuple[str, str, int]) -> HTTPConnection:
+    def _checkout(self, key: tuple[str, str, int, bool]) -> HTTPConnection:
         if self._pid != os.getpid():
             self._own_pool()
         with self._lock:
             idle = self._idle.get(key)
             if idle:
                 return idle.pop()
-        scheme, host, port = key
+        scheme, host, port, local = key
         if scheme == "https":
             conn: HTTPConnection = _GuardedHTTPS(host, port, ssl_context=self._tls)
         else:
             conn = _GuardedHTTP(host, port)
         conn.allow_private = self.allow_private
+        conn.local = local
         return conn
 
-    def _checkin(self, key: tuple[str, str, int], conn: HTTPConnection) -> None:
+    def _checkin(self, key: tuple[str, str, int, bool], conn: HTTPConnection) -> None:
         if conn.sock is None:  # the server said Connection: close
             return
         with self._lock:

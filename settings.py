@@ -73,15 +73,17 @@ def form_values(row: db.Row | None = None) -> dict[str, Any]:
             "events": [n for n in events if n in SELECTABLE_NAMES],
             "other_events": ", ".join(n for n in events if n not in SELECTABLE_NAMES),
             "format": request.form.get("format", "events"),
+            "local": bool(request.form.get("local")),
         }
     if row is None:
-        return {"url": "", "events": [], "other_events": "", "format": "events"}
+        return {"url": "", "events": [], "other_events": "", "format": "events", "local": False}
     chosen = endpoints.as_dict(row)["events"]
     return {
         "url": row["url"],
         "events": [n for n in chosen if n in SELECTABLE_NAMES],
         "other_events": ", ".join(n for n in chosen if n not in SELECTABLE_NAMES),
         "format": row["format"],
+        "local": bool(row["local"]),
     }
 
 
@@ -118,6 +120,7 @@ def add():
         "events": form_events(),
         "format": request.form.get("format", "events"),
         "bearer_token": request.form.get("bearer_token", ""),
+        "local": bool(request.form.get("local")),
     }
     if request.form.get("secret", "").strip():
         fields["secret"] = request.form["secret"].strip()
@@ -139,6 +142,7 @@ def edit(endpoint_id: int):
             "url": request.form.get("url", ""),
             "events": form_events(),
             "format": request.form.get("format", "events"),
+            "local": bool(request.form.get("local")),
         }
         # The token is never shown; an empty box keeps it, the checkbox removes it.
         if request.form.get("remove_bearer_token"):
