@@ -47,6 +47,15 @@ def config():
     return current_app.config["WAHOOK"]
 
 
+def drift_warning() -> str | None:
+    """When the running wahook still uses delivery rules the config file no longer gives, say
+    so on stderr (this command read the file; the processes that deliver did not) and return it."""
+    warning = runstate.running_delivery_drift(config())
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
+    return warning
+
+
 endpoint_cli = AppGroup("endpoint", help="Add, list, remove and test the endpoints events go to.")
 deliveries_cli = AppGroup("deliveries", help="Act on deliveries.")
 apikey_cli = AppGroup("apikey", help="Make, list and revoke keys for the publish, pull and stream API.")
@@ -79,12 +88,14 @@ def endpoint_add(url: str, secret: str | None, events: str, format_: str, bearer
         )
     except endpoints.EndpointError as exc:
         refuse(exc.message, exc.field)
-    emit(endpoints.as_dict(row, show_secret=True))
+    warning = drift_warning()
+    emit({**endpoints.as_dict(row, show_secret=True), **({"warning": warning} if warning else {})})
 
 
 @endpoint_cli.command("list")
 def endpoint_list() -> None:
     """List endpoints, secrets masked."""
+    drift_warning()
     emit([endpoints.as_dict(row) for row in endpoints.list_all(get_db())])
 
 
@@ -126,7 +137,8 @@ def endpoint_test(endpoint_id: int) -> None:
         outcome = delivery.send_test(get_db(), config(), endpoint_id)
     except KeyError:
         refuse(f"no endpoint {endpoint_id}")
-    emit(outcome.summary())
+    warning = drift_warning()
+    emit({**outcome.summary(), **({"warning": warning} if warning else {})})
     if not outcome.ok:
         sys.exit(1)
 

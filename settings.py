@@ -32,6 +32,7 @@ import db
 import delivery
 import endpoints
 import monitor
+import runstate
 from db import get_db
 from events import SELECTABLE_GROUPS, SELECTABLE_NAMES, iso
 
@@ -87,6 +88,12 @@ def form_values(row: db.Row | None = None) -> dict[str, Any]:
     }
 
 
+def drift_notice() -> dict[str, Any]:
+    """The delivery rules the config file now gives differently from this process's (see config_drift)."""
+    notices = runstate.page_notices(config(), current_app.config.get("WAHOOK_CONFIG_LOADED"))
+    return {"delivery_drift": notices["delivery_drift"], "config_file": notices["config_file"]}
+
+
 def settings_page(add_errors: dict[str, str] | None = None, status: int = 200):
     conn = get_db()
     meta = config()["meta"]
@@ -104,6 +111,7 @@ def settings_page(add_errors: dict[str, str] | None = None, status: int = 200):
             values=form_values(),
             errors=add_errors or {},
             test_outcome=session.pop("test_outcome", None),
+            **drift_notice(),
         ),
         status,
     )
