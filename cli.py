@@ -237,20 +237,17 @@ def apikey_revoke(key_id: int) -> None:
 def simulate(kind: str, url: str | None) -> None:
     """Post a signed sample Meta webhook of KIND to the intake, to see events without Meta.
 
-    It is signed with meta.app_secret when set, else with the install's local simulate key
-    (data folder), which the intake always accepts; also with that key when the config file
-    changed since `make run` started, as the server may still hold an older App secret.
+    It is signed with the install's local simulate key (data folder), which the intake always
+    accepts and tells apart from Meta, so the monitor's "Last Meta webhook" never counts it (by
+    meta.app_secret only when the data folder cannot hold that key).
     """
-    secret = config()["meta"]["app_secret"] or current_app.config["WAHOOK_SIMULATE_KEY"]
+    secret = current_app.config["WAHOOK_SIMULATE_KEY"] or config()["meta"]["app_secret"]
     target, info = simulate_target()
     url = url or target
     warning = None
     if info and runstate.changed_since(Path(info.get("config") or ""), info.get("config_fingerprint")):
         warning = runstate.stale_config_message(Path(info["config"]))
         click.echo(f"warning: {warning}", err=True)
-        # The server still runs with the App secret it read at start, which may not be the
-        # file's any more; the local key it accepts whatever that was.
-        secret = current_app.config["WAHOOK_SIMULATE_KEY"]
     raw = json.dumps(samples.sample(kind)).encode()
     signature = intake.meta_signature(secret, raw)
     try:

@@ -17,7 +17,7 @@ from typing import Any
 
 from config import ConfigError, load_config
 
-RESTART = "restart wahook to apply it (make run: Ctrl-C, then make run; under systemd: systemctl restart wahook)"
+RESTART = "restart wahook to apply the file (make run: Ctrl-C, then make run; under systemd: systemctl restart wahook)"
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ def about_addresses(found: list[Change]) -> bool:
 def describe(found: list[Change], path: Path | str) -> str:
     """What the CLI prints: what differs, and what to do."""
     listed = "; ".join(change.words() for change in found)
-    text = f"{path} changed after wahook started: {listed}. Deliveries follow the running values until you {RESTART}."
+    text = f"{path} changed after wahook started: {listed}. Deliveries follow the running values: {RESTART}."
     return f"{text} {LOCAL_INSTEAD}" if about_addresses(found) else text
 
 
