@@ -121,7 +121,7 @@ def test_local_endpoint_outage_recovery_and_sources_in_a_browser(browser, strict
         message="3 failed deliveries",
     )
     page.goto(base + "/monitor")
-    expect(page.locator("#overall")).to_contain_text("redelivered by themselves")
+    expect(page.locator("#overall")).to_contain_text("redelivers its failed deliveries by itself")
     expect(page.locator("#auto-recovery-notice")).to_contain_text("3 of these will be redelivered by themselves")
     expect(page.locator("#ep-1-recovery")).to_contain_text("will be redelivered by themselves when it answers again")
     expect(page.locator("#failed button.primary")).to_have_count(0)
@@ -166,4 +166,19 @@ def test_local_endpoint_outage_recovery_and_sources_in_a_browser(browser, strict
     own.locator("a", has_text="endpoint.recovered").click()
     expect(page.locator("#event-source")).to_contain_text("made by wahook itself")
     shot(page, "own-event")
+    page.goto(base + "/events")
+    page.locator("article.webhook", has=page.locator(".source-test")).locator("a.webhook-link").click()
+    expect(page.locator("#webhook-source")).to_contain_text("posted by simulate")
+    shot(page, "event-detail-simulated")
+
+    # The config file edited while it runs: the pages name the rules still in use.
+    text = processes.config_path.read_text()
+    processes.config_path.write_text(text.replace("allow_http = false", "allow_http = true"))
+    page.goto(base + "/settings")
+    notice = page.locator("#delivery-drift-notice")
+    expect(notice).to_contain_text("delivery.allow_http = true")
+    expect(notice).to_contain_text("wahook still runs with false")
+    shot(page, "settings-delivery-drift")
+    page.goto(base + "/monitor")
+    expect(page.locator("#delivery-drift-notice")).to_contain_text("Local receiver")
     assert errors == []

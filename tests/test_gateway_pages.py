@@ -91,7 +91,7 @@ def test_the_monitor_says_recovery_will_redeliver_and_then_how_many_it_did(app, 
     assert failed(conn, endpoint["id"]) == 3
 
     page = admin.get("/monitor").get_data(as_text=True)
-    assert "redelivered by themselves, oldest first" in element(page, "overall")
+    assert "redelivers its failed deliveries by itself, oldest first" in element(page, "overall")
     assert "no need to redeliver them by hand" in element(page, "overall")
     assert element(page, "auto-recovery-notice").startswith("3 of these will be redelivered by themselves")
     assert "its 3 failed deliveries will be redelivered by themselves when it answers again" in element(
