@@ -52,14 +52,45 @@ _MAPPED, _NAT64, _NAT64_LOCAL, _SIX_TO_FOUR = (
     _net(n) for n in ("::ffff:0:0/96", "64:ff9b::/96", "64:ff9b:1::/48", "2002::/16")
 )
 
-ALLOW_HTTP_HINT = " (set delivery.allow_http to allow http)"
+# What a local endpoint (SPEC 4 `local`) may reach besides public addresses: a receiver on the
+# same machine or network. Never link-local (cloud metadata at 169.254.169.254), multicast,
+# broadcast, documentation or reserved addresses, whatever the endpoint says.
+LOCAL_KINDS = frozenset(
+    {"a loopback address", "a private address", "a carrier-grade NAT address", "a unique-local address"}
+)
+
+ALLOW_HTTP_HINT = " (mark the endpoint local for a receiver on this machine or network, or set delivery.allow_http)"
+LOCAL_PRIVATE_HINT = (
+    " (mark the endpoint local for a receiver on this machine or network, or set delivery.allow_private_urls)"
+)
 ALLOW_PRIVATE_HINT = " (set delivery.allow_private_urls to allow it)"
+NEVER_LOCAL_HINT = " (a local endpoint may use loopback and private addresses only)"
+
+
+class RuleError(ValueError):
+    """A URL the delivery rules refuse; `rule` names the setting, `hint` ends the message."""
+
+    def __init__(self, message: str, rule: str, hint: str) -> None:
+        super().__init__(message + hint)
+        self.rule = rule
+        self.hint = hint
+
+
+def private_hint(why: str, local: bool) -> str:
+    """How the admin could allow an address refused for `why`, said so it never suggests the
+    `local` mark for addresses that mark does not open."""
+    if any(why.endswith(kind) for kind in LOCAL_KINDS):
+        return ALLOW_PRIVATE_HINT if local else LOCAL_PRIVATE_HINT
+    return NEVER_LOCAL_HINT if local else ALLOW_PRIVATE_HINT
+
+
 _HOST_NAME = re.compile(r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*\.?")
 _IPV4_PART = re.compile(r"0x[0-9a-f]*|[0-9]+")
 
 
-def blocked_reason(ip: IP) -> str | None:
-    """Why `ip` must not be connected to, as "a loopback address", or None when it is public."""
+def blocked_reason(ip: IP, local: bool = False) -> str | None:
+    """Why `ip` must not be connected to, as "a loopback address", or None when it is public
+    (or, with `local`, a loopback or private address of the kinds in LOCAL_KINDS)."""
     if isinstance(ip, ipaddress.IPv6Address):
         ip = ipaddress.IPv6Address(int(ip))  # drop any %scope: it does not change the class
         for net, form, v4 in (
@@ -69,12 +100,14 @@ def blocked_reason(ip: IP) -> str | None:
             (_SIX_TO_FOUR, "a 6to4 form", ip.sixtofour),
         ):
             if ip in net:
-                why = blocked_reason(v4)
+                why = blocked_reason(v4, local)
                 if why:
                     return f"{form} of {v4}, {why}"
                 # The local-use prefix's embedding is chosen by its operator; it may reach anything.
                 return "a local-use NAT64 address" if net is _NAT64_LOCAL else None
     why = next((why for net, why in _BLOCKED[ip.version] if ip in net), None)
+    if local and why in LOCAL_KINDS:
+        return None
     outside = ip.version == 6 and ip not in _V6_GLOBAL_UNICAST
     return why or ("a reserved address" if outside else None)
 
@@ -112,8 +145,10 @@ def split_url(url: str, allow_http: bool) -> tuple[str, str, int, str]:
         raise ValueError(f"is not valid ({exc})") from None
     scheme = parts.scheme.lower()
     if scheme != "https" and not (allow_http and scheme == "http"):
-        hint = ALLOW_HTTP_HINT if scheme == "http" else ""
-        raise ValueError(f"must start with {'http:// or ' if allow_http else ''}https://{hint}")
+        wanted = f"must start with {'http:// or ' if allow_http else ''}https://"
+        if scheme == "http":
+            raise RuleError(wanted, "allow_http", ALLOW_HTTP_HINT)
+        raise ValueError(wanted)
     if parts.username is not None or parts.password is not None:
         raise ValueError("must not contain a user name or password (use the bearer token instead)")
     host = parts.hostname or ""

@@ -8,6 +8,7 @@ template is .html, so Jinja escapes every value; nothing in these pages is marke
 from __future__ import annotations
 
 import math
+import re
 import time
 from datetime import UTC, datetime
 
@@ -49,6 +50,15 @@ def ago(ts: float | None, now: float | None = None) -> str:
             text = f"{count} {unit}" + ("s" if unit == "day" and count != 1 else "")
             return f"in {text}" if future else f"{text} ago"
     return "just now"
+
+
+_URL_PIECE = re.compile(r"[^/?&=#]+[/?&=#]*|[/?&=#]+")
+
+
+def url_parts(url: str | None) -> list[str]:
+    """A URL cut after each `/ ? & = #`: the template puts a line-break chance (<wbr>) between
+    the pieces, and nowhere else, so a token in a URL is never broken in two."""
+    return _URL_PIECE.findall(url or "")
 
 
 def duration(ms: int | None) -> str:
@@ -100,7 +110,7 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(keys_page.bp)
     app.add_url_rule("/", "index", index)
     app.jinja_env.autoescape = True  # .html templates escape already; this also covers any other name
-    app.jinja_env.filters.update(utc=utc, iso=iso, ago=ago, duration=duration)
+    app.jinja_env.filters.update(utc=utc, iso=iso, ago=ago, duration=duration, url_parts=url_parts)
     app.jinja_env.globals.update(percent=percent, now=time.time)
     for code in (400, 403, 404, 405, 429):
         app.register_error_handler(code, error_page)

@@ -47,6 +47,15 @@ def config():
     return current_app.config["WAHOOK"]
 
 
+def drift_warning() -> str | None:
+    """When the running wahook still uses delivery rules the config file no longer gives, say
+    so on stderr (this command read the file; the processes that deliver did not) and return it."""
+    warning = runstate.running_delivery_drift(config())
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
+    return warning
+
+
 endpoint_cli = AppGroup("endpoint", help="Add, list, remove and test the endpoints events go to.")
 deliveries_cli = AppGroup("deliveries", help="Act on deliveries.")
 apikey_cli = AppGroup("apikey", help="Make, list and revoke keys for the publish, pull and stream API.")
@@ -59,7 +68,15 @@ apikey_cli = AppGroup("apikey", help="Make, list and revoke keys for the publish
 @click.option("--format", "format_", type=click.Choice(endpoints.FORMATS), default="events", show_default=True)
 @click.option("--bearer-token", default="", help="Sent as Authorization: Bearer <token>.")
 @click.option("--accounts", default="", help="Comma-separated WABA and phone number ids; all accounts when left out.")
-def endpoint_add(url: str, secret: str | None, events: str, format_: str, bearer_token: str, accounts: str) -> None:
+@click.option(
+    "--local",
+    is_flag=True,
+    help="A receiver on this machine or network: http:// and loopback or private addresses are allowed"
+    " for this endpoint alone (never link-local or reserved ones). No restart needed.",
+)
+def endpoint_add(
+    url: str, secret: str | None, events: str, format_: str, bearer_token: str, accounts: str, local: bool
+) -> None:
     """Add an endpoint; prints it with its id and full secret (shown this once)."""
     try:
         row = endpoints.create(
@@ -71,15 +88,18 @@ def endpoint_add(url: str, secret: str | None, events: str, format_: str, bearer
             format=format_,
             bearer_token=bearer_token,
             accounts=accounts,
+            local=local,
         )
     except endpoints.EndpointError as exc:
         refuse(exc.message, exc.field)
-    emit(endpoints.as_dict(row, show_secret=True))
+    warning = drift_warning()
+    emit({**endpoints.as_dict(row, show_secret=True), **({"warning": warning} if warning else {})})
 
 
 @endpoint_cli.command("list")
 def endpoint_list() -> None:
     """List endpoints, secrets masked."""
+    drift_warning()
     emit([endpoints.as_dict(row) for row in endpoints.list_all(get_db())])
 
 
@@ -121,7 +141,8 @@ def endpoint_test(endpoint_id: int) -> None:
         outcome = delivery.send_test(get_db(), config(), endpoint_id)
     except KeyError:
         refuse(f"no endpoint {endpoint_id}")
-    emit(outcome.summary())
+    warning = drift_warning()
+    emit({**outcome.summary(), **({"warning": warning} if warning else {})})
     if not outcome.ok:
         sys.exit(1)
 
@@ -220,20 +241,17 @@ def apikey_revoke(key_id: int) -> None:
 def simulate(kind: str, url: str | None) -> None:
     """Post a signed sample Meta webhook of KIND to the intake, to see events without Meta.
 
-    It is signed with meta.app_secret when set, else with the install's local simulate key
-    (data folder), which the intake always accepts; also with that key when the config file
-    changed since `make run` started, as the server may still hold an older App secret.
+    It is signed with the install's local simulate key (data folder), which the intake always
+    accepts and tells apart from Meta, so the monitor's "Last Meta webhook" never counts it (by
+    meta.app_secret only when the data folder cannot hold that key).
     """
-    secret = config()["meta"]["app_secret"] or current_app.config["WAHOOK_SIMULATE_KEY"]
+    secret = current_app.config["WAHOOK_SIMULATE_KEY"] or config()["meta"]["app_secret"]
     target, info = simulate_target()
     url = url or target
     warning = None
     if info and runstate.changed_since(Path(info.get("config") or ""), info.get("config_fingerprint")):
         warning = runstate.stale_config_message(Path(info["config"]))
         click.echo(f"warning: {warning}", err=True)
-        # The server still runs with the App secret it read at start, which may not be the
-        # file's any more; the local key it accepts whatever that was.
-        secret = current_app.config["WAHOOK_SIMULATE_KEY"]
     raw = json.dumps(samples.sample(kind)).encode()
     signature = intake.meta_signature(secret, raw)
     try:

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 
 import accounts
+import config_drift
 import db
 import delivery_states
 import endpoints
@@ -138,13 +139,20 @@ def retry_after_seconds(value: str | None) -> float | None:
         return None
 
 
-def send(sender: safe_http.Sender, endpoint: db.Row, delivery: db.Row, body: bytes, timeout: float) -> Outcome:
-    """One HTTP attempt; every way it can go wrong comes back as an Outcome."""
+def send(
+    sender: safe_http.Sender, endpoint: db.Row, delivery: db.Row, body: bytes, timeout: float, config=None
+) -> Outcome:
+    """One HTTP attempt; every way it can go wrong comes back as an Outcome. With `config` (the
+    one the sender's rules came from), a refusal by a delivery rule says so when the config file
+    changed that rule since (config_drift)."""
     started = time.monotonic()
     try:
-        response = sender.post(endpoint["url"], body, build_headers(endpoint, delivery, body), timeout)
+        response = sender.post(
+            endpoint["url"], body, build_headers(endpoint, delivery, body), timeout, local=bool(endpoint["local"])
+        )
     except safe_http.DeliveryError as exc:
-        return Outcome(False, None, int((time.monotonic() - started) * 1000), exc.message, permanent=exc.permanent)
+        error = config_drift.refusal(config, exc.message, exc.rule, exc.hint) if config is not None else exc.message
+        return Outcome(False, None, int((time.monotonic() - started) * 1000), error, permanent=exc.permanent)
     code = response.status_code
     text = response.body[:RESPONSE_KEEP].decode("utf-8", errors="replace")
     if 200 <= code < 300:
@@ -243,7 +251,7 @@ def deliver_claimed(
         if body is None:
             fail_unsendable(conn, owner, [delivery], "event no longer stored (pruned)")
             continue
-        outcome = send(sender, endpoint, delivery, body, timeout)
+        outcome = send(sender, endpoint, delivery, body, timeout, config)
         results.append((delivery, outcome))
         if outcome.status_code == 410:
             break  # the endpoint is gone: record() fails the rest of the batch with it
@@ -281,7 +289,7 @@ def send_test(conn: db.Connection, config, endpoint_id: int) -> Outcome:
         )
     sender = safe_http.Sender(allow_http=delivery["allow_http"], allow_private=delivery["allow_private_urls"])
     try:
-        outcome = send(sender, endpoint, test_row, payloads(conn, [test_row])[test_row["id"]], timeout)
+        outcome = send(sender, endpoint, test_row, payloads(conn, [test_row])[test_row["id"]], timeout, config)
         # A test has no retry cycle: pretend the schedule is empty so a failure is final.
         record(conn, {"delivery": {**delivery, "retry_schedule": []}}, owner, [(test_row, outcome)])
     finally:

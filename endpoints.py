@@ -80,10 +80,13 @@ def clean_events(value: Any) -> list[str]:
         raise EndpointError("events", str(exc)) from None
 
 
-def check_fields(config, values: dict[str, Any]) -> dict[str, Any]:
-    """Validate the editable fields present in `values`; returns them cleaned."""
+def check_fields(config, values: dict[str, Any], local_now: bool = False) -> dict[str, Any]:
+    """Validate the editable fields present in `values`; returns them cleaned. `local_now`:
+    whether the endpoint is local already, for a URL changed without saying it again."""
     cleaned: dict[str, Any] = {}
     delivery = config["delivery"]
+    if "local" in values:
+        cleaned["local"] = 1 if values["local"] else 0
     if "url" in values:
         url = str(values["url"] or "").strip()
         if not url:
@@ -91,7 +94,10 @@ def check_fields(config, values: dict[str, Any]) -> dict[str, Any]:
         if len(url) > MAX_URL_LENGTH:
             raise EndpointError("url", f"URL is longer than {MAX_URL_LENGTH} characters")
         problem = safe_http.check_url(
-            url, allow_http=delivery["allow_http"], allow_private=delivery["allow_private_urls"]
+            url,
+            allow_http=delivery["allow_http"],
+            allow_private=delivery["allow_private_urls"],
+            local=bool(cleaned.get("local", local_now)),
         )
         if problem:
             raise EndpointError("url", problem)
@@ -138,6 +144,7 @@ def as_dict(row: db.Row, show_secret: bool = False) -> dict[str, Any]:
         "accounts": json.loads(row["accounts"] or "[]"),
         "bearer_token": row["bearer_token"] if show_secret else mask(row["bearer_token"]),
         "enabled": bool(row["enabled"]),
+        "local": bool(row["local"]),
         "disabled_reason": row["disabled_reason"],
         "created_at": row["created_at"],
     }
@@ -175,7 +182,12 @@ def create(conn: db.Connection, config, url: str, **fields: Any) -> db.Row:
 
 def update(conn: db.Connection, config, endpoint_id: int, **fields: Any) -> db.Row:
     """Change some fields of an endpoint. Raises EndpointError, or KeyError if it is gone."""
-    values = check_fields(config, fields)
+    row = get(conn, endpoint_id)
+    if row is None:
+        raise KeyError(endpoint_id)
+    if "local" in fields and "url" not in fields:
+        fields = {**fields, "url": row["url"]}  # no longer local: is its URL still allowed?
+    values = check_fields(config, fields, local_now=bool(row["local"]))
     values["updated_at"] = time.time()
     assignments = ", ".join(f"{name} = ?" for name in values)
     with transaction(conn):

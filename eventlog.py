@@ -15,6 +15,7 @@ from typing import Any
 from flask import Blueprint, Response, abort, render_template, request
 
 import db
+import own_events
 import search
 from db import get_db, row_id
 from event_catalog import storable
@@ -195,7 +196,7 @@ def index():
         ids, older = search.webhook_page(conn, filters, before, PAGE_SIZE)
     rows = (
         conn.execute(
-            "SELECT id, webhook_id, received_at, object, fields, event_count, length(body) AS size"  # noqa: S608
+            "SELECT id, webhook_id, received_at, object, fields, event_count, length(body) AS size, simulated"  # noqa: S608
             f" FROM webhooks WHERE id IN ({','.join('?' for _ in ids)}) ORDER BY id DESC",  # placeholders only
             ids,
         ).fetchall()
@@ -205,7 +206,10 @@ def index():
     events = events_of(conn, ids)
     deliveries = deliveries_of(conn, ids) if ids else {}
     total = conn.execute("SELECT count(*) FROM webhooks").fetchone()[0]
-    tests = conn.execute("SELECT count(*) FROM events WHERE webhook_id IS NULL").fetchone()[0]
+    own_before = request.args.get("own_before", type=row_id)
+    own, own_older = ([], None)
+    if not problem and own_events.shown(filters):
+        own, own_older = own_events.page(conn, filters, own_before)
     return (
         render_template(
             "events.html",
@@ -216,7 +220,9 @@ def index():
             before=before,
             older=older,
             total=total,
-            tests=tests,
+            own=own,
+            own_before=own_before,
+            own_older=own_older,
             filters=filters,
             problem=problem,
             states=search.STATES,
@@ -242,6 +248,24 @@ def detail(ref: str):
         events=events_of(conn, [row["id"]], full=True).get(row["id"], []),
         attempts=attempts_of(conn, row["id"]),
         meta=deliveries_of(conn, [row["id"]]).get(("webhook", row["id"]), []),
+    )
+
+
+@bp.get("/events/event/<event_id>")
+def own_detail(event_id: str):
+    """An event no Meta webhook carried (published, operational, test): its JSON and deliveries."""
+    conn = get_db()
+    row, attempts = own_events.find(conn, event_id[:100])
+    if row is None:
+        abort(404)
+    history: dict[int, list[db.Row]] = {}
+    for attempt in attempts:
+        history.setdefault(attempt["delivery_id"], []).append(attempt)
+    return render_template(
+        "own_event.html",
+        event=own_events.listed(row, own_events.deliveries_of(conn, [row["id"]]).get(row["id"], [])),
+        body=pretty(row["body"]),
+        attempts=history,
     )
 
 

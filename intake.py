@@ -66,24 +66,25 @@ def meta_signature(app_secret: str, raw: bytes) -> str:
     return "sha256=" + hmac.new(app_secret.encode("utf-8"), raw, hashlib.sha256).hexdigest()
 
 
-def signature_problem(raw: bytes, header: str | None, app_secret: str, local_key: str = "") -> str | None:
-    """Why the X-Hub-Signature-256 header does not prove Meta (or `simulate`) sent `raw`; None if it does.
+def signature_problem(raw: bytes, header: str | None, app_secret: str, local_key: str = "") -> tuple[str | None, bool]:
+    """Why the X-Hub-Signature-256 header does not prove Meta (or `simulate`) sent `raw` (None
+    if it does), and whether it was signed with the local simulate key rather than by Meta.
 
     `local_key` is the install's simulate key (see runstate): a body signed with it is
     accepted whether or not the App secret is set, so `simulate` works on a fresh install
     and keeps working after. Both comparisons run every time, in constant time.
     """
     if not header:
-        return "missing signature" if app_secret else "no app_secret configured"
+        return ("missing signature" if app_secret else "no app_secret configured"), False
     match = SIGNATURE_RE.fullmatch(header.strip())
     if not match:
-        return "malformed signature" if app_secret else "no app_secret configured"
+        return ("malformed signature" if app_secret else "no app_secret configured"), False
     given = "sha256=" + match.group(1).lower()
     meta_ok = hmac.compare_digest(meta_signature(app_secret or "-", raw), given) and bool(app_secret)
     local_ok = hmac.compare_digest(meta_signature(local_key or "-", raw), given) and bool(local_key)
     if meta_ok or local_ok:
-        return None
-    return "wrong signature" if app_secret else "no app_secret configured"
+        return None, not meta_ok
+    return ("wrong signature" if app_secret else "no app_secret configured"), False
 
 
 def count_rejection(reason: str) -> None:
@@ -154,7 +155,7 @@ def receive() -> Response:
 
 def accept(config, raw: bytes) -> Response:
     """Check, parse and store one Meta POST whose body is `raw`; its answer."""
-    problem = signature_problem(
+    problem, simulated = signature_problem(
         raw,
         request.headers.get("X-Hub-Signature-256"),
         config["meta"]["app_secret"],
@@ -179,7 +180,7 @@ def accept(config, raw: bytes) -> Response:
         drawn = []
     media_links.attach(drawn, config, received_at)
     try:
-        new_deliveries = store(config.database, raw, body, drawn, received_at)
+        new_deliveries = store(config.database, raw, body, drawn, received_at, simulated)
     except db.Error as exc:
         log.error("could not store a webhook, answering 503 so Meta retries: %s", exc)
         return text("storage unavailable, retry later", 503)
@@ -193,7 +194,7 @@ def encode_event(body: dict) -> str:
     return meta_events.storable(json.dumps(body, ensure_ascii=False, separators=(",", ":")))
 
 
-def store(database: str, raw: bytes, body: dict, drawn: list, received_at: float) -> int:
+def store(database: str, raw: bytes, body: dict, drawn: list, received_at: float, simulated: bool = False) -> int:
     """Write the webhook, its new events and their deliveries in one transaction, and return
     once it is committed. On SQLite that transaction is shared with the other webhooks this
     process receives at the same moment (groupcommit.py); this webhook's writes stand or fall
@@ -229,8 +230,8 @@ def store(database: str, raw: bytes, body: dict, drawn: list, received_at: float
         # makes every intake do so), so a contact or a status of it in another transaction is seen.
         db.lock_keys(conn, guarded_keys(drawn))
         inserted = conn.execute(
-            "INSERT INTO webhooks (webhook_id, received_at, object, fields, event_count, body)"
-            " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+            "INSERT INTO webhooks (webhook_id, received_at, object, fields, event_count, body, simulated)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
             (
                 webhook_public_id,
                 received_at,
@@ -238,6 +239,7 @@ def store(database: str, raw: bytes, body: dict, drawn: list, received_at: float
                 meta_events.storable(",".join(fields)[:500]),
                 len(drawn),
                 raw,
+                1 if simulated else 0,
             ),
         )
         # Sent before anything is read: on PostgreSQL these and the lock are one round trip.

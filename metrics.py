@@ -98,7 +98,7 @@ def collect(conn: db.Connection, config, now: float | None = None) -> Iterator[M
         enabled.add_metric([str(row[0])], row[1])
     yield enabled
 
-    last = conn.execute("SELECT max(received_at) FROM webhooks").fetchone()[0]
+    last = silence.last_meta_webhook(conn)
     if last is not None:  # none yet: no sample, rather than a 1970 that looks like an outage
         yield GaugeMetricFamily(
             "wahook_last_meta_webhook_timestamp_seconds", "When the last Meta webhook was stored (unix)", value=last

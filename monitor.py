@@ -22,6 +22,7 @@ import endpoints
 import heartbeats
 import jobs
 import outages
+import recovery_notes
 import runstate
 import silence
 from auth import safe_next
@@ -246,7 +247,8 @@ def failed_deliveries(conn: db.Connection, page: int = 1) -> Failed:
 
 
 def intake_summary(conn: db.Connection, now: float) -> dict[str, Any]:
-    """The last Meta webhook and the signatures refused in the last hour and day."""
+    """The last webhook from Meta (and from `simulate`, apart) and the signatures refused in the
+    last hour and day."""
 
     def rejected(seconds: int) -> int:
         return conn.execute(
@@ -254,7 +256,8 @@ def intake_summary(conn: db.Connection, now: float) -> dict[str, Any]:
         ).fetchone()[0]
 
     return {
-        "last_webhook": conn.execute("SELECT max(received_at) FROM webhooks").fetchone()[0],
+        "last_webhook": silence.last_meta_webhook(conn),
+        "last_simulated": conn.execute("SELECT max(received_at) FROM webhooks WHERE simulated = 1").fetchone()[0],
         "rejected_hour": rejected(HOUR),
         "rejected_day": rejected(DAY),
         "reasons": conn.execute(
@@ -278,6 +281,8 @@ def index():
     failed = failed_deliveries(conn, request.args.get("failed_page", 1, type=int))
     health_rows = endpoint_health(conn, now)
     workers = worker_summary(conn, now)
+    config = current_app.config["WAHOOK"]
+    waiting = recovery_notes.waiting(conn, config, health_rows)
     return render_template(
         "monitor.html",
         endpoints=health_rows,
@@ -292,7 +297,11 @@ def index():
         intake=intake_summary(conn, now),
         open_total=sum(e.pending + e.retrying for e in health_rows),
         **runstate.page_notices(current_app.config["WAHOOK"], current_app.config.get("WAHOOK_CONFIG_LOADED")),
-        quiet=silence.state(conn, current_app.config["WAHOOK"], now),
+        quiet=silence.state(conn, config, now),
+        auto_recover=config["delivery"]["auto_recover"],
+        waiting=waiting,
+        waiting_total=sum(w.count for w in waiting.values()),
+        recovered=recovery_notes.recoveries(conn, now),
     )
 
 

@@ -31,6 +31,9 @@ NAME_MAX = 100
 # `template.` is reserved: wahook never makes it (Meta's are template.status_changed, ...), so
 # it is the one reserved-prefix name a client may publish.
 PUBLISHABLE_RESERVED = frozenset({"template.submitted"})
+# Names wahook makes that no checkbox offers: Send test's event, which a pull, a stream or an
+# endpoint gets only by naming it.
+GATEWAY_NAMES = ("webhook.test",)
 
 
 def publish_problem(name) -> str | None:
@@ -53,6 +56,7 @@ def filter_entry_ok(entry: str) -> bool:
         return False
     return (
         entry in SELECTABLE_NAMES
+        or entry in GATEWAY_NAMES
         or bool(WHATSAPP_RE.fullmatch(entry))
         or bool(PREFIX_RE.fullmatch(entry))
         or publish_problem(entry) is None
@@ -74,7 +78,7 @@ def clean_filter(names) -> list[str]:
     bad = [n for n in cleaned if not filter_entry_ok(n)]
     if bad:
         raise ValueError(
-            f"unknown event {bad[0]!r}; known: {', '.join(SELECTABLE_NAMES)}, whatsapp.<field>,"
+            f"unknown event {bad[0]!r}; known: {', '.join([*SELECTABLE_NAMES, *GATEWAY_NAMES])}, whatsapp.<field>,"
             " a published name such as campaign.completed, or a prefix.* entry such as campaign.*"
         )
     return cleaned

@@ -319,13 +319,20 @@ def run(launcher: Launcher) -> int:
 
     local = local_base(host, port)
     loaded = runstate.fingerprint(cfg_file)
-    info = {"pid": os.getpid(), "bind": bind, "url": local, "config": str(cfg_file), "config_fingerprint": loaded}
+    info = {
+        "pid": os.getpid(),
+        "bind": bind,
+        "url": local,
+        "config": str(cfg_file),
+        "config_fingerprint": loaded,
+        "delivery": config["delivery"],  # the rules the processes run with (config_drift)
+    }
     try:
         runstate.write_run_info(data_dir, {**info, "started_at": time.time()})
         launcher.run_dir = data_dir
     except OSError as exc:
         complain(f"could not write {data_dir / runstate.RUN_FILE} ({exc.strerror}); simulate needs WAHOOK_BIND")
-    watch = runstate.ConfigWatch(cfg_file, loaded)
+    watch = runstate.ConfigWatch(cfg_file, loaded, delivery=config["delivery"])
     report = launcher.wait_healthy(f"{local}/healthz", HEALTH_WAIT)
     if not launcher.stop_requested and not launcher.first_dead():
         say(banner(config, cfg_file, local, public))

@@ -21,6 +21,8 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+import config_drift
+
 RUN_FILE = "run.json"
 SIMULATE_KEY_FILE = "simulate_key"
 SESSION_KEY_FILE = "secret_key"
@@ -131,9 +133,12 @@ class ConfigWatch:
     """Looks at the config file every `interval` seconds and says once per new content that
     the running processes still use the old values (and once when it is back as loaded)."""
 
-    def __init__(self, path: Path | None, loaded: dict[str, Any] | None, interval: float = 2.0) -> None:
+    def __init__(
+        self, path: Path | None, loaded: dict[str, Any] | None, interval: float = 2.0, delivery: dict | None = None
+    ) -> None:
         self.path = path
         self.loaded = loaded
+        self.delivery = delivery  # the [delivery] rules the processes run with
         self.interval = interval
         self.next_check = 0.0
         self.announced = loaded["sha256"] if loaded else None
@@ -150,13 +155,31 @@ class ConfigWatch:
         self.announced = digest
         if digest == self.loaded["sha256"]:
             return f"{self.path} is back to the values wahook is running with."
-        return stale_config_message(self.path)
+        found = config_drift.changes(self.delivery, self.path)
+        if not found:
+            return stale_config_message(self.path)
+        listed = "; ".join(change.words() for change in found)
+        extra = f" {config_drift.LOCAL_INSTEAD}" if config_drift.about_addresses(found) else ""
+        return f"{stale_config_message(self.path)} Delivery rules: {listed}.{extra}"
 
 
 def page_notices(config, loaded: dict[str, Any] | None) -> dict[str, Any]:
-    """What the monitor warns about: no App secret yet, and a config file edited since start."""
+    """What the monitor warns about: no App secret yet, and a config file edited since start
+    (with the delivery rules it changed, which this process still runs with)."""
+    stale = changed_since(config.path, loaded)
     return {
         "app_secret_missing": not config["meta"]["app_secret"],
-        "config_stale": changed_since(config.path, loaded),
+        "config_stale": stale,
         "config_file": str(config.path) if config.path else "",
+        "delivery_drift": config_drift.changes(config["delivery"], config.path) if stale else [],
     }
+
+
+def running_delivery_drift(config) -> str | None:
+    """For a command run beside `make run`: the delivery rules the file now gives differently
+    from those the running processes read at start (run.json), in words; None when they agree."""
+    info = read_run_info(config.data_dir)
+    if not info or not isinstance(info.get("delivery"), dict):
+        return None
+    found = config_drift.changes(info["delivery"], info.get("config"))
+    return config_drift.describe(found, info["config"]) if found else None

@@ -33,7 +33,7 @@ import certifi
 from urllib3 import HTTPHeaderDict
 from urllib3.connection import HTTPConnection, HTTPSConnection
 
-from address_rules import ALLOW_PRIVATE_HINT, blocked_message, blocked_reason, parse_ip, split_url
+from address_rules import RuleError, blocked_message, blocked_reason, parse_ip, private_hint, split_url
 
 BODY_KEEP = 1024  # what an attempt records of the response body
 READ_CAP = 64 * 1024  # read this much at most; past it the connection is dropped, not drained
@@ -43,10 +43,12 @@ class DeliveryError(Exception):
     """A failed attempt, as data: `message` in words for the monitor page, `permanent` when
     retrying cannot help (a blocked address, a malformed URL)."""
 
-    def __init__(self, message: str, *, permanent: bool = False) -> None:
+    def __init__(self, message: str, *, permanent: bool = False, rule: str | None = None, hint: str = "") -> None:
         super().__init__(message)
         self.message = message
         self.permanent = permanent
+        self.rule = rule  # the delivery.* setting that refused it, when one did
+        self.hint = hint  # the end of `message` that says how the admin could allow it
 
 
 @dataclass
@@ -79,17 +81,20 @@ def _resolver(pid: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=4, thread_name_prefix="wahook-dns")
 
 
-def check_url(url: str, *, allow_http: bool, allow_private: bool, resolve: bool = True) -> str | None:
+def check_url(
+    url: str, *, allow_http: bool, allow_private: bool, resolve: bool = True, local: bool = False
+) -> str | None:
     """None when the URL may be used, else the problem in words a self-hoster understands.
-    With `resolve`, the host name must resolve, and (unless allow_private) to public addresses only."""
+    With `resolve`, the host name must resolve, and (unless allow_private) to public addresses
+    only, or with `local` (a local endpoint) to public, loopback or private ones."""
     try:
-        _, host, port, _ = split_url(url, allow_http)
+        _, host, port, _ = split_url(url, allow_http or local)
     except ValueError as exc:
         return f"URL {exc}"
     ip = parse_ip(host)
     if ip is not None:
-        why = None if allow_private else blocked_reason(ip)
-        return f"{blocked_message(host, ip, why)}{ALLOW_PRIVATE_HINT}" if why else None
+        why = None if allow_private else blocked_reason(ip, local)
+        return f"{blocked_message(host, ip, why)}{private_hint(why, local)}" if why else None
     if not resolve:
         return None
     try:
@@ -98,9 +103,9 @@ def check_url(url: str, *, allow_http: bool, allow_private: bool, resolve: bool 
         return getattr(exc, "message", f"{host} did not resolve within 10 s")
     for *_, sockaddr in infos:
         address = ipaddress.ip_address(sockaddr[0])
-        why = None if allow_private else blocked_reason(address)
+        why = None if allow_private else blocked_reason(address, local)
         if why:  # stricter than send time: a name with any non-public address is refused
-            return f"{blocked_message(host, address, why)}{ALLOW_PRIVATE_HINT}"
+            return f"{blocked_message(host, address, why)}{private_hint(why, local)}"
     return None
 
 
@@ -141,16 +146,19 @@ class _Guarded:
     """Mixin for urllib3 connections: resolve and check addresses in the connect step itself."""
 
     allow_private = False
+    local = False  # a local endpoint's connection: loopback and private addresses too
     deadline: float | None = None
 
     def _new_conn(self) -> socket.socket:
         host = self._dns_host
         left = None if self.deadline is None else max(0.001, self.deadline - time.monotonic())
-        refused, error = None, None
+        refused, hint, error = None, "", None
         for family, kind, proto, _, sockaddr in _resolve(host, self.port, left):
-            why = None if self.allow_private else blocked_reason(ipaddress.ip_address(sockaddr[0]))
+            why = None if self.allow_private else blocked_reason(ipaddress.ip_address(sockaddr[0]), self.local)
             if why:  # skip it; another address of the same name may be public
-                refused = refused or "blocked: " + blocked_message(host, ipaddress.ip_address(sockaddr[0]), why)
+                if refused is None:
+                    refused = "blocked: " + blocked_message(host, ipaddress.ip_address(sockaddr[0]), why)
+                    hint = private_hint(why, self.local)
                 continue
             sock = _DeadlineSocket(family, kind, proto)
             try:
@@ -166,7 +174,9 @@ class _Guarded:
                 error = exc
         if error is not None:
             raise error
-        raise DeliveryError(refused or f"{host} resolves to no address", permanent=True)
+        if refused is None:
+            raise DeliveryError(f"{host} resolves to no address", permanent=True)
+        raise DeliveryError(refused + hint, permanent=True, rule="allow_private_urls", hint=hint)
 
 
 _GuardedHTTP = type("_GuardedHTTP", (_Guarded, HTTPConnection), {})
@@ -181,10 +191,14 @@ def _tls_context(ca_certs: str | None = None) -> ssl.SSLContext:
     return tls
 
 
-def _connection(scheme: str, host: str, port: int, tls: ssl.SSLContext, allow_private: bool) -> HTTPConnection:
-    """A guarded connection, not yet connected: it resolves and checks the name when it connects."""
+def _connection(
+    scheme: str, host: str, port: int, tls: ssl.SSLContext, allow_private: bool, local: bool = False
+) -> HTTPConnection:
+    """A guarded connection, not yet connected: it resolves and checks the name when it connects
+    (`local`: a local endpoint's, which may reach loopback and private addresses too)."""
     conn = _GuardedHTTPS(host, port, ssl_context=tls) if scheme == "https" else _GuardedHTTP(host, port)
     conn.allow_private = allow_private
+    conn.local = local
     return conn
 
 
@@ -235,21 +249,27 @@ class Sender:
     def _own_pool(self) -> None:
         # Also run in a forked child: the parent's sockets (and maybe a held lock) are not ours
         # to use; forget them without closing, which would not reach the parent's copies anyway.
-        self._idle: dict[tuple[str, str, int], list[HTTPConnection]] = {}
+        self._idle: dict[tuple[str, str, int, bool], list[HTTPConnection]] = {}
         self._lock = threading.Lock()
         self._pid = os.getpid()
 
-    def post(self, url: str, body: bytes, headers: dict[str, str], timeout: float) -> Response:
-        """POST `body` once; `timeout` (seconds) bounds the whole attempt. Raises DeliveryError."""
+    def post(self, url: str, body: bytes, headers: dict[str, str], timeout: float, *, local: bool = False) -> Response:
+        """POST `body` once; `timeout` (seconds) bounds the whole attempt. `local`: the endpoint
+        is marked local (http:// and loopback or private addresses allowed). Raises DeliveryError."""
         started = time.monotonic()
         deadline = started + timeout
         try:
-            key = split_url(url, self.allow_http)
+            scheme, host, port, target = split_url(url, self.allow_http or local)
+        except RuleError as exc:
+            raise DeliveryError(f"URL {exc}", permanent=True, rule=exc.rule, hint=exc.hint) from None
         except ValueError as exc:
             raise DeliveryError(f"URL {exc}", permanent=True) from None
-        conn = self._checkout(key[:3])
+        # A connection is checked when opened, under the rules of the endpoint that opened it:
+        # a local endpoint's connections are never lent to one that is not.
+        key = (scheme, host, port, local)
+        conn = self._checkout(key)
         try:
-            response = self._exchange(conn, key[3], body, headers, deadline)
+            response = self._exchange(conn, target, body, headers, deadline)
             kept, complete = self._read(response)
             response.close()
         except Exception as exc:
@@ -259,7 +279,7 @@ class Sender:
             conn.close()
             raise
         if complete:
-            self._checkin(key[:3], conn)
+            self._checkin(key, conn)
         else:
             conn.close()
         elapsed = int((time.monotonic() - started) * 1000)
@@ -301,16 +321,17 @@ class Sender:
             total += len(chunk)
         return kept, False
 
-    def _checkout(self, key: tuple[str, str, int]) -> HTTPConnection:
+    def _checkout(self, key: tuple[str, str, int, bool]) -> HTTPConnection:
         if self._pid != os.getpid():
             self._own_pool()
         with self._lock:
             idle = self._idle.get(key)
             if idle:
                 return idle.pop()
-        return _connection(*key, self._tls, self.allow_private)
+        scheme, host, port, local = key
+        return _connection(scheme, host, port, self._tls, self.allow_private, local)
 
-    def _checkin(self, key: tuple[str, str, int], conn: HTTPConnection) -> None:
+    def _checkin(self, key: tuple[str, str, int, bool], conn: HTTPConnection) -> None:
         if conn.sock is None:  # the server said Connection: close
             return
         with self._lock:

@@ -12,7 +12,10 @@ CREATE TABLE IF NOT EXISTS webhooks (
     object TEXT NOT NULL DEFAULT '',          -- Meta's "object"
     fields TEXT NOT NULL DEFAULT '',          -- the change fields in it, comma separated
     event_count INTEGER NOT NULL DEFAULT 0,   -- new (not duplicate) events drawn from it
-    body BLOB NOT NULL
+    body BLOB NOT NULL,
+    -- Signed with the install's local simulate key (`simulate`), not by Meta: "Last Meta
+    -- webhook", its metric and gateway.silent count Meta's own only.
+    simulated INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS webhooks_received ON webhooks (received_at);
 
@@ -93,7 +96,10 @@ CREATE TABLE IF NOT EXISTS endpoints (
     recovering_until REAL,
     -- Accounts routing (accounts.py): WhatsApp Business Account ids and phone number ids, as a
     -- JSON list; [] takes every account.
-    accounts TEXT NOT NULL DEFAULT '[]'
+    accounts TEXT NOT NULL DEFAULT '[]',
+    -- A local endpoint (SPEC 4 `local`): a receiver on the same machine or network, which alone
+    -- may use http:// and loopback or private addresses (never link-local, multicast or reserved).
+    local INTEGER NOT NULL DEFAULT 0
 );
 
 -- The outbox: one row per (event, endpoint), or per (Meta webhook, endpoint) for the meta

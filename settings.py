@@ -32,6 +32,7 @@ import db
 import delivery
 import endpoints
 import monitor
+import runstate
 from db import get_db
 from event_catalog import SELECTABLE_GROUPS, SELECTABLE_NAMES, iso
 
@@ -74,9 +75,10 @@ def form_values(row: db.Row | None = None) -> dict[str, Any]:
             "other_events": ", ".join(n for n in events if n not in SELECTABLE_NAMES),
             "format": request.form.get("format", "events"),
             "accounts": request.form.get("accounts", ""),
+            "local": bool(request.form.get("local")),
         }
     if row is None:
-        return {"url": "", "events": [], "other_events": "", "format": "events", "accounts": ""}
+        return {"url": "", "events": [], "other_events": "", "format": "events", "accounts": "", "local": False}
     chosen = endpoints.as_dict(row)["events"]
     return {
         "url": row["url"],
@@ -84,7 +86,14 @@ def form_values(row: db.Row | None = None) -> dict[str, Any]:
         "other_events": ", ".join(n for n in chosen if n not in SELECTABLE_NAMES),
         "format": row["format"],
         "accounts": ", ".join(endpoints.as_dict(row)["accounts"]),
+        "local": bool(row["local"]),
     }
+
+
+def drift_notice() -> dict[str, Any]:
+    """The delivery rules the config file now gives differently from this process's (see config_drift)."""
+    notices = runstate.page_notices(config(), current_app.config.get("WAHOOK_CONFIG_LOADED"))
+    return {"delivery_drift": notices["delivery_drift"], "config_file": notices["config_file"]}
 
 
 def settings_page(add_errors: dict[str, str] | None = None, status: int = 200):
@@ -104,6 +113,7 @@ def settings_page(add_errors: dict[str, str] | None = None, status: int = 200):
             values=form_values(),
             errors=add_errors or {},
             test_outcome=session.pop("test_outcome", None),
+            **drift_notice(),
         ),
         status,
     )
@@ -121,6 +131,7 @@ def add():
         "format": request.form.get("format", "events"),
         "bearer_token": request.form.get("bearer_token", ""),
         "accounts": request.form.get("accounts", ""),
+        "local": bool(request.form.get("local")),
     }
     if request.form.get("secret", "").strip():
         fields["secret"] = request.form["secret"].strip()
@@ -143,6 +154,7 @@ def edit(endpoint_id: int):
             "events": form_events(),
             "format": request.form.get("format", "events"),
             "accounts": request.form.get("accounts", ""),
+            "local": bool(request.form.get("local")),
         }
         # The token is never shown; an empty box keeps it, the checkbox removes it.
         if request.form.get("remove_bearer_token"):

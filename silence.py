@@ -32,6 +32,15 @@ class Quiet:
         return f"gateway.silent:{self.since!r}"
 
 
+def last_meta_webhook(conn: db.Connection) -> float | None:
+    """When the newest webhook from Meta itself was stored; `simulate`'s do not count. Walks the
+    received_at index from the newest down past the few simulated ones, adding nothing to intake."""
+    row = conn.execute(
+        "SELECT received_at FROM webhooks WHERE simulated = 0 ORDER BY received_at DESC LIMIT 1"
+    ).fetchone()
+    return row[0] if row else None
+
+
 def state(conn: db.Connection, config, now: float | None = None) -> Quiet:
     """Whether Meta has been quiet for `meta.silence_hours` while an endpoint is enabled."""
     hours = float(config["meta"]["silence_hours"])
@@ -40,7 +49,7 @@ def state(conn: db.Connection, config, now: float | None = None) -> Quiet:
     first_endpoint = conn.execute("SELECT min(created_at) FROM endpoints WHERE enabled = 1").fetchone()[0]
     if first_endpoint is None:
         return Quiet(hours, None, False)
-    last = conn.execute("SELECT max(received_at) FROM webhooks").fetchone()[0]
+    last = last_meta_webhook(conn)
     since = max(last or 0.0, first_endpoint)
     now = time.time() if now is None else now
     return Quiet(hours, since, now - since >= hours * 3600)

@@ -109,7 +109,10 @@ def test_check_url_resolves_names_and_judges_what_they_point_at():
 
 def test_check_url_wants_https_unless_http_is_allowed():
     problem = check_url("http://example.com/hook", allow_http=False, allow_private=False, resolve=False)
-    assert problem == "URL must start with https:// (set delivery.allow_http to allow http)"
+    assert problem == (
+        "URL must start with https:// (mark the endpoint local for a receiver on this machine or network,"
+        " or set delivery.allow_http)"
+    )
     assert check_url("http://example.com/hook", allow_http=True, allow_private=False, resolve=False) is None
     assert "https://" in check_url("ftp://example.com/", allow_http=True, allow_private=False)
 
