@@ -225,17 +225,22 @@ os.register_at_fork(after_in_child=_new_write_lock)
 
 @contextmanager
 def transaction(conn: Connection, wait_ms: int | None = None) -> Iterator[Connection]:
-    """BEGIN IMMEDIATE ... COMMIT, rolled back if the block raises.
+    """BEGIN IMMEDIATE ... COMMIT, rolled back if the block raises. Waits for the write lock
+    `wait_ms` (default busy_timeout) in all, however many threads of this process are ahead.
 
     On PostgreSQL, threads do not queue on the process's write lock: rows are locked, not
     the database, so transactions that touch different rows go on side by side.
     """
     wait = (wait_ms or BUSY_TIMEOUT_MS) / 1000
+    ends = time.monotonic() + wait
     queue = engine(conn) == "sqlite"
     if queue and not _write_lock.acquire(timeout=wait):
         raise sqlite3.OperationalError("database is locked")
     try:
-        begin(conn, wait_ms)
+        # The time spent in line counts: a thread that queued behind one polling a lock held by
+        # another process must not then poll for a whole busy timeout of its own (a POST held
+        # twice as long as the others, answered after its sender may have given up).
+        begin(conn, max(1, int((ends - time.monotonic()) * 1000)))
         try:
             yield conn
         except BaseException:
@@ -290,6 +295,11 @@ def migrate(conn: Connection, steps: list[tuple[int, str]] | None = None) -> int
     steps = sorted(migrations(engine(conn)) if steps is None else steps, key=lambda step: step[0])
     if engine(conn) == "postgresql":
         return pg.migrate(conn, steps)
+    current = conn.execute("PRAGMA user_version").fetchone()[0]
+    if not steps or current >= steps[-1][0]:
+        # Up to date: no write lock needed, so a process starting while another program holds
+        # the lock (a backup, the sqlite3 shell) is not held for MIGRATION_WAIT_MS.
+        return current
     for version, script in steps:
         # Processes started together all migrate; the first may hold the lock for a while (migration
         # 4 builds its indexes in about 10 s per million stored webhooks), so the others wait it out.
