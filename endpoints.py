@@ -15,6 +15,7 @@ import secrets
 import time
 from typing import Any
 
+import address_rules
 import db
 import delivery_states
 import names
@@ -230,7 +231,7 @@ def mark_disabled(conn: db.Connection, endpoint_id: int, reason: str) -> None:
         outbox.publish(
             conn,
             "endpoint.disabled",
-            {"endpoint_id": endpoint_id, "url": row["url"], "reason": reason},
+            {"endpoint_id": endpoint_id, "url": address_rules.shown_url(row["url"]), "reason": reason},
             dedupe_key=f"endpoint.disabled:{endpoint_id}:{now!r}",
             exclude_endpoint=endpoint_id,
         )
