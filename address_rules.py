@@ -136,6 +136,17 @@ _URL_SAFE = "/%:@!$&'()*+,;=~-._"
 
 
 @lru_cache(maxsize=1024)
+def shown_url(url: str) -> str:
+    """The URL without credentials, query string and fragment (SPEC 3): what operational events
+    and anyone but the admin may see. Receiver URLs are often capability URLs with a token."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return ""
+    host = parts.netloc.rpartition("@")[2]
+    return f"{parts.scheme}://{host}{parts.path}" if parts.scheme else host + parts.path
+
+
 def split_url(url: str, allow_http: bool) -> tuple[str, str, int, str]:
     """(scheme, host, port, path?query) of a URL we may post to; ValueError says what is wrong."""
     try:

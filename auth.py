@@ -2,8 +2,9 @@
 
 One admin, one password (`admin.password`). A session is Flask's signed cookie, holding a
 mark derived from the password, so changing the password (or `admin.secret_key`) ends
-every session at once. Cookies are HttpOnly, SameSite=Lax, and Secure whenever the
-request came over https.
+every session at once, and a random token naming the session on the server
+(admin_sessions.py), so logging out ends it there: a copy of the cookie stops working too.
+Cookies are HttpOnly, SameSite=Lax, and Secure whenever the request came over https.
 
 Proxies: there is deliberately no ProxyFix. gunicorn already takes X-Forwarded-Proto from
 a proxy on the same machine (its `forwarded_allow_ips` default, 127.0.0.1 and ::1), which
@@ -17,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import logging
 import secrets
 import time
 from datetime import timedelta
@@ -39,7 +41,11 @@ from flask import (
 from flask.sessions import SecureCookieSessionInterface, SessionMixin
 from werkzeug.exceptions import MethodNotAllowed
 
+import admin_sessions
+import db
 from db import get_db, transaction
+
+log = logging.getLogger("wahook.auth")
 
 bp = Blueprint("auth", __name__)
 
@@ -104,9 +110,28 @@ def session_mark(password: str) -> str:
 
 
 def logged_in() -> bool:
+    """Whether the request carries an open session: the cookie's mark matches the password and
+    the server still has its token. Asked once per request (pages ask it again to draw the menu)."""
+    # Kept in the request's environ, not in g: an app context can outlive a request (tests, CLI).
+    known = request.environ.get("wahook.logged_in")
+    if known is None:
+        known = request.environ["wahook.logged_in"] = _session_is_open()
+    return known
+
+
+def _session_is_open() -> bool:
     password = admin_password()
-    mark = session.get("auth")
-    return bool(password) and isinstance(mark, str) and hmac.compare_digest(mark, session_mark(password))
+    mark, token = session.get("auth"), session.get("sid")
+    if not password or not isinstance(mark, str) or not isinstance(token, str):
+        return False
+    expected = session_mark(password)
+    if not hmac.compare_digest(mark, expected):
+        return False
+    try:
+        return admin_sessions.is_open(get_db(), token, expected, SESSION_LIFETIME.total_seconds())
+    except db.Error as exc:
+        log.error("sessions could not be read: %s", exc)
+        return False
 
 
 def password_matches(given: str, expected: str) -> bool:
@@ -218,13 +243,17 @@ def login():
     # A fresh session: nothing from before the login (a planted CSRF token, say) survives.
     session.clear()
     session.permanent = True
-    session["auth"] = session_mark(password)
+    session["auth"] = mark = session_mark(password)
+    session["sid"] = admin_sessions.start(conn, mark, SESSION_LIFETIME.total_seconds())
     csrf_token()
     return redirect(safe_next(request.form.get("next")), 303)
 
 
 @bp.post("/logout")
 def logout():
+    token = session.get("sid")
+    if isinstance(token, str):
+        admin_sessions.end(get_db(), token)
     session.clear()
     flash("You are logged out.", "info")
     return redirect(url_for("auth.login"), 303)

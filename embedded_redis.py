@@ -22,6 +22,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+import private_paths
+
 # AF_UNIX paths are limited to 108 bytes on Linux.
 MAX_SOCKET_PATH = 100
 
@@ -67,8 +69,7 @@ def ensure_running(data_dir: Path, wait: float = 10.0) -> str:
     A file lock makes the check-then-start safe when the web and worker processes
     start at the same moment.
     """
-    data_dir = Path(data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir = private_paths.private_dir(Path(data_dir))
     sock = socket_path(data_dir)
     if _answers(sock):
         return url_for(data_dir)
@@ -103,7 +104,8 @@ def _start(data_dir: Path, sock: Path) -> None:
     command = [server_binary()]
     for key, value in args.items():
         command += [f"--{key}", value]
-    subprocess.run(command, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, timeout=30)
+    # Its append-only file holds queued jobs and its log names keys: owner-only, like the database.
+    subprocess.run(command, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, timeout=30, umask=0o077)
 
 
 def stop(data_dir: Path, wait: float = 10.0) -> None:

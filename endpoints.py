@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 import accounts
+import address_rules
 import db
 import delivery_states
 import names
@@ -249,7 +250,7 @@ def mark_disabled(conn: db.Connection, endpoint_id: int, reason: str) -> None:
         outbox.publish(
             conn,
             "endpoint.disabled",
-            {"endpoint_id": endpoint_id, "url": row["url"], "reason": reason},
+            {"endpoint_id": endpoint_id, "url": address_rules.shown_url(row["url"]), "reason": reason},
             dedupe_key=f"endpoint.disabled:{endpoint_id}:{now!r}",
             exclude_endpoint=endpoint_id,
         )

@@ -13,8 +13,13 @@ import os
 import sys
 
 import logs
+import private_paths
 
 wsgi_app = "app:app"
+
+# What the web processes write (media files, keys, a new database) is owner-only, whatever the
+# umask gunicorn was started with (see private_paths.py).
+private_paths.tighten_umask()
 bind = [os.environ.get("WAHOOK_BIND") or "127.0.0.1:8000"]
 
 # Threaded workers (gthread). Intake requests are short (check a signature, one SQLite
@@ -50,8 +55,8 @@ accesslog = "-" if os.environ.get("WAHOOK_ACCESS_LOG") in ("1", "true", "yes") e
 loglevel = os.environ.get("WAHOOK_LOG_LEVEL") or "info"
 # WAHOOK_LOG_FORMAT=json: one JSON object per line from gunicorn and the app (see logs.py).
 logconfig_dict = logs.gunicorn_logconfig()
-# The access log masks `?token=` (stream tokens in browsers' URLs): see access_log.py.
-logger_class = "access_log.MaskingLogger"
+# Tokens in request lines (media links, hub.verify_token, ?token=) are masked in every line.
+logger_class = logs.MaskingGunicornLogger
 
 # gunicorn's runtime control socket defaults to one shared path in $HOME; two instances
 # on one machine (or a test run next to a live one) would fight over it. Signals suffice.

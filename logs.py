@@ -6,7 +6,10 @@
 `WAHOOK_LOG_LEVEL` sets the level (default info).
 
 What may go into a line: ids, counts, states, status codes. Never a secret, a token, an
-endpoint URL (it can carry a token) or a body: those stay in the database.
+endpoint URL (it can carry a token) or a body: those stay in the database. Request lines
+(WAHOOK_ACCESS_LOG=1, and gunicorn at debug level) carry tokens in URLs, so every line gunicorn
+or the app writes is passed through `mask`: media links (`/media/<token>`, 7-day bearer links to
+customers' files), Meta's `hub.verify_token` and any `…token=` query parameter become `[masked]`.
 """
 
 from __future__ import annotations
@@ -14,12 +17,59 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import threading
 import time
 from typing import Any
 
+from gunicorn.glogging import Logger as GunicornLogger
+
 ID_FIELDS = ("webhook_id", "event_id", "delivery_id", "endpoint_id", "status_code", "attempts", "worker")
+
+MASKED = "[masked]"
+_MEDIA_LINK = re.compile(r"(/media/)[^\s?#\"'/]+")
+# hub.verify_token, token, access_token...: the name ends in "token", its value up to the next
+# parameter, fragment, space or quote (a request line sits in quotes in the access log).
+_TOKEN_PARAMETER = re.compile(r"([?&;][\w.\-]*token=)[^&;#\s\"']*", re.IGNORECASE)
+
+
+def mask(text: str) -> str:
+    """`text` with media link tokens and `…token=` query values replaced by [masked]."""
+    if "token" not in text.lower() and "/media/" not in text:
+        return text  # most lines: nothing to look for
+    return _TOKEN_PARAMETER.sub(rf"\1{MASKED}", _MEDIA_LINK.sub(rf"\1{MASKED}", text))
+
+
+class Masking(logging.Filter):
+    """For handlers: the record's message, formatted, with `mask` applied."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = mask(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
+MASKING = Masking()
+
+
+def mask_handlers(*loggers: logging.Logger) -> None:
+    """Put MASKING on every handler of these loggers (once each)."""
+    for logger in loggers:
+        for handler in logger.handlers:
+            if MASKING not in handler.filters:
+                handler.addFilter(MASKING)
+
+
+class MaskingGunicornLogger(GunicornLogger):
+    """gunicorn's logger (`logger_class` in gunicorn.conf.py) whose access and error lines, and
+    the app's through the root logger, are masked; set up again on every reload."""
+
+    def setup(self, cfg) -> None:
+        super().setup(cfg)
+        mask_handlers(self.error_log, self.access_log, logging.getLogger())
 
 
 def json_wanted() -> bool:
@@ -61,6 +111,7 @@ def configure(process: str) -> None:
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
+    mask_handlers(root)
     root.setLevel(level())
     if json_wanted():
         # Python warnings and uncaught errors in threads would otherwise print plain text.

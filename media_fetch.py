@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import private_paths
 import safe_http
 from safe_http import DeliveryError
 
@@ -134,7 +135,7 @@ def download(config, media_id: str, expected_sha256: str, folder: Path, cap: flo
     response = _open(
         url, token, allow_http=delivery["allow_http"], allow_private=delivery["allow_private_urls"], timeout=timeout
     )
-    (folder / "tmp").mkdir(parents=True, exist_ok=True)
+    private_paths.private_dir(private_paths.private_dir(folder) / "tmp")
     temp = folder / "tmp" / f"{secrets.token_hex(8)}.part"
     try:
         if response.status != 200:
@@ -166,7 +167,7 @@ def _stream(
     `sizes` is (media.max_bytes, the size Graph announced)."""
     limit, announced = sizes
     digest, size = hashlib.sha256(), 0
-    with open(temp, "xb") as out:
+    with private_paths.create_private(temp) as out:
         while True:
             now = time.monotonic()
             if now > ends[0]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import time
 
+import address_rules
 import db
 import delivery_states
 import endpoints
@@ -62,7 +63,7 @@ def after_batch(conn: db.Connection, config, endpoint_id: int | None, finished: 
                 "delivery.failed",
                 {
                     "endpoint_id": delivery["endpoint_id"],
-                    "url": delivery["endpoint_url"],
+                    "url": address_rules.shown_url(delivery["endpoint_url"]),
                     "failed_event_id": delivery["message_id"],
                     "failed_event": delivery["event_name"],
                     "attempts": attempts,
@@ -112,7 +113,7 @@ def recover(conn: db.Connection, config, row: db.Row, now: float) -> None:
             "endpoint.recovered",
             {
                 "endpoint_id": row["id"],
-                "url": row["url"],
+                "url": address_rules.shown_url(row["url"]),
                 "failing_since": iso(since),
                 "redelivering": left_failed if last_due is not None else 0,
             },

@@ -36,6 +36,7 @@ from types import FrameType
 import db
 import embedded_redis
 import intake
+import private_paths
 import runstate
 from config import ConfigError, load_config
 from first_config import create_config, fill_empty_secrets
@@ -279,7 +280,8 @@ def run(launcher: Launcher) -> int:
         config = load_config(cfg_file)
 
     data_dir = config.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_paths.tighten_umask()  # for this process and every child: gunicorn, workers, Redis
+    private_paths.private_dir(data_dir)
     lock = open(data_dir / "run.lock", "w")  # noqa: SIM115 - held until this process exits
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import config_drift
+import private_paths
 
 RUN_FILE = "run.json"
 SIMULATE_KEY_FILE = "simulate_key"
@@ -91,7 +92,8 @@ def stale_config_message(path: Path) -> str:
 def write_run_info(data_dir: Path, info: dict[str, Any]) -> None:
     """Write run.json atomically, so a reader never sees half of it."""
     temp = data_dir / f".{RUN_FILE}.{os.getpid()}.tmp"
-    temp.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    with private_paths.create_private(temp) as f:
+        f.write((json.dumps(info, indent=2) + "\n").encode("utf-8"))
     os.replace(temp, data_dir / RUN_FILE)
 
 

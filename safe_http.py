@@ -355,10 +355,13 @@ class Download:
     """A GET whose answer is read in chunks (a media file): its status, headers and body.
 
     The whole exchange keeps to the deadline it was opened with; `read` may set a new one for
-    each chunk. Close it (or use it in a `with`) once read."""
+    each chunk. Close it (or use it in a `with`) once read. The socket is kept apart from the
+    connection, which forgets it (`conn.sock` becomes None) as soon as an answer says the
+    connection will close (HTTP/1.0, `Connection: close`), while its body is still to be read."""
 
-    def __init__(self, conn: HTTPConnection, response) -> None:
+    def __init__(self, conn: HTTPConnection, sock, response) -> None:
         self._conn = conn
+        self._sock = sock
         self._response = response
         self.status: int = response.status
         self.headers: HTTPHeaderDict = response.headers
@@ -366,7 +369,7 @@ class Download:
     def read(self, size: int, deadline: float | None = None) -> bytes:
         """Up to `size` bytes of the body (b"" at its end), by `deadline` (time.monotonic()) if given."""
         if deadline is not None:
-            self._conn.sock.deadline = deadline
+            self._sock.deadline = deadline
         return self._response.read(size)
 
     def close(self) -> None:
@@ -390,9 +393,10 @@ def get(url: str, headers: dict[str, str], *, allow_http: bool, allow_private: b
     conn.deadline = time.monotonic() + timeout
     try:
         conn.connect()
-        conn.sock.deadline = conn.deadline
+        sock = conn.sock
+        sock.deadline = conn.deadline
         conn.request("GET", target, headers=headers, preload_content=False, decode_content=False)
-        return Download(conn, conn.getresponse())
+        return Download(conn, sock, conn.getresponse())
     except Exception as exc:
         conn.close()
         raise describe(exc, timeout) from exc

@@ -301,8 +301,16 @@ CREATE TRIGGER IF NOT EXISTS metric_rejection_more AFTER UPDATE OF count ON reje
         VALUES ('webhooks', 'rejected', '', NEW.count - OLD.count)
         ON CONFLICT DO UPDATE SET value = value + NEW.count - OLD.count;
 END;
+-- A name an API client publishes gets a series of its own while there are fewer than 200
+-- (db.EVENT_SERIES_MAX); past that, new ones count as "other". Meta's and wahook's own always count.
 CREATE TRIGGER IF NOT EXISTS metric_event AFTER INSERT ON events BEGIN
-    INSERT INTO metric_totals (kind, label, label2, value) VALUES ('events', NEW.name, '', 1)
+    INSERT INTO metric_totals (kind, label, label2, value) VALUES ('events', CASE
+        WHEN NEW.webhook_id IS NOT NULL
+            OR substr(NEW.name, 1, instr(NEW.name, '.') - 1) IN ('message', 'template', 'account', 'whatsapp',
+                'contact', 'endpoint', 'delivery', 'gateway', 'webhook')
+            OR EXISTS (SELECT 1 FROM metric_totals WHERE kind = 'events' AND label = NEW.name)
+            OR (SELECT count(DISTINCT label) FROM metric_totals WHERE kind = 'events') < 200
+        THEN NEW.name ELSE 'other' END, '', 1)
         ON CONFLICT DO UPDATE SET value = value + 1;
 END;
 CREATE TRIGGER IF NOT EXISTS metric_attempt AFTER INSERT ON attempts BEGIN
@@ -329,3 +337,21 @@ CREATE TRIGGER IF NOT EXISTS metric_delivery_gone AFTER DELETE ON deliveries BEG
     UPDATE metric_totals SET value = value - 1
         WHERE kind = 'deliveries' AND label = CAST(coalesce(OLD.endpoint_id, 0) AS TEXT) AND label2 = OLD.state;
 END;
+
+-- The silent period last announced as gateway.silent (silence.py): pruning takes the webhook
+-- that began it and the event that announced it, and the same silence must not be sent twice.
+CREATE TABLE IF NOT EXISTS silence_announced (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    webhooks_seen INTEGER NOT NULL,           -- webhooks ever received when it was announced
+    since REAL NOT NULL,
+    announced_at REAL NOT NULL
+);
+
+-- Open admin sessions (admin_sessions.py): the sha256 of the cookie's token, so logging out
+-- ends a session on the server; password_mark ties it to the password it was opened with.
+CREATE TABLE IF NOT EXISTS admin_sessions (
+    token_hash TEXT PRIMARY KEY,
+    password_mark TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    seen_at REAL NOT NULL
+);

@@ -5,7 +5,7 @@ Each filter is one index walk (db migration 4): `events.customer` is the custome
 number and `events.customer_user_id` their business-scoped user id, both read from the
 event's JSON (`from`, `recipient`, `to` of an echo, `wa_id`, `from_user_id`, …);
 `events.message_id` is the WhatsApp message id (wamid); `events.waba_id` and
-`events.phone_number_id` (migration 10) the business account and number; `events_name` and
+`events.phone_number_id` (migration 11) the business account and number; `events_name` and
 `deliveries_state_webhook` cover the name and the state. A page is found by walking
 webhook ids downwards, so the first page of a million stored webhooks costs what the
 first page of a hundred does.

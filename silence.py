@@ -1,6 +1,6 @@
 """Noticing when Meta goes quiet: with `meta.silence_hours` > 0 and an enabled endpoint, no
 Meta webhook for that long is an alarm, shown on the monitor, in /healthz and /metrics, and
-sent once as a `gateway.silent` event.
+sent once as a `gateway.silent` event, however long the silence outlasts retention_days.
 
 A webhook stored by any web process ends the silent period at once, since everything here
 is read from the database when asked.
@@ -58,21 +58,48 @@ def state(conn: db.Connection, config, now: float | None = None) -> Quiet:
 def check(conn: db.Connection, config, now: float | None = None) -> str | None:
     """Send `gateway.silent` once per silent period; the new event's id, or None.
 
-    A read first, so a gateway that stays silent for days does not take the write lock
-    every time it looks.
+    A period is named by the number of webhooks ever received (a counter pruning never lowers),
+    recorded in `silence_announced`: pruning the webhook that began the silence, or the event
+    that announced it, does not make the same silence new again. Reads first, so a gateway
+    that stays silent for days does not take the write lock every time it looks.
     """
     quiet = state(conn, config, now)
     if not quiet.silent:
         return None
     if conn.execute("SELECT 1 FROM events WHERE dedupe_key = ?", (quiet.period_key,)).fetchone():
+        return None  # announced before silence_announced existed
+    announced = conn.execute("SELECT webhooks_seen FROM silence_announced").fetchone()
+    if announced is not None and announced[0] == _webhooks_seen(conn):
         return None
     with transaction(conn):
+        quiet = state(conn, config, now)  # again inside the lock: a webhook may just have come
+        if not quiet.silent:
+            return None
+        # Claimed by the one process whose upsert changes the row: two workers looking at
+        # once cannot both announce.
+        claimed = conn.execute(
+            "INSERT INTO silence_announced (one, webhooks_seen, since, announced_at) VALUES (1, ?, ?, ?)"
+            " ON CONFLICT (one) DO UPDATE SET webhooks_seen = excluded.webhooks_seen, since = excluded.since,"
+            " announced_at = excluded.announced_at WHERE silence_announced.webhooks_seen <> excluded.webhooks_seen",
+            (_webhooks_seen(conn), quiet.since, time.time()),
+        ).rowcount
+        if not claimed:
+            return None
         return outbox.publish(
             conn,
             "gateway.silent",
             {"since": iso(quiet.since), "hours": quiet.hours},
             dedupe_key=quiet.period_key,
         )
+
+
+def _webhooks_seen(conn: db.Connection) -> int:
+    """Webhooks ever received, kept by a trigger (migration 9; a row per session on PostgreSQL,
+    migration 10) and never lowered by pruning."""
+    row = conn.execute(
+        "SELECT coalesce(sum(value), 0) FROM metric_totals WHERE kind = 'webhooks' AND label = 'received'"
+    ).fetchone()
+    return int(row[0])
 
 
 def health_value(conn: db.Connection, config) -> str:

@@ -43,6 +43,7 @@ import logs
 import media_store
 import media_worker
 import outages
+import private_paths
 import safe_http
 import silence
 from config import ConfigError, load_config
@@ -315,6 +316,7 @@ def run_rq(config) -> None:
 def main() -> int:
     # make run sets WAHOOK_LOG_LEVEL=warning so its own output stays short.
     logs.configure("worker")
+    private_paths.tighten_umask()
     try:
         config = load_config()
     except ConfigError as exc:

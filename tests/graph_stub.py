@@ -32,6 +32,7 @@ class Media:
     wrong_hash: bool = False  # announce a sha256 the file does not have
     announce_size: int | None = None  # file_size to announce instead of the real one
     graph_delay: float = 0.0
+    closes: str = ""  # "", "close", "http/1.0" or "http/1.0-eof": how answers end the connection
     hits: list[str] = field(default_factory=list)  # "graph" and "file" per request served
 
     def size(self) -> int:
@@ -71,12 +72,25 @@ class GraphStub:
             def log_message(self, *args) -> None:
                 pass
 
-            def answer(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+            def answer(
+                self, status: int, body: bytes, content_type: str = "application/json", closes: str = ""
+            ) -> None:
+                self.start(status, content_type, len(body), closes)
+                self.wfile.write(body)
+
+            def start(self, status: int, content_type: str, length: int, closes: str) -> None:
+                """The status line and headers, ending the connection after the body as `closes` says."""
+                if closes.startswith("http/1.0"):
+                    self.protocol_version = "HTTP/1.0"
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
+                if closes != "http/1.0-eof":
+                    self.send_header("Content-Length", str(length))
+                if closes == "close":
+                    self.send_header("Connection", "close")
+                if closes:
+                    self.close_connection = True
                 self.end_headers()
-                self.wfile.write(body)
 
             def error(self, status: int, message: str) -> None:
                 body = {"error": {"message": message, "type": "OAuthException", "code": 100}}
@@ -117,7 +131,7 @@ class GraphStub:
                     "id": media_id,
                     "messaging_product": "whatsapp",
                 }
-                self.answer(200, json.dumps(body).encode())
+                self.answer(200, json.dumps(body).encode(), closes=media.closes)
 
             def file(self, media_id: str, nonce: str) -> None:
                 with outer.lock:
@@ -128,11 +142,8 @@ class GraphStub:
                 media.hits.append("file")
                 time.sleep(media.stall)
                 if media.download_status != 200:
-                    return self.answer(media.download_status, b"no", "text/plain")
-                self.send_response(200)
-                self.send_header("Content-Type", media.mime_type)
-                self.send_header("Content-Length", str(media.size()))
-                self.end_headers()
+                    return self.answer(media.download_status, b"no", "text/plain", media.closes)
+                self.start(200, media.mime_type, media.size(), media.closes)
                 try:
                     for chunk in media.chunks():
                         self.wfile.write(chunk)

@@ -120,6 +120,46 @@ def test_changing_the_password_ends_every_session(app, admin):
     assert admin.get("/monitor").status_code == 302
 
 
+def copied_session(client, app):
+    """A second browser holding a copy of `client`'s session cookie, as someone who copied it would."""
+    thief = app.test_client()
+    thief.set_cookie("wahook_session", client.get_cookie("wahook_session").value)
+    return thief
+
+
+def test_logout_ends_the_session_on_the_server_so_a_copied_cookie_stops_working(app, admin):
+    thief = copied_session(admin, app)
+    assert thief.get("/monitor").status_code == 200  # the copy works while the session is open
+    post_form(admin, "/logout")
+    assert thief.get("/monitor").status_code == 302
+    assert thief.post("/settings/endpoints", data={"csrf_token": "x"}).status_code in (302, 303, 403)
+
+
+def test_a_password_change_ends_every_session_for_good(app, admin):
+    """Put back later, the old password does not bring back a session opened with it."""
+    thief = copied_session(admin, app)
+    app.config["WAHOOK"]["admin"]["password"] = "a-new-password"
+    assert login(app.test_client(), "a-new-password").status_code == 303
+    app.config["WAHOOK"]["admin"]["password"] = ADMIN_PASSWORD
+    assert thief.get("/monitor").status_code == 302
+    assert admin.get("/monitor").status_code == 302
+
+
+def test_a_session_unused_for_its_lifetime_is_over_and_use_keeps_one_open(app, admin, conn):
+    conn.execute("UPDATE admin_sessions SET seen_at = seen_at - 600")
+    assert admin.get("/monitor").status_code == 200
+    assert conn.execute("SELECT max(seen_at) FROM admin_sessions").fetchone()[0] > time.time() - 60  # renewed
+    conn.execute("UPDATE admin_sessions SET seen_at = seen_at - 13 * 3600")
+    assert admin.get("/monitor").status_code == 302
+
+
+def test_other_sessions_survive_a_logout(app, admin):
+    other = app.test_client()
+    assert login(other).status_code == 303
+    post_form(admin, "/logout")
+    assert other.get("/monitor").status_code == 200
+
+
 def test_login_only_returns_to_local_pages(client):
     page = client.get("/login?next=//evil.example/x")
     response = client.post(

@@ -3,6 +3,7 @@ transaction each, together with their version."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
@@ -11,8 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 
 import db
+from conftest import sign, text_message
 
 
 def test_fresh_database_gets_the_schema_and_version(tmp_path):
@@ -224,3 +227,77 @@ def test_the_database_and_its_wal_are_private(tmp_path):
         conn.execute("INSERT INTO rejections (minute, reason, count) VALUES (1, 'x', 1)")
     for name in ("w.db", "w.db-wal"):
         assert (tmp_path / "data" / name).stat().st_mode & 0o777 == 0o600, name
+
+
+HOLD_UNTIL_TOLD = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN EXCLUSIVE")
+print("held", flush=True)
+sys.stdin.readline()
+conn.execute("COMMIT")
+"""
+
+
+@pytest.mark.parametrize("target", ["intake", "api"])
+def test_every_post_gets_its_answer_within_the_busy_timeout_while_another_process_holds_the_lock(
+    processes, tmp_path, make_key, target
+):
+    """Another program (a backup, the sqlite3 shell) holds the write lock longer than the busy
+    timeout. Two POSTs sent together to one web process (Meta's, or two API publishes) must
+    both be refused (503, the sender retries), not one refused while the other waits in line
+    behind it for a second timeout. The lock is let go three seconds after the first answer: a
+    POST still held by then is one that waited longer than the busy timeout, and gets its 2xx."""
+    key = make_key("publish")
+    base = processes.start_web(workers=1)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_UNTIL_TOLD, str(tmp_path / "data" / "wahook.db")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        answers: list[int] = []
+        first = threading.Event()
+
+        def post(n: int) -> None:
+            if target == "intake":
+                raw = json.dumps(text_message(wamid=f"wamid.locked{n}")).encode()
+                headers = {"Content-Type": "application/json", "X-Hub-Signature-256": sign(raw)}
+                url = base + "/api/webhooks/whatsapp"
+            else:
+                raw = json.dumps({"event": "campaign.completed", "data": {"n": n}}).encode()
+                headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
+                url = base + "/api/v1/events"
+            response = requests.post(url, data=raw, headers=headers, timeout=60)
+            answers.append(response.status_code)
+            first.set()
+
+        posts = [threading.Thread(target=post, args=(n,)) for n in range(2)]
+        for thread in posts:
+            thread.start()
+        assert first.wait(60)
+        time.sleep(3)  # long enough for a POST waiting in line to reach SQLite after the lock is gone
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
+        for thread in posts:
+            thread.join(60)
+        assert answers == [503, 503]
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_an_up_to_date_database_opens_while_another_program_holds_the_write_lock(tmp_path, monkeypatch):
+    """A process starting (a web worker replaced, a CLI command) while a backup or the sqlite3
+    shell holds the lock opens its connection at once: nothing to migrate needs no lock."""
+    path = tmp_path / "w.db"
+    latest = db.migrate(db.connect(path))
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    monkeypatch.setattr(db, "MIGRATION_WAIT_MS", 200)  # what would otherwise be ten minutes
+    try:
+        assert db.migrate(db.connect(path)) == latest
+    finally:
+        holder.execute("ROLLBACK")

@@ -28,6 +28,8 @@ import embedded_redis
 import first_config
 import run
 from config import load_config
+from conftest import APP_SECRET, GRAPH_TOKEN, media_message, sign, write_config
+from graph_stub import Media
 
 ROOT = Path(__file__).resolve().parent.parent
 START_LIMIT = 60  # seconds for a start, Redis and a worker heartbeat included
@@ -154,7 +156,7 @@ def redis_answers(data_dir: Path) -> bool:
 class Launch:
     """One `python run.py` in `folder`, its output read line by line as it comes."""
 
-    def __init__(self, folder: Path, port: int, use_env_config: bool = True) -> None:
+    def __init__(self, folder: Path, port: int, use_env_config: bool = True, umask: int = -1) -> None:
         self.folder = folder
         self.port = port
         self.config_file = folder / "config.toml"
@@ -171,6 +173,7 @@ class Launch:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            umask=umask,
         )
         self.stdout: list[str] = []
         self.stderr: list[str] = []
@@ -425,6 +428,52 @@ def test_simulate_reaches_a_fresh_make_run_and_hears_of_config_edits(tmp_path, l
     assert instance.stop() == 0
     instance.assert_nothing_left()
     assert not (data / "run.json").exists()
+
+
+@pytest.mark.slow
+def test_customer_files_and_run_state_are_owner_only_under_umask_022(tmp_path, launch, graph):
+    """`make run` from a shell with the usual umask 022: the data folder, the media folder and
+    every customer's file in it, Redis' files and run.json get the database's care (0700/0600)."""
+    sections = {
+        "meta": {"app_secret": APP_SECRET, "access_token": GRAPH_TOKEN, "graph_url": graph.graph_url},
+        "delivery": {"allow_http": True, "allow_private_urls": True},
+    }
+    write_config(tmp_path / "config.toml", sections)
+    graph.media["7001"] = Media(b"\xff\xd8\xff a customer's photo")
+    instance = launch(umask=0o022)
+    instance.wait_for_line(r"Press Ctrl-C to stop")
+    wait_healthy(instance)
+    instance.track()
+    raw = json.dumps(media_message("7001")).encode()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{instance.port}/api/webhooks/whatsapp",
+        data=raw,
+        headers={"Content-Type": "application/json", "X-Hub-Signature-256": sign(raw)},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - our own http URL
+        assert response.status == 200
+    data = tmp_path / "data"
+    media = data / "media"
+    deadline = time.monotonic() + START_LIMIT
+    while not [p for p in media.glob("*") if p.is_file()] and time.monotonic() < deadline:
+        time.sleep(0.1)  # the worker's media lane downloads it
+    files = [p for p in media.glob("*") if p.is_file()]
+    assert files, "the worker downloaded no file"
+
+    def mode(path: Path) -> int:
+        return stat.S_IMODE(path.stat().st_mode)
+
+    assert mode(data) == 0o700 and mode(media) == 0o700 and mode(media / "tmp") == 0o700
+    open_to_others = {
+        str(path.relative_to(tmp_path)): oct(mode(path))
+        for path in [data, *data.rglob("*")]
+        if not path.is_socket() and mode(path) & 0o077
+    }
+    assert open_to_others == {}
+    for name in ("run.json", "redis.log", "wahook.db"):
+        assert mode(data / name) == 0o600, name
+    assert instance.stop() == 0
+    instance.assert_nothing_left()
 
 
 def test_a_child_killed_by_a_signal_is_reported_by_the_signal_name():

@@ -5,15 +5,27 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import requests
 
-from conftest import ADMIN_PASSWORD, APP_SECRET, Processes, instance_sections, sign, text_message, wait_until
+from conftest import (
+    ADMIN_PASSWORD,
+    APP_SECRET,
+    VERIFY_TOKEN,
+    Processes,
+    instance_sections,
+    sign,
+    text_message,
+    wait_until,
+)
 from receiver import Behaviour
 
 ENDPOINT_SECRET = "whsec_" + "c2VjcmV0LXRoYXQtbXVzdC1uZXZlci1iZS1sb2dnZWQ="
 BEARER = "bearer-token-never-logged"
 METRICS_TOKEN = "metrics-token-never-logged"
 BODY_TEXT = "a customer's words never logged"
+CAPABILITY = "capability-in-the-receivers-url"
+API_TOKEN = "api-token-in-the-query-string"
 
 
 def test_json_lines_with_ids_and_no_secrets(tmp_path, redis_url, make_receiver):
@@ -65,3 +77,35 @@ def test_json_lines_with_ids_and_no_secrets(tmp_path, redis_url, make_receiver):
         assert secret not in text, secret
     assert BODY_TEXT not in text and "receiver says no" not in text
     assert good.url not in text and bad.url not in text
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_access_log_and_debug_lines_mask_tokens_in_urls(tmp_path, redis_url, make_receiver, log_format):
+    """With WAHOOK_ACCESS_LOG=1 at debug level, request lines would hold Meta's verify token,
+    media links (7-day bearer links to customers' files), `?token=` of the API and the
+    capability token in a receiver's URL. Each is masked."""
+    processes = Processes(tmp_path, instance_sections(tmp_path, redis_url))
+    processes.env.update({"WAHOOK_ACCESS_LOG": "1", "WAHOOK_LOG_LEVEL": "debug", "WAHOOK_LOG_FORMAT": log_format})
+    receiver = make_receiver()
+    media_token = "MEDIALINKTOKEN" + "x" * 40
+    try:
+        base = processes.start_web(workers=1)
+        code, _ = processes.cli("endpoint", "add", f"{receiver.url}?token={CAPABILITY}")
+        assert code == 0
+        processes.start_worker()
+        challenge = {"hub.mode": "subscribe", "hub.verify_token": VERIFY_TOKEN, "hub.challenge": "42"}
+        assert requests.get(base + "/api/webhooks/whatsapp", params=challenge, timeout=10).text == "42"
+        requests.get(f"{base}/media/{media_token}", timeout=10)
+        requests.get(f"{base}/media/{media_token}?download=1", timeout=10)
+        requests.get(base + "/api/v1/events", params={"token": API_TOKEN}, timeout=10)
+        raw = json.dumps(text_message()).encode()
+        headers = {"Content-Type": "application/json", "X-Hub-Signature-256": sign(raw)}
+        assert requests.post(base + "/api/webhooks/whatsapp", data=raw, headers=headers, timeout=10).ok
+        wait_until(lambda: receiver.requests, timeout=30, message="a delivery")
+    finally:
+        processes.stop_all()
+
+    text = "\n".join(path.read_text(encoding="utf-8") for path in sorted(tmp_path.glob("*.log")))
+    assert "/api/webhooks/whatsapp" in text  # the access log is on
+    for secret in (VERIFY_TOKEN, media_token[:20], API_TOKEN, CAPABILITY):
+        assert secret not in text, secret

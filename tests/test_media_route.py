@@ -67,6 +67,18 @@ def test_the_event_carries_a_link_that_serves_the_file(client, conn, graph):
     assert graph.media["5001"].hits == ["graph", "file"]  # kept: asked twice, downloaded once
 
 
+@pytest.mark.parametrize("closes", ["close", "http/1.0", "http/1.0-eof"])
+def test_a_file_served_over_a_connection_that_closes_is_downloaded(client, conn, graph, closes):
+    """CDNs and proxies answer over HTTP/1.0 or with `Connection: close`, which ends the
+    connection as soon as the headers are read."""
+    graph.media["5010"] = Media(PICTURE * 4, mime_type="image/png", closes=closes)
+    assert post(client, media_message("5010", mime_type="image/png")).status_code == 200
+    response = client.get(path_of(media_of(conn, "wamid.media5010")["url"]))
+    assert response.status_code == 200, response.text
+    assert response.data == PICTURE * 4
+    assert media_store.get(conn, "5010")["state"] == "downloaded"
+
+
 def test_without_an_access_token_media_url_is_null(app):
     assert post(app.test_client(), media_message("5001")).status_code == 200
     conn = db.connection(app.config["WAHOOK"].database_path)

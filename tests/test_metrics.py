@@ -12,9 +12,11 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 import db
+import metrics
+import names
 import worker
 from app import create_app
-from conftest import ROOT, instance_sections, sign, text_message, wait_until
+from conftest import ROOT, element, instance_sections, post_form, sign, text_message, wait_until
 from receiver import Behaviour
 
 pytestmark = pytest.mark.engines
@@ -144,6 +146,29 @@ def test_a_deleted_endpoint_leaves_the_gauges(client, conn, runner, add_endpoint
     assert value(found, "wahook_events_total", event="message.received") == 1
 
 
+def test_failed_deliveries_agree_with_the_monitor_before_and_after_a_dismissal(admin, conn, add_endpoint, post_webhook):
+    """The monitor counts failures of a deleted endpoint apart until they are dismissed;
+    /metrics never counts them as failed, dismissed or not."""
+    kept = add_endpoint("http://127.0.0.1:9/kept", events="message.received")
+    gone = add_endpoint("http://127.0.0.1:9/gone", events="message.received")
+    assert post_webhook(text_message()).status_code == 200
+    conn.execute("UPDATE deliveries SET state = 'failed', attempts = 3, last_error = 'HTTP 500'")
+    post_form(admin, f"/settings/endpoints/{gone['id']}/delete")
+
+    def failed_in_metrics() -> float:
+        found = scrape(admin)
+        return sum(
+            v for (name, labels), v in found.items() if name == "wahook_deliveries" and ("state", "failed") in labels
+        )
+
+    assert element(admin.get("/monitor").text, "failed-total") == "1"
+    assert failed_in_metrics() == 1
+    assert value(scrape(admin), "wahook_deliveries", endpoint=str(kept["id"]), state="failed") == 1
+    assert "dismissed" in post_form(admin, "/monitor/dismiss-orphaned", follow_redirects=True).text
+    assert conn.execute("SELECT count(*) FROM deliveries WHERE dismissed_at IS NOT NULL").fetchone()[0] == 1
+    assert failed_in_metrics() == 1
+
+
 def test_oldest_pending_age(client, conn, add_endpoint, post_webhook):
     endpoint = add_endpoint("http://127.0.0.1:9/hook", events="message.received")
     assert post_webhook(text_message()).status_code == 200
@@ -213,3 +238,34 @@ def test_alert_rules_parse_and_use_only_series_we_export(client, add_endpoint, p
         assert {"expr", "labels", "annotations"} <= rule.keys()
         used = set(re.findall(r"wahook_\w+", rule["expr"]))
         assert used and used <= exported, (rule["alert"], used - exported)
+
+
+def test_published_names_cannot_grow_the_metrics_without_bound(client, make_key, post_webhook):
+    """A publish key inventing names: past a bound they are counted together as event="other",
+    while wahook's own names (Meta's, the gateway's) keep their series."""
+    publisher = make_key("publish")
+    headers = {"Authorization": f"Bearer {publisher}"}
+    invented = metrics.EVENT_SERIES_MAX + 50
+    for n in range(invented):
+        response = client.post("/api/v1/events", json={"event": f"made.up{n}", "data": {}}, headers=headers)
+        assert response.status_code == 202
+    assert post_webhook(text_message()).status_code == 200
+    found = scrape(client)
+    series = {dict(labels)["event"]: v for (name, labels), v in found.items() if name == "wahook_events_total"}
+    assert len([name for name in series if name.startswith("made.up")]) <= metrics.EVENT_SERIES_MAX
+    assert series["message.received"] == 1 and series["contact.created"] == 1
+    assert sum(v for name, v in series.items() if name.startswith("made.up")) + series["other"] == invented
+    assert series["other"] >= 50
+    # A name that has its series keeps counting there.
+    assert client.post("/api/v1/events", json={"event": "made.up0", "data": {}}, headers=headers).status_code == 202
+    assert value(scrape(client), "wahook_events_total", event="made.up0") == 2
+
+
+def test_the_bound_exempts_every_name_wahook_makes_on_both_engines():
+    """The triggers write the bound and wahook's own prefixes out: they must match the code's."""
+    for engine_name in ("sqlite", "postgresql"):
+        text = dict(db.migrations(engine_name))[11]
+        trigger = text[text.index("metric_event") :]
+        assert f"< {metrics.EVENT_SERIES_MAX}" in trigger
+        for prefix in names.RESERVED_PREFIXES:
+            assert f"'{prefix.rstrip('.')}'" in trigger, prefix

@@ -358,3 +358,63 @@ def test_delivery_failed_once_per_delivery_and_again_only_for_a_new_cycle(
     assert delivery_states.redeliver(conn, endpoint_id=endpoint["id"]) == 1  # by hand: a new cycle
     fail_through_the_schedule(app, conn, endpoint["id"])
     assert len(failed_events()) == 2
+
+
+def test_operational_events_never_carry_the_endpoints_query_or_credentials(
+    app, conn, client, post_webhook, make_receiver, add_endpoint, make_key
+):
+    """Receiver URLs are often capability URLs (`…/hook?token=…`). Operational events reach
+    `read` API keys and other endpoints, so they name the endpoint by id and by its URL without
+    query string and fragment (SPEC 3), in what is sent and in what the API hands out."""
+    down = make_receiver()
+    down.behaviour = DOWN
+    watch = make_receiver()
+    endpoint = add_endpoint(f"{down.url}?token=capability-sekrit#part", events=MESSAGES)
+    watcher = add_endpoint(watch.url, events=WATCHED)
+    assert post_webhook(text_message()).status_code == 200
+    fail_through_the_schedule(app, conn, endpoint["id"])
+    endpoints.disable(conn, endpoint["id"], "disabled by the admin")
+    wait_until(
+        lambda: attempt_due(app, conn, watcher["id"]) is not None and len(answered(watch)) == 2,
+        message="both operational events",
+    )
+
+    reader = make_key("read")
+    pulled = client.get("/api/v1/events?limit=100", headers={"Authorization": f"Bearer {reader}"})
+    assert pulled.status_code == 200
+    assert "capability-sekrit" not in pulled.text and "#part" not in pulled.text
+    sent = [json.loads(r.body) for r in watch.requests]
+    assert "capability-sekrit" not in json.dumps(sent)
+    for body in [*sent, *(e for e in pulled.json["events"] if e["event"] in WATCHED.split(","))]:
+        assert body["endpoint_id"] == endpoint["id"]
+        assert body["url"] == down.url
+
+
+def test_operational_events_stored_before_lose_the_endpoints_query_on_upgrade(engine, tmp_path, request):
+    # An empty database (storage_database's PostgreSQL one comes migrated to the newest version).
+    empty = request.getfixturevalue("postgres_server").new_database() if engine == "postgresql" else tmp_path / "w.db"
+    conn = db.connect(empty)
+    db.migrate(conn, [m for m in db.migrations(db.engine(conn)) if m[0] < 11])
+    stored = {
+        "evt_1": ("delivery.failed", {"endpoint_id": 1, "url": "https://crm.example/hook?token=sekrit", "attempts": 3}),
+        "evt_2": ("endpoint.disabled", {"endpoint_id": 1, "url": "https://crm.example/h#sekrit?x", "reason": "410"}),
+        "evt_3": ("endpoint.recovered", {"endpoint_id": 2, "url": "https://crm.example/plain", "redelivering": 0}),
+        "evt_4": ("message.received", {"text": "see https://x.example/?token=mine"}),
+    }
+    for event_id, (name, body) in stored.items():
+        conn.execute(
+            "INSERT INTO events (event_id, name, created_at, body) VALUES (?, ?, 1, ?)",
+            (event_id, name, json.dumps({"event": name, **body})),
+        )
+    db.migrate(conn)
+    found = {row[0]: json.loads(row[1]) for row in conn.execute("SELECT event_id, body FROM events")}
+    assert found["evt_1"] == {
+        "event": "delivery.failed",
+        "endpoint_id": 1,
+        "url": "https://crm.example/hook",
+        "attempts": 3,
+    }
+    assert found["evt_2"]["url"] == "https://crm.example/h" and found["evt_2"]["reason"] == "410"
+    assert found["evt_3"]["url"] == "https://crm.example/plain"
+    assert found["evt_4"]["text"] == "see https://x.example/?token=mine"  # a customer's words are theirs
+    conn.close()

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 import provision
+from address_rules import shown_url
 from safe_http import DeliveryError, Sender, check_url
 
 HINT = "allow_private_urls"
@@ -593,3 +594,16 @@ def test_closing_the_sender_closes_its_idle_connections(server):
     sender.close()
     assert post(sender, server.url()).status_code == 200  # still usable; just nothing kept
     assert len(server.connections) == 2
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://crm.example.com/hooks/wa?token=abc#x", "https://crm.example.com/hooks/wa"),
+        ("https://user:pass@crm.example.com:8443/h", "https://crm.example.com:8443/h"),
+        ("http://[::1]:9000/hook?k=v", "http://[::1]:9000/hook"),
+        ("https://crm.example.com", "https://crm.example.com"),
+    ],
+)
+def test_shown_url_drops_credentials_query_and_fragment(url, shown):
+    assert shown_url(url) == shown

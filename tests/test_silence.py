@@ -13,6 +13,7 @@ import db
 import endpoints
 import heartbeats
 import silence
+import worker
 from app import create_app
 from conftest import SWEEP_INTERVAL, Processes, instance_sections, login, make_app, sign, text_message, wait_until
 from event_catalog import iso
@@ -119,5 +120,37 @@ def test_monitor_and_healthz_say_so_and_one_event_per_period(tmp_path, redis_url
         conn.execute("UPDATE webhooks SET received_at = ?", (time.time(),))
         assert client.get("/healthz").json["meta"] == "ok"
         assert 'id="meta-silent"' not in client.get("/monitor").text
+        assert silence.check(conn, config) is None
+    db.close_all()
+
+
+def test_a_silence_longer_than_retention_is_announced_once(tmp_path, redis_url, storage_database):
+    """Pruning takes away both the last webhook (which marked the start of the silent period)
+    and the gateway.silent event (which marked it as announced): the same silence must not be
+    announced again, while the next one still is."""
+    app = make_app(tmp_path, redis_url, meta={"silence_hours": 24}, storage={"database": storage_database})
+    config = app.config["WAHOOK"]
+    day = 86400
+    with app.app_context():
+        conn = db.get_db()
+        endpoints.create(conn, config, "http://127.0.0.1:9/ops", events="gateway.silent")
+        now = time.time()
+        conn.execute("UPDATE endpoints SET created_at = ?", (now - 40 * day,))
+        conn.execute(
+            "INSERT INTO webhooks (webhook_id, received_at, body) VALUES ('whk_old', ?, ?)", (now - 31 * day, b"{}")
+        )
+        assert silence.check(conn, config, now - 30 * day) is not None  # announced a day into the silence
+        conn.execute("UPDATE events SET created_at = ? WHERE name = 'gateway.silent'", (now - 30 * day,))
+        worker.prune(conn, retention_days=7)
+        assert conn.execute("SELECT count(*) FROM webhooks").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 0
+        assert silence.check(conn, config) is None  # still the same silence
+        assert silence.state(conn, config).silent  # and still shown as one
+
+        post_time = time.time() - 2 * day  # Meta came back, then went quiet again
+        conn.execute(
+            "INSERT INTO webhooks (webhook_id, received_at, body) VALUES ('whk_new', ?, ?)", (post_time, b"{}")
+        )
+        assert silence.check(conn, config) is not None
         assert silence.check(conn, config) is None
     db.close_all()
