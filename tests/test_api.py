@@ -517,7 +517,7 @@ def test_streams_over_gunicorn_resume_and_end_when_the_server_stops(processes, m
     started = time.monotonic()
     processes.children[0].send_signal(signal.SIGTERM)
     processes.children[0].wait(timeout=15)
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 9  # a stream holding the shutdown costs the graceful timeout, 10 s
     live.close()
 
 
