@@ -48,26 +48,16 @@ def browser():
         launched.close()
 
 
-def start_server(processes) -> str:
-    """Real gunicorn and one real worker; the base URL."""
+@pytest.fixture
+def server(processes):
+    """Real gunicorn and one real worker; yields the base URL."""
+    # The pages redeliver failed deliveries by hand; an outage probe (10 s after the last
+    # failure) must not redeliver them first while a busy machine is slow to click.
+    processes.env["WAHOOK_PROBE_FIRST"] = "3600"
     base = processes.start_web()
     processes.start_worker()
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     return base
-
-
-@pytest.fixture
-def server(processes):
-    return start_server(processes)
-
-
-@pytest.fixture
-def server_without_probes(processes):
-    """As `server`, with the outage probe an hour away: a test that clicks "Redeliver all failed"
-    finds every failure it counted still failed, however slow the machine (the probe would
-    redeliver them by itself once the receiver answers again)."""
-    processes.env["WAHOOK_PROBE_FIRST"] = "3600"
-    return start_server(processes)
 
 
 @pytest.fixture
@@ -262,8 +252,8 @@ def underlined_code_links(page: Page) -> list[str]:
     )
 
 
-def test_pages_agree_with_the_data(browser, server_without_probes, database, make_receiver):
-    base = server_without_probes
+def test_pages_agree_with_the_data(browser, server, database, make_receiver):
+    base = server
     receiver, doomed = make_receiver(), make_receiver()
     page, errors = new_page(browser, 1280, 900)
     log_in(page, base)
