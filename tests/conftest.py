@@ -36,11 +36,14 @@ os.environ["WAHOOK_SWEEP_INTERVAL"] = str(SWEEP_INTERVAL)
 
 import apikeys  # noqa: E402
 import db  # noqa: E402
+import delivery  # noqa: E402
+import delivery_states  # noqa: E402
 import embedded_redis  # noqa: E402
 import endpoints  # noqa: E402
 import intake  # noqa: E402
 import interruption  # noqa: E402
 import jobs  # noqa: E402
+import safe_http  # noqa: E402
 import worker  # noqa: E402
 from app import create_app  # noqa: E402
 from db import get_db  # noqa: E402
@@ -522,3 +525,18 @@ def status_update(wamid: str) -> dict:
     del value["messages"], value["contacts"]
     value["statuses"] = [{"id": wamid, "status": "read", "timestamp": "1749416390", "recipient_id": "16505551234"}]
     return body
+
+
+def shown(html: str) -> list[int]:
+    """The webhooks the event log page lists, by row id, in the order shown."""
+    return [int(n) for n in re.findall(r'id="webhook-(\d+)"', html)]
+
+
+def attempt_due(app, conn, endpoint_id: int) -> list:
+    """Send the endpoint's due deliveries here and now, as a worker's lane would."""
+    claimed = delivery_states.claim_next(conn, endpoint_id, "test-lane", 10, 10)
+    sender = safe_http.Sender(allow_http=True, allow_private=True)
+    try:
+        return delivery.deliver_claimed(conn, app.config["WAHOOK"], sender, endpoint_id, claimed, "test-lane")
+    finally:
+        sender.close()

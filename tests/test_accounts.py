@@ -15,8 +15,7 @@ import pytest
 import requests
 
 import accounts
-from conftest import element, sign, text_message, wait_until
-from test_eventlog import shown
+from conftest import element, shown, sign, text_message, wait_until
 from ws_client import WsClient
 
 pytestmark = pytest.mark.engines

@@ -14,7 +14,7 @@ import db
 import eventlog
 import samples
 import search
-from conftest import element, post_form, status_update, text_message, wait_until
+from conftest import element, post_form, shown, status_update, text_message, wait_until
 from receiver import Behaviour
 
 pytestmark = pytest.mark.engines
@@ -74,10 +74,6 @@ def test_names_and_user_ids_a_customer_sent_are_escaped(admin, post_webhook):
         html = page_text(admin, path)
         assert "<script>alert" not in html and "<img src=x" not in html, path
         assert "alert(1)" in unescape(html), path  # shown, as text
-
-
-def shown(html: str) -> list[int]:
-    return [int(n) for n in re.findall(r'id="webhook-(\d+)"', html)]
 
 
 def test_event_page_shows_every_attempt_across_retry_cycles(

@@ -17,10 +17,9 @@ import jobs
 import outages
 import silence
 from app import create_app
-from conftest import element, instance_sections, post_form, sign, text_message, wait_until
+from conftest import attempt_due, element, instance_sections, post_form, sign, text_message, wait_until
 from db import get_db
 from receiver import Behaviour
-from test_outages import attempt_due
 
 pytestmark = pytest.mark.engines
 

@@ -13,14 +13,12 @@ import time
 import pytest
 
 import db
-import delivery
 import delivery_states
 import endpoints
 import jobs
 import outages
-import safe_http
 from app import create_app
-from conftest import Processes, instance_sections, text_message, wait_until
+from conftest import Processes, attempt_due, instance_sections, text_message, wait_until
 from receiver import Behaviour
 
 pytestmark = pytest.mark.engines
@@ -75,16 +73,6 @@ def count(conn, endpoint_id: int, state: str) -> int:
 
 def operational(watch, name: str) -> list[dict]:
     return [body for body in answered(watch) if body["event"] == name]
-
-
-def attempt_due(app, conn, endpoint_id: int) -> list:
-    """Send the endpoint's due deliveries here and now, as a worker's lane would."""
-    claimed = delivery_states.claim_next(conn, endpoint_id, "test-lane", 10, 10)
-    sender = safe_http.Sender(allow_http=True, allow_private=True)
-    try:
-        return delivery.deliver_claimed(conn, app.config["WAHOOK"], sender, endpoint_id, claimed, "test-lane")
-    finally:
-        sender.close()
 
 
 def fail_through_the_schedule(app, conn, endpoint_id: int) -> None:
