@@ -12,16 +12,14 @@ from typing import Any
 from flask import Flask
 from werkzeug.routing import IntegerConverter
 
-import admin
-import api
-import cli
-import db
-import health
-import intake
-import media_route
-import metrics
-import runstate
-from config import DEFAULTS, ConfigError, load_config
+from gateway import cli, runstate
+from gateway.api import routes
+from gateway.config import DEFAULTS, ConfigError, load_config
+from gateway.intake import webhook
+from gateway.media import serve
+from gateway.ops import health, metrics
+from gateway.pages import admin
+from gateway.storage import db
 
 
 def secret_key(config) -> str:
@@ -47,7 +45,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     overrides = {key: test_config.pop(key) for key in list(test_config) if key in DEFAULTS}
     config = load_config(test_config.pop("config_path", None), overrides)
 
-    app = Flask(__name__)
+    app = Flask(__name__, template_folder="gateway/pages/templates", static_folder="gateway/pages/static")
     app.url_map.converters["int"] = RowIdConverter  # before any route is added
     app.config.update(
         WAHOOK=config,
@@ -56,7 +54,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         # file as read now, so the monitor can tell when it was edited since.
         WAHOOK_SIMULATE_KEY=runstate.simulate_key(config.data_dir),
         WAHOOK_CONFIG_LOADED=runstate.fingerprint(config.path),
-        MAX_CONTENT_LENGTH=intake.MAX_BODY_BYTES,
+        MAX_CONTENT_LENGTH=webhook.MAX_BODY_BYTES,
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
     )
@@ -65,12 +63,12 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     db.use_synchronous(config.database, config["storage"]["synchronous"])
     db.init_app(app)
     db.connection(config.database)  # create and migrate now, not on the first request
-    app.register_blueprint(intake.bp)
+    app.register_blueprint(webhook.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(metrics.bp)
-    app.register_blueprint(api.bp)
+    app.register_blueprint(routes.bp)
     admin.init_app(app)
-    media_route.init_app(app)
+    serve.init_app(app)
     cli.init_app(app)
     return app
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 import sys
 
-import logs
-import private_paths
+from gateway.ops import logs
+from gateway.storage import private_paths
 
 wsgi_app = "app:app"
 
@@ -71,14 +71,14 @@ if os.path.isdir("/dev/shm"):  # noqa: S108 - gunicorn's documented choice; it m
 def on_starting(server) -> None:
     """Check the configuration once in the master, before any worker starts: a bad file
     then stops gunicorn with one line naming the key, instead of workers failing in a loop."""
-    from config import ConfigError, load_config
+    from gateway.config import ConfigError, load_config
 
     try:
         config = load_config()
     except ConfigError as exc:
         sys.exit(f"wahook: configuration error: {exc}")
     if config.database_url:  # likewise a PostgreSQL that cannot be reached, or a wrong password
-        import pg
+        from gateway.storage import pg
 
         try:
             pg.connect(config.database_url).close()
@@ -88,13 +88,13 @@ def on_starting(server) -> None:
 
 def post_worker_init(worker) -> None:
     """Size this process's stream slots to its threads, and let streams end when it stops."""
-    import stream
+    from gateway.api import stream
 
     stream.configure(worker.cfg.threads, lambda: worker.alive)
 
 
 def worker_exit(server, worker) -> None:
     """Say goodbye (1001) on every open WebSocket, so clients reconnect at once."""
-    import ws_hub
+    from gateway.api import ws_hub
 
     ws_hub.stop()

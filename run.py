@@ -33,13 +33,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-import db
-import embedded_redis
-import intake
-import private_paths
-import runstate
-from config import ConfigError, load_config
-from first_config import create_config, fill_empty_secrets
+from gateway import runstate
+from gateway.config import ConfigError, load_config
+from gateway.delivery import embedded_redis
+from gateway.first_config import create_config, fill_empty_secrets
+from gateway.intake import webhook
+from gateway.storage import db, private_paths
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_BIND = "127.0.0.1:8000"
@@ -231,7 +230,7 @@ def banner(config, cfg_file: Path, local: str, public: str | None) -> str:
         f"  Admin pages:     {base}/settings",
         f"  Admin password:  {password}",
         f"  Verify token:    {token}",
-        f"  Callback URL:    {base}{intake.PATH}",
+        f"  Callback URL:    {base}{webhook.PATH}",
         f"  Config file:     {cfg_file}",
         "",
         "In your Meta app, WhatsApp > Configuration: paste the callback URL and verify token.",

@@ -5,11 +5,11 @@ Inside one worker:
   after a commit when no worker is awake; a drain job wakes this worker's dispatcher;
 - the dispatcher finds the endpoints that have due deliveries and tells their lanes; while
   awake it keeps watching the database (a few microseconds every few milliseconds) and
-  does the same on every change, so steady traffic needs no RQ job at all (see jobs.py);
+  does the same on every change, so steady traffic needs no RQ job at all (see doorbell.py);
 - a lane per endpoint, with a few threads and keep-alive connections of its own, claims
   that endpoint's due deliveries in batches and sends them, so an endpoint that hangs or
   fails holds up nobody else's deliveries;
-- a media lane (media_worker.py), with threads of its own, downloads media files when
+- a media lane (downloads.py), with threads of its own, downloads media files when
   `meta.access_token` is set, so downloads and deliveries never wait for each other;
 - a sweeper thread does the same every second without Redis, which is what makes
   retries happen on time and makes a lost job, a flushed Redis or a dead worker harmless;
@@ -32,21 +32,12 @@ from pathlib import Path
 import redis
 from rq import SimpleWorker
 
-import db
-import delivery
-import delivery_states
-import embedded_redis
-import heartbeats
-import jobs
-import lanes
-import logs
-import media_store
-import media_worker
-import outages
-import private_paths
-import safe_http
-import silence
-from config import ConfigError, load_config
+from gateway.config import ConfigError, load_config
+from gateway.delivery import delivery_states, doorbell, embedded_redis, lanes, outages, send
+from gateway.media import downloads, store
+from gateway.net import safe_http
+from gateway.ops import heartbeats, logs, silence
+from gateway.storage import db, private_paths
 
 log = logging.getLogger("wahook.worker")
 
@@ -76,7 +67,7 @@ class Lane(lanes.Lane):
         self.slow = True  # until an attempt shows otherwise, claim one at a time
         self.known = False  # no attempt yet: one thread probes before the others join in
         config = dispatcher.config["delivery"]
-        self.lease = float(config["timeout"]) + delivery.LEASE_MARGIN
+        self.lease = float(config["timeout"]) + send.LEASE_MARGIN
         self.sender = safe_http.Sender(
             allow_http=config["allow_http"], allow_private=config["allow_private_urls"], pool_size=LANE_THREADS
         )
@@ -91,7 +82,7 @@ class Lane(lanes.Lane):
         full = len(claimed) == size
         if full and self.known:
             self.want()
-        results = delivery.deliver_claimed(
+        results = send.deliver_claimed(
             conn, self.dispatcher.config, self.sender, self.endpoint_id, claimed, self.dispatcher.name
         )
         if results:
@@ -139,9 +130,7 @@ class Dispatcher:
         self.awake_lock = threading.RLock()
         self.watcher: threading.Thread | None = None
         self.watch_until = 0.0  # monotonic time until which commits may rely on the watcher
-        self.media = (
-            media_worker.MediaLane(config, self.name, self.stopping) if config["meta"]["access_token"] else None
-        )
+        self.media = downloads.MediaLane(config, self.name, self.stopping) if config["meta"]["access_token"] else None
 
     def pump(self) -> int:
         """Wake the lane of every endpoint with a due delivery nobody holds. Returns how many lanes."""
@@ -150,7 +139,7 @@ class Dispatcher:
                 return 0
             conn = db.connection(self.config.database)
             found = delivery_states.due_endpoints(conn)
-            if self.media is not None and media_store.any_due(conn):
+            if self.media is not None and store.any_due(conn):
                 self.media.want()
             for endpoint_id in found:
                 lane = self.lanes.get(endpoint_id)
@@ -161,16 +150,16 @@ class Dispatcher:
 
     def on_drain_job(self) -> int:
         """A drain job: mark this worker awake before reading SQLite, so every commit from now
-        until the wake key expires is seen by the watcher (see jobs.py)."""
+        until the wake key expires is seen by the watcher (see doorbell.py)."""
         self.hold_awake()
         return self.pump()
 
     def hold_awake(self) -> None:
         with self.awake_lock:
             # Until Redis answers, assume the key may live a whole WAKE_TTL from now.
-            self.watch_until = max(self.watch_until, time.monotonic() + jobs.WAKE_TTL_MS / 1000)
+            self.watch_until = max(self.watch_until, time.monotonic() + doorbell.WAKE_TTL_MS / 1000)
             try:
-                self.watch_until = max(self.watch_until, jobs.hold_awake(self.config))
+                self.watch_until = max(self.watch_until, doorbell.hold_awake(self.config))
             except Exception as exc:
                 log.warning("could not mark the worker awake: %s", exc)
             self.awake.set()
@@ -222,7 +211,7 @@ class Dispatcher:
         self.stopping.set()
         if self.awake.is_set():
             try:
-                jobs.forget_awake(self.config)
+                doorbell.forget_awake(self.config)
             except Exception as exc:
                 log.warning("could not clear the wake key: %s", exc)
         deadline = time.monotonic() + grace
@@ -263,7 +252,7 @@ def prune(conn, retention_days: int, media_folder: Path | None = None) -> int:
                 break
     with db.transaction(conn):
         deleted += conn.execute("DELETE FROM rejections WHERE minute < ?", (int(cutoff // 60),)).rowcount
-    deleted += media_store.prune(conn, media_folder)
+    deleted += store.prune(conn, media_folder)
     db.fold_counter_shards(conn)  # PostgreSQL: the counter rows of sessions that ended, into one
     return deleted
 
@@ -285,7 +274,7 @@ def sweep(dispatcher: Dispatcher) -> None:
             silence.check(conn, dispatcher.config)
             if now - last_prune >= PRUNE_INTERVAL:
                 config = dispatcher.config
-                prune(conn, config["storage"]["retention_days"], media_store.media_dir(config))
+                prune(conn, config["storage"]["retention_days"], store.media_dir(config))
                 last_prune = now
         except Exception:
             log.exception("sweep failed; trying again")
@@ -304,7 +293,7 @@ def run_rq(config) -> None:
         signal.signal(signal.SIGINT, lambda *_: stop.set())
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         try:
-            SimpleWorker([jobs.QUEUE_NAME], connection=jobs.redis_connection(config)).work(
+            SimpleWorker([doorbell.QUEUE_NAME], connection=doorbell.redis_connection(config)).work(
                 logging_level="WARNING", with_scheduler=False
             )
             return
@@ -331,7 +320,7 @@ def main() -> int:
     if config.redis_embedded:
         embedded_redis.ensure_running(config.data_dir)
     dispatcher = Dispatcher(config)
-    jobs.set_drain_handler(dispatcher.on_drain_job)
+    doorbell.set_drain_handler(dispatcher.on_drain_job)
     sweeper = threading.Thread(target=sweep, args=(dispatcher,), name="sweeper", daemon=True)
     sweeper.start()
     log.info("worker %s started", dispatcher.name)

@@ -23,12 +23,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import db  # noqa: E402
-import eventlog  # noqa: E402
-import search  # noqa: E402
+from gateway.pages import event_log, event_search
+from gateway.storage import db
 
 CUSTOMERS = 50_000  # so a customer has about 20 events in a million
-PAGE = eventlog.PAGE_SIZE
+PAGE = event_log.PAGE_SIZE
 
 # Webhook i: a text from customer i % CUSTOMERS (6 in 10), a status to them (3.5 in 10), a
 # template update (1 in 20). One delivery in 1,000 failed (a status; customer 16500004007's
@@ -96,9 +95,9 @@ def timed(action: Callable[[], object], repeat: int) -> float:
 
 def page(conn, chosen: dict[str, str]) -> list[int]:
     """The database work of one /events page: the search, then the page's events, deliveries and count."""
-    ids, _ = search.webhook_page(conn, chosen, None, PAGE)
-    eventlog.events_of(conn, ids)
-    eventlog.deliveries_of(conn, ids) if ids else None
+    ids, _ = event_search.webhook_page(conn, chosen, None, PAGE)
+    event_log.events_of(conn, ids)
+    event_log.deliveries_of(conn, ids) if ids else None
     conn.execute("SELECT count(*) FROM webhooks").fetchone()
     return ids
 
@@ -156,7 +155,7 @@ def measure(count: int = 1_000_000, folder: Path | None = None) -> dict:
         for label, chosen in searches.items():
             found = page(conn, chosen)
             assert found or "none match" in label, (label, found)
-            after[label] = timed(lambda chosen=chosen: search.webhook_page(conn, chosen, None, PAGE), 15)
+            after[label] = timed(lambda chosen=chosen: event_search.webhook_page(conn, chosen, None, PAGE), 15)
             pages[label] = timed(lambda chosen=chosen: page(conn, chosen), 15)
         conn.close()
         return {

@@ -49,7 +49,7 @@ WARM = 500
 
 def _bodies(kind: str, count: int) -> list[bytes]:
     sys.path.insert(0, str(HERE.parent))  # this checkout's samples, whichever checkout is measured
-    import samples
+    from gateway.intake import samples
 
     sys.path.remove(str(HERE.parent))
 
@@ -75,11 +75,11 @@ def _switch_off(variant: str, conn) -> None:
         for name in SEARCH_INDEXES:
             conn.execute(f"DROP INDEX IF EXISTS {name}")
     elif variant == "no-stale":
-        import status_order
+        from gateway.intake import status_order
 
         status_order.settle = lambda conn, message_id, status, earlier=None: (False, status)
     elif variant == "no-contacts":
-        import contacts
+        from gateway.intake import contacts
 
         contacts.draw = lambda conn, message, now: []
 
@@ -90,10 +90,10 @@ def one_process(root: Path, variant: str, kind: str, synchronous: str, count: in
     sys.path.insert(0, str(root))
     os.chdir(root)
     folder = Path(tempfile.mkdtemp(prefix="wahook-cpu-"))
-    import db
-    import endpoints
     from app import create_app
-    from config import ConfigError
+    from gateway.config import ConfigError
+    from gateway.delivery import endpoints
+    from gateway.storage import db
 
     sections = {
         "meta": {"app_secret": "bench-secret"},

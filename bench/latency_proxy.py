@@ -10,7 +10,7 @@ its statements pays the delay once per round trip, not once per statement.
 
 A round trip is counted each time a client sends after the server has answered (or first
 on a connection): what a client that waits for each answer pays the delay for. The tests
-use this count to hold intake to its budget of round trips (tests/test_pg.py).
+use this count to hold intake to its budget of round trips (tests/storage/test_pg.py).
 """
 
 from __future__ import annotations

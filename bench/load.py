@@ -24,9 +24,7 @@ from stack import APP_SECRET, INTAKE_PATH, ROOT, VERIFY_TOKEN
 
 sys.path.insert(0, str(ROOT))
 
-import events  # noqa: E402
-import intake  # noqa: E402
-import samples  # noqa: E402
+from gateway.intake import meta_parser, samples, webhook
 
 LUA = Path(__file__).with_name("post.lua")
 FILLER = f"hub.mode=subscribe&hub.verify_token={VERIFY_TOKEN}&hub.challenge=filler"
@@ -36,8 +34,8 @@ def signed(statuses: int = 1) -> tuple[bytes, str, list[str]]:
     """(raw body, X-Hub-Signature-256, the event ids wahook will draw from it)."""
     body = samples.status_sample(statuses)
     raw = json.dumps(body, separators=(",", ":")).encode()
-    signature = intake.meta_signature(APP_SECRET, raw)
-    ids = [event.body["event_id"] for event in events.parse(body, time.time())]
+    signature = webhook.meta_signature(APP_SECRET, raw)
+    ids = [event.body["event_id"] for event in meta_parser.parse(body, time.time())]
     return raw, signature, ids
 
 
@@ -49,7 +47,7 @@ def signed_message(customer: int) -> bytes:
         contacts=[samples.contact(wa_id, f"Customer {customer}")],
     )
     raw = json.dumps(body, separators=(",", ":")).encode()
-    return intake.meta_signature(APP_SECRET, raw).encode() + b"\t" + raw + b"\n"
+    return webhook.meta_signature(APP_SECRET, raw).encode() + b"\t" + raw + b"\n"
 
 
 def write_message_pool(path: Path, count: int, customers: int) -> None:

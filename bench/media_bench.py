@@ -21,8 +21,7 @@ from scenarios import Plan, Workspace, prepare_queue
 from sink import duplicates
 from stack import APP_SECRET, INTAKE_PATH, ROOT, wait_until
 
-import intake  # noqa: E402  (stack put the checkout on sys.path)
-import samples  # noqa: E402
+from gateway.intake import samples, webhook
 
 STREAM_RATE = 20.0  # image messages per second
 IMAGE_BYTES = 200 * 1024
@@ -70,7 +69,7 @@ def post_images(base: str, stop: threading.Event, first_id: int) -> int:
         image = samples.media("image/jpeg", id=str(first_id + sent))
         body = samples.incoming(samples.message("image", image))
         raw = json.dumps(body).encode()
-        headers = {"Content-Type": "application/json", "X-Hub-Signature-256": intake.meta_signature(APP_SECRET, raw)}
+        headers = {"Content-Type": "application/json", "X-Hub-Signature-256": webhook.meta_signature(APP_SECRET, raw)}
         session.post(base + INTAKE_PATH, data=raw, headers=headers, timeout=10)
         sent += 1
         stop.wait(max(0.0, started + sent / STREAM_RATE - time.monotonic()))

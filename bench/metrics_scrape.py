@@ -15,7 +15,7 @@ from pathlib import Path
 
 from stack import ROOT  # noqa: F401 (puts the checkout on sys.path)
 
-import db  # noqa: E402 (after stack)
+from gateway.storage import db
 
 ENDPOINTS = 20
 

@@ -38,8 +38,14 @@ PROXY = Path(__file__).with_name("latency_proxy.py")
 
 # Made by the measured checkout's own code (BENCH_ROOT may be an older one).
 ADD_ENDPOINT = (
-    "import sys, db, endpoints; from config import load_config; c = load_config(sys.argv[1]);"
-    " conn = db.connect(c.database); db.migrate(conn); endpoints.create(conn, c, sys.argv[2])"
+    "import sys; "
+    "from gateway.storage import db; "
+    "from gateway.delivery import endpoints; "
+    "from gateway.config import load_config; "
+    "c = load_config(sys.argv[1]); "
+    "conn = db.connect(c.database); "
+    "db.migrate(conn); "
+    "endpoints.create(conn, c, sys.argv[2])"
 )
 
 

@@ -27,11 +27,10 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import apikeys  # noqa: E402
-import db  # noqa: E402
-import embedded_redis  # noqa: E402
-import endpoints  # noqa: E402
-from config import load_config  # noqa: E402
+from gateway.api import api_keys
+from gateway.config import load_config
+from gateway.delivery import embedded_redis, endpoints
+from gateway.storage import db
 
 APP_SECRET = "bench-app-secret"
 VERIFY_TOKEN = "bench-verify-token"
@@ -127,7 +126,7 @@ class Stack:
         conn = db.connect(self.config.database)
         try:
             db.migrate(conn)
-            return apikeys.create(conn, "bench", scopes)[1]
+            return api_keys.create(conn, "bench", scopes)[1]
         finally:
             conn.close()
 

@@ -19,19 +19,12 @@ import requests
 from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
 
-import apikeys
-import backup
-import copydb
-import delivery
-import delivery_states
-import endpoints
-import intake
-import jobs
-import listen
-import pg
-import runstate
-import samples
-from db import get_db
+from gateway import runstate
+from gateway.api import api_keys, listen
+from gateway.delivery import delivery_states, doorbell, endpoints, send
+from gateway.intake import samples, webhook
+from gateway.storage import backup, copydb, pg
+from gateway.storage.db import get_db
 
 
 def emit(value: Any) -> None:
@@ -138,7 +131,7 @@ def endpoint_rotate_secret(endpoint_id: int, keep_old_hours: str) -> None:
 def endpoint_test(endpoint_id: int) -> None:
     """Send a signed webhook.test event now; prints the outcome (exit 1 when it failed)."""
     try:
-        outcome = delivery.send_test(get_db(), config(), endpoint_id)
+        outcome = send.send_test(get_db(), config(), endpoint_id)
     except KeyError:
         refuse(f"no endpoint {endpoint_id}")
     warning = drift_warning()
@@ -172,7 +165,7 @@ def deliveries_retry(failed: bool, since: str | None, endpoint_id: int | None) -
         endpoint_id=endpoint_id,
     )
     if count:
-        jobs.wake(config())
+        doorbell.wake(config())
     emit({"requeued": count})
 
 
@@ -200,7 +193,7 @@ def simulate_target() -> tuple[str, dict | None]:
         base = info["url"]
     else:
         base = "http://127.0.0.1:8000"
-    return base.rstrip("/") + intake.PATH, info
+    return base.rstrip("/") + webhook.PATH, info
 
 
 @apikey_cli.command("add")
@@ -209,8 +202,8 @@ def simulate_target() -> tuple[str, dict | None]:
 def apikey_add(name: str, scopes: str) -> None:
     """Make an API key; prints it with the full key, shown this once and stored only as a hash."""
     try:
-        made, key = apikeys.create(get_db(), name, scopes)
-    except apikeys.ApiKeyError as exc:
+        made, key = api_keys.create(get_db(), name, scopes)
+    except api_keys.ApiKeyError as exc:
         refuse(exc.message, exc.field)
     emit({**made.as_dict(), "key": key})
 
@@ -218,14 +211,14 @@ def apikey_add(name: str, scopes: str) -> None:
 @apikey_cli.command("list")
 def apikey_list() -> None:
     """List API keys (never the keys themselves), with when each was last used."""
-    emit([key.as_dict() for key in apikeys.list_all(get_db())])
+    emit([key.as_dict() for key in api_keys.list_all(get_db())])
 
 
 @apikey_cli.command("revoke")
 @click.argument("key_id", type=int)
 def apikey_revoke(key_id: int) -> None:
     """Revoke an API key: every request with it is refused (401) from now on."""
-    if not apikeys.revoke(get_db(), key_id):
+    if not api_keys.revoke(get_db(), key_id):
         refuse(f"no API key {key_id}")
     emit({"revoked": key_id})
 
@@ -253,7 +246,7 @@ def simulate(kind: str, url: str | None) -> None:
         warning = runstate.stale_config_message(Path(info["config"]))
         click.echo(f"warning: {warning}", err=True)
     raw = json.dumps(samples.sample(kind)).encode()
-    signature = intake.meta_signature(secret, raw)
+    signature = webhook.meta_signature(secret, raw)
     try:
         response = requests.post(
             url,

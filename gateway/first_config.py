@@ -14,7 +14,7 @@ import secrets
 import tomllib
 from pathlib import Path
 
-EXAMPLE = Path(__file__).resolve().with_name("config.example.toml")
+EXAMPLE = Path(__file__).resolve().parents[1] / "config.example.toml"
 # Filled into config.toml when empty, so a fresh install is usable and not open.
 GENERATED = (("meta", "verify_token"), ("admin", "password"))
 

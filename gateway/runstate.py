@@ -21,8 +21,8 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-import config_drift
-import private_paths
+from gateway.ops import config_drift
+from gateway.storage import private_paths
 
 RUN_FILE = "run.json"
 SIMULATE_KEY_FILE = "simulate_key"

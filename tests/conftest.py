@@ -34,24 +34,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 SWEEP_INTERVAL = 0.2
 os.environ["WAHOOK_SWEEP_INTERVAL"] = str(SWEEP_INTERVAL)
 
-import apikeys  # noqa: E402
-import db  # noqa: E402
-import delivery  # noqa: E402
-import delivery_states  # noqa: E402
-import embedded_redis  # noqa: E402
-import endpoints  # noqa: E402
-import intake  # noqa: E402
-import interruption  # noqa: E402
-import jobs  # noqa: E402
-import safe_http  # noqa: E402
-import worker  # noqa: E402
-from app import create_app  # noqa: E402
-from db import get_db  # noqa: E402
-from graph_stub import TOKEN as GRAPH_TOKEN  # noqa: E402
-from graph_stub import GraphStub  # noqa: E402
-from interruption import _signal_handlers  # noqa: E402, F401 (an autouse fixture)
-from pgserver import Server as PostgresServer  # noqa: E402
-from receiver import Receiver  # noqa: E402
+import interruption
+import worker
+from app import create_app
+from gateway.api import api_keys
+from gateway.delivery import delivery_states, doorbell, embedded_redis, endpoints, send
+from gateway.intake import webhook
+from gateway.net import safe_http
+from gateway.storage import db
+from gateway.storage.db import get_db
+from graph_stub import TOKEN as GRAPH_TOKEN
+from graph_stub import GraphStub
+from interruption import _signal_handlers  # noqa: F401 (an autouse fixture)
+from pgserver import Server as PostgresServer
+from receiver import Receiver
 
 # Hypothesis fails an example slower than 200 ms as flaky; beside three other test workers on
 # a small machine a parse can take that long, and speed is not what those tests check.
@@ -65,7 +61,7 @@ ADMIN_PASSWORD = "test-admin-password"
 
 def sign(raw: bytes, secret: str = APP_SECRET) -> str:
     """The X-Hub-Signature-256 value Meta would send for `raw`."""
-    return intake.meta_signature(secret, raw)
+    return webhook.meta_signature(secret, raw)
 
 
 def text_message(wamid: str = "wamid.HBgLMTU1NTAxMjM0NTY3FQIAEhgUM0VCMEE", text: str = "Hello") -> dict:
@@ -166,7 +162,7 @@ def make_key(app):
 
     def make(scopes: str = "publish,read", name: str = "test client") -> str:
         with app.app_context():
-            return apikeys.create(get_db(), name, scopes)[1]
+            return api_keys.create(get_db(), name, scopes)[1]
 
     return make
 
@@ -265,7 +261,7 @@ def redis_url(tmp_path_factory) -> str:
 def app(tmp_path, redis_url, storage_database):
     sections = instance_sections(tmp_path, redis_url, storage_database)
     application = create_app({"TESTING": True, "config_path": str(tmp_path / "config.toml"), **sections})
-    jobs.redis_connection(application.config["WAHOOK"]).flushall()
+    doorbell.redis_connection(application.config["WAHOOK"]).flushall()
     yield application
     db.close_all()
 
@@ -303,14 +299,14 @@ def post_webhook(client):
 def worker_in_process(app):
     """The worker's dispatcher and sweeper in this process, as worker.py runs them, for `app`."""
     dispatcher = worker.Dispatcher(app.config["WAHOOK"])
-    jobs.set_drain_handler(dispatcher.on_drain_job)
+    doorbell.set_drain_handler(dispatcher.on_drain_job)
     sweeper = threading.Thread(target=worker.sweep, args=(dispatcher,), daemon=True)
     sweeper.start()
     try:
         yield dispatcher
     finally:
         dispatcher.stop(grace=0.5)
-        jobs.set_drain_handler(None)
+        doorbell.set_drain_handler(None)
 
 
 @pytest.fixture
@@ -537,6 +533,6 @@ def attempt_due(app, conn, endpoint_id: int) -> list:
     claimed = delivery_states.claim_next(conn, endpoint_id, "test-lane", 10, 10)
     sender = safe_http.Sender(allow_http=True, allow_private=True)
     try:
-        return delivery.deliver_claimed(conn, app.config["WAHOOK"], sender, endpoint_id, claimed, "test-lane")
+        return send.deliver_claimed(conn, app.config["WAHOOK"], sender, endpoint_id, claimed, "test-lane")
     finally:
         sender.close()

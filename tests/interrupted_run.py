@@ -16,14 +16,14 @@ import pytest
 import redis
 from rq import SimpleWorker
 
-import jobs
+from gateway.delivery import doorbell
 
 # The test that runs this module reads the processes to check here.
 READY = os.environ.get("WAHOOK_INTERRUPT_READY", "")
 
 
 def test_rq_runs_in_this_process(app):
-    SimpleWorker([jobs.QUEUE_NAME], connection=jobs.redis_connection(app.config["WAHOOK"])).work(burst=True)
+    SimpleWorker([doorbell.QUEUE_NAME], connection=doorbell.redis_connection(app.config["WAHOOK"])).work(burst=True)
 
 
 @pytest.mark.engines("postgresql")

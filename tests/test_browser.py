@@ -15,9 +15,9 @@ import pytest
 import requests
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-import db
 import provision
 from conftest import ADMIN_PASSWORD, ROOT, sign, text_message, wait_until
+from gateway.storage import db
 from receiver import Behaviour
 
 pytestmark = pytest.mark.browser

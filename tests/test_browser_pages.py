@@ -10,9 +10,9 @@ import pytest
 import requests
 from playwright.sync_api import Page, expect
 
-import db
-import outages
 from conftest import Processes, instance_sections, sign, text_message, wait_until
+from gateway.delivery import outages
+from gateway.storage import db
 from receiver import Behaviour
 from test_browser import SCREENSHOTS, browser, log_in, new_page, no_sideways_scroll, post_meta, shot
 

@@ -14,13 +14,12 @@ import pytest
 from click.testing import CliRunner
 from standardwebhooks.webhooks import Webhook
 
-import cli
-import db
-import endpoints
-import runstate
-import samples
 from app import create_app
 from conftest import ROOT, cli_json, text_message, wait_until
+from gateway import cli, runstate
+from gateway.delivery import endpoints
+from gateway.intake import samples
+from gateway.storage import db
 from receiver import Behaviour
 
 pytestmark = pytest.mark.engines

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from config import DEFAULTS, ConfigError, load_config
+from gateway.config import DEFAULTS, ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -11,9 +11,9 @@ import threading
 import pytest
 import requests
 
-import endpoints
 from conftest import sign, text_message, wait_every_event_delivered, wait_until
-from db import get_db
+from gateway.delivery import endpoints
+from gateway.storage.db import get_db
 
 pytestmark = pytest.mark.engines
 

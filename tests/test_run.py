@@ -24,11 +24,11 @@ import psutil
 import pytest
 import redis
 
-import embedded_redis
-import first_config
 import run
-from config import load_config
 from conftest import APP_SECRET, GRAPH_TOKEN, media_message, sign, write_config
+from gateway import first_config
+from gateway.config import load_config
+from gateway.delivery import embedded_redis
 from graph_stub import Media
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -17,8 +17,8 @@ import secrets
 import time
 from dataclasses import dataclass
 
-import db
-from db import transaction
+from gateway.storage import db
+from gateway.storage.db import transaction
 
 KEY_PREFIX = "wak_"
 SCOPES = ("publish", "read")

@@ -1,4 +1,4 @@
-"""Which web pages may use the API from a browser (SPEC 7): CORS for `api.allowed_origins`.
+"""Which web pages may use the API from a browser (SPEC 7): CORS for `routes.allowed_origins`.
 
 A page whose origin is listed gets `Access-Control-Allow-Origin` on every API answer and its
 preflights answered, so its fetch, EventSource and WebSocket work. Cookies are never

@@ -35,10 +35,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 
-import accounts
-import db
-import names
-from outbox import OPERATIONAL, selects
+from gateway.delivery import accounts
+from gateway.delivery.outbox import OPERATIONAL, selects
+from gateway.intake import event_names
+from gateway.storage import db
 
 # Events a bare filter leaves out: operational ones (as for endpoints) and test sends, which
 # belong to the one endpoint they were sent to.
@@ -77,7 +77,7 @@ def picks(wanted: Iterable[str], name: str) -> bool:
 
 def parse_filter(text: str | None) -> list[str]:
     """`events=a,b` as filter entries; raises ValueError on an entry no event could match."""
-    return names.clean_filter(text or "")
+    return event_names.clean_filter(text or "")
 
 
 # Where a reader is: the row id on SQLite, (transaction id, row id) on PostgreSQL; 0 is the start.

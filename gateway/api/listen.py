@@ -1,7 +1,7 @@
 """`flask --app app listen`: print each new event as one JSON line, and maybe forward it.
 
 A client of pull and stream (SPEC 7). By default it reads this installation's database
-directly, as the pull API would (feed.py), so it needs no key and works beside `make run`.
+directly, as the pull API would (event_reader.py), so it needs no key and works beside `make run`.
 With `--server URL --api-key K` it follows a remote wahook's `GET /api/v1/stream` instead,
 reconnecting with Last-Event-ID when the connection drops, so nothing is missed.
 
@@ -22,11 +22,9 @@ import requests
 from flask import current_app
 from flask.cli import with_appcontext
 
-import db
-import delivery
-import endpoints
-import feed
-import pg
+from gateway.api import event_reader
+from gateway.delivery import endpoints, send
+from gateway.storage import db, pg
 
 POLL_SECONDS = 0.2
 PAGE = 200
@@ -49,12 +47,12 @@ def local_events(path, after: str | None, wanted: list[str]) -> Iterator[tuple[s
     not on the first read, so an event committed in between is not missed."""
     conn = db.connection(path)
     try:
-        after_row = feed.cursor_row(conn, after) if after else feed.latest_row(conn)
-    except feed.UnknownCursor:
+        after_row = event_reader.cursor_row(conn, after) if after else event_reader.latest_row(conn)
+    except event_reader.UnknownCursor:
         raise Fatal(f"unknown event_id {after!r}: never stored, or pruned") from None
     return (
         (row["event_id"], row["name"], row["body"])
-        for rows in feed.follow(conn, after_row, wanted, POLL_SECONDS, PAGE)
+        for rows in event_reader.follow(conn, after_row, wanted, POLL_SECONDS, PAGE)
         for row in rows
     )
 
@@ -108,7 +106,7 @@ def forward(session: requests.Session, url: str, secret: str, event_id: str, nam
     """POST one event to `url` signed like a delivery; report the outcome on stderr."""
     raw = body.encode("utf-8")
     for attempt in range(1, FORWARD_ATTEMPTS + 1):
-        headers = delivery.build_headers(
+        headers = send.build_headers(
             {"secret": secret, "previous_secret": "", "bearer_token": ""},
             {"event_name": name, "message_id": event_id},
             raw,
@@ -140,7 +138,7 @@ def forward(session: requests.Session, url: str, secret: str, event_id: str, nam
 def listen(forward_to, secret, events_, server, api_key, after, count) -> None:
     """Print each new event as one JSON line; with --forward-to, POST it there signed."""
     try:
-        wanted = feed.parse_filter(events_)
+        wanted = event_reader.parse_filter(events_)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--events") from None
     if secret is not None and (problem := endpoints.check_secret(secret)):

@@ -28,19 +28,11 @@ import psycopg
 from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-import accounts
-import apikeys
-import cors
-import db
-import feed
-import intake
-import jobs
-import names
-import outbox
-import stream
-import stream_tokens
-import ws_hub
-from db import get_db, transaction
+from gateway.api import api_keys, cors, event_reader, stream, stream_tokens, ws_hub
+from gateway.delivery import accounts, doorbell, outbox
+from gateway.intake import event_names, webhook
+from gateway.storage import db
+from gateway.storage.db import get_db, transaction
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -128,11 +120,11 @@ def storage_error(exc: Exception) -> Response:
     return response
 
 
-def authorize(scope: str) -> apikeys.ApiKey:
+def authorize(scope: str) -> api_keys.ApiKey:
     """The request's API key, checked for `scope`; raises ApiError (the key itself is never logged)."""
     try:
-        return apikeys.check(get_db(), apikeys.bearer(request.headers.get("Authorization")), scope)
-    except apikeys.Refused as exc:
+        return api_keys.check(get_db(), api_keys.bearer(request.headers.get("Authorization")), scope)
+    except api_keys.Refused as exc:
         raise ApiError(exc.status, exc.message) from None
 
 
@@ -146,7 +138,7 @@ def covers(allowed: tuple[str, ...], entry: str) -> bool:
 class Reader:
     """Who reads, and within which filters: an API key, or a stream token minted from one."""
 
-    def __init__(self, key: apikeys.ApiKey, grant: stream_tokens.Grant | None) -> None:
+    def __init__(self, key: api_keys.ApiKey, grant: stream_tokens.Grant | None) -> None:
         self.key = key
         self.grant = grant
 
@@ -180,18 +172,18 @@ def reader() -> Reader:
         return Reader(authorize("read"), None)
     try:
         key, grant = stream_tokens.check(get_db(), current_app.config["SECRET_KEY"], token)
-    except apikeys.Refused as exc:
+    except api_keys.Refused as exc:
         raise ApiError(exc.status, exc.message) from None
     return Reader(key, grant)
 
 
 def read_publish() -> tuple[str, dict]:
     """The event name and data of a publish request; raises ApiError."""
-    raw = intake.read_body(MAX_BODY_BYTES)
+    raw = webhook.read_body(MAX_BODY_BYTES)
     if raw is None:
         raise ApiError(413, "body larger than 1 MiB")
     try:
-        body = intake.DECODER.decode(raw.decode("utf-8"))
+        body = webhook.DECODER.decode(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise ApiError(400, "body is not UTF-8 JSON") from None
     if not isinstance(body, dict):
@@ -199,7 +191,7 @@ def read_publish() -> tuple[str, dict]:
     extra = sorted(set(body) - {"event", "data"})
     if extra:
         raise ApiError(422, f"unknown field {extra[0]!r}; a publish has only event and data")
-    problem = names.publish_problem(body.get("event"))
+    problem = event_names.publish_problem(body.get("event"))
     if problem:
         raise ApiError(422, problem)
     data = body.get("data", {})
@@ -228,7 +220,7 @@ def publish() -> Response:
     conn = get_db()
     now = time.time()
     with transaction(conn):
-        apikeys.touch(conn, key, now, force=True)
+        api_keys.touch(conn, key, now, force=True)
         if idem is not None:
             earlier = conn.execute(
                 "SELECT status, answer FROM idempotency_keys WHERE api_key_id = ? AND key = ? AND created_at > ?",
@@ -247,13 +239,13 @@ def publish() -> Response:
                 (key.id, idem, now, text),
             )
             conn.execute("DELETE FROM idempotency_keys WHERE created_at <= ?", (now - IDEMPOTENCY_SECONDS,))
-    jobs.wake(current_app.config["WAHOOK"])
+    doorbell.wake(current_app.config["WAHOOK"])
     return Response(text, status=202, mimetype="application/json")
 
 
 def read_filter() -> list[str]:
     try:
-        return feed.parse_filter(request.args.get("events"))
+        return event_reader.parse_filter(request.args.get("events"))
     except ValueError as exc:
         raise ApiError(422, str(exc)) from None
 
@@ -265,20 +257,20 @@ def read_limit() -> int:
     if not re.fullmatch(r"-?[0-9]{1,9}", text.strip()):
         raise ApiError(400, "limit must be a whole number")
     limit = int(text)
-    if not 1 <= limit <= feed.MAX_LIMIT:
-        raise ApiError(422, f"limit must be between 1 and {feed.MAX_LIMIT}")
+    if not 1 <= limit <= event_reader.MAX_LIMIT:
+        raise ApiError(422, f"limit must be between 1 and {event_reader.MAX_LIMIT}")
     return limit
 
 
-def cursor(event_id: str | None) -> feed.Position | None:
-    """The position (feed.py) after which to read, from an event_id the client has; None when it gave none."""
+def cursor(event_id: str | None) -> event_reader.Position | None:
+    """The position (event_reader.py) after which to read, from an event_id the client has; None when it gave none."""
     if event_id is None:
         return None
     if not event_id or len(event_id) > 100:
         raise ApiError(400, "the cursor must be an event_id such as evt_...")
     try:
-        return feed.cursor_row(get_db(), event_id)
-    except feed.UnknownCursor:
+        return event_reader.cursor_row(get_db(), event_id)
+    except event_reader.UnknownCursor:
         raise ApiError(
             422, f"unknown event_id {event_id!r}: never stored, or pruned after the retention period"
         ) from None
@@ -291,8 +283,8 @@ def pull() -> Response:
     wanted, account_ids = who.events(), who.accounts()
     after = cursor(request.args.get("after"))
     conn = get_db()
-    apikeys.touch(conn, who.key)
-    rows = feed.page(conn, after or 0, limit, wanted, account_ids)
+    api_keys.touch(conn, who.key)
+    rows = event_reader.page(conn, after or 0, limit, wanted, account_ids)
     # The bodies are sent as stored, byte for byte, as deliveries send them.
     next_id = json.dumps(rows[-1]["event_id"]) if rows else "null"
     text = '{"events":[' + ",".join(row["body"] for row in rows) + '],"next":' + next_id + "}"
@@ -313,8 +305,8 @@ def events_stream() -> Response:
     conn = get_db()
     after = cursor(resume)
     if after is None:
-        after = feed.latest_row(conn)
-    apikeys.touch(conn, who.key)
+        after = event_reader.latest_row(conn)
+    api_keys.touch(conn, who.key)
     refused = stream.take_slot(who.key.id)
     if refused:
         return busy(refused)
@@ -366,8 +358,8 @@ def websocket() -> Response:
     conn = get_db()
     after = cursor(request.args.get("after"))
     if after is None:
-        after = feed.latest_row(conn)
-    apikeys.touch(conn, who.key)
+        after = event_reader.latest_row(conn)
+    api_keys.touch(conn, who.key)
     sock = request.environ.get("gunicorn.socket")
     if sock is None:
         return error(501, "WebSockets are served by gunicorn (make run, or gunicorn app:app)")
@@ -395,11 +387,11 @@ def websocket() -> Response:
 def mint_stream_token() -> Response:
     """A stream token for a browser page (see stream_tokens.py)."""
     key = authorize("read")
-    raw = intake.read_body(MAX_BODY_BYTES)
+    raw = webhook.read_body(MAX_BODY_BYTES)
     if raw is None:
         raise ApiError(413, "body larger than 1 MiB")
     try:
-        body = intake.DECODER.decode(raw.decode("utf-8")) if raw.strip() else {}
+        body = webhook.DECODER.decode(raw.decode("utf-8")) if raw.strip() else {}
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise ApiError(400, "body is not UTF-8 JSON") from None
     if not isinstance(body, dict):
@@ -409,6 +401,6 @@ def mint_stream_token() -> Response:
     except ValueError as exc:
         raise ApiError(422, str(exc)) from None
     grant = stream_tokens.grant_for(key, ttl, events, account_ids)
-    apikeys.touch(get_db(), key)
+    api_keys.touch(get_db(), key)
     token = stream_tokens.encode(current_app.config["SECRET_KEY"], grant)
     return answer({"token": token, "expires_at": grant.expires_at})

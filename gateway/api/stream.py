@@ -21,9 +21,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-import apikeys
-import db
-import feed
+from gateway.api import api_keys, event_reader
+from gateway.storage import db
 
 POLL_SECONDS = 0.2
 HEARTBEAT_SECONDS = 10.0  # the contract asks for at least one line every 15 s
@@ -82,7 +81,7 @@ def frame(row) -> str:
 
 def events(
     database: str | os.PathLike,
-    after_row: feed.Position,
+    after_row: event_reader.Position,
     wanted: list[str],
     account_ids: list[str] = (),
     key_id: int | None = None,
@@ -95,11 +94,11 @@ def events(
     conn = db.connection(database)
     yield f"retry: {RETRY_MS}\n: connected\n\n"
     quiet_since = checked = time.monotonic()
-    for rows in feed.follow(conn, after_row, wanted, POLL_SECONDS, PAGE, lambda: _serving(), account_ids):
+    for rows in event_reader.follow(conn, after_row, wanted, POLL_SECONDS, PAGE, lambda: _serving(), account_ids):
         if time.monotonic() - checked >= HEARTBEAT_SECONDS:
             checked = time.monotonic()
             if (expires_at is not None and time.time() >= expires_at) or (
-                key_id is not None and not apikeys.live_ids(conn, [key_id])
+                key_id is not None and not api_keys.live_ids(conn, [key_id])
             ):
                 return  # the reader reconnects with a fresh token (or is refused)
         if rows:

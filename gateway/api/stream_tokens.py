@@ -21,10 +21,10 @@ import json
 import time
 from dataclasses import dataclass
 
-import accounts
-import apikeys
-import db
-import names
+from gateway.api import api_keys
+from gateway.delivery import accounts
+from gateway.intake import event_names
+from gateway.storage import db
 
 PREFIX = "wst_"
 MAX_TTL_SECONDS = 86400
@@ -69,10 +69,10 @@ def read_request(body: dict) -> tuple[int, list[str], list[str]]:
         value = body.get(name, [])
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ValueError(f"{name} must be a list of strings")
-    return ttl, names.clean_filter(body.get("events", [])), accounts.clean(body.get("accounts", []))
+    return ttl, event_names.clean_filter(body.get("events", [])), accounts.clean(body.get("accounts", []))
 
 
-def grant_for(key: apikeys.ApiKey, ttl_seconds: int, events: list[str], accounts: list[str]) -> Grant:
+def grant_for(key: api_keys.ApiKey, ttl_seconds: int, events: list[str], accounts: list[str]) -> Grant:
     """A grant for `key` lasting `ttl_seconds` (already checked: 1 to MAX_TTL_SECONDS)."""
     return Grant(key.id, int(time.time()) + ttl_seconds, tuple(events), tuple(accounts))
 
@@ -110,17 +110,17 @@ def decode(secret_key: str, token: str, now: float | None = None) -> Grant:
     return grant
 
 
-def check(conn: db.Connection, secret_key: str, token: str) -> tuple[apikeys.ApiKey, Grant]:
+def check(conn: db.Connection, secret_key: str, token: str) -> tuple[api_keys.ApiKey, Grant]:
     """The live read key behind `token` and its grant; raises apikeys.Refused (401) otherwise."""
     try:
         grant = decode(secret_key, token)
     except Invalid as exc:
-        raise apikeys.Refused(401, str(exc)) from None
-    key = apikeys.by_id(conn, grant.key_id)
+        raise api_keys.Refused(401, str(exc)) from None
+    key = api_keys.by_id(conn, grant.key_id)
     if key is None:
-        raise apikeys.Refused(401, "the API key that minted this token was deleted")
+        raise api_keys.Refused(401, "the API key that minted this token was deleted")
     if key.revoked_at is not None:
-        raise apikeys.Refused(401, "the API key that minted this token was revoked")
+        raise api_keys.Refused(401, "the API key that minted this token was revoked")
     if "read" not in key.scopes:
-        raise apikeys.Refused(401, "the API key that minted this token no longer has the 'read' scope")
+        raise api_keys.Refused(401, "the API key that minted this token no longer has the 'read' scope")
     return key, grant

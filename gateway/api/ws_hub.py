@@ -39,10 +39,9 @@ from wsproto.connection import Connection, ConnectionType
 from wsproto.events import CloseConnection, Ping, Pong, TextMessage
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-import accounts
-import apikeys
-import db
-import feed
+from gateway.api import api_keys, event_reader
+from gateway.delivery import accounts
+from gateway.storage import db
 
 log = logging.getLogger("wahook.ws")
 
@@ -107,7 +106,7 @@ class Client:
 
     sock: socket.socket
     key_id: int
-    after: feed.Position  # see feed.py: a row id on SQLite, (transaction, row id) on PostgreSQL
+    after: event_reader.Position  # see event_reader.py: a row id on SQLite, (transaction, row id) on PostgreSQL
     wanted: list[str]
     account_ids: frozenset[str]
     expires_at: float | None = None  # a stream token's expiry; None when a key opened it
@@ -118,7 +117,7 @@ class Client:
     closing: bool = False
 
     def wants(self, row) -> bool:
-        return feed.picks(self.wanted, row["name"]) and accounts.takes(
+        return event_reader.picks(self.wanted, row["name"]) and accounts.takes(
             self.account_ids, row["waba_id"], row["phone_number_id"]
         )
 
@@ -243,17 +242,17 @@ class Hub:
 
     def _send_new(self, conn: db.Connection, changed: bool) -> None:
         """Read what each group of sockets at one cursor has not seen, once per group."""
-        groups: dict[feed.Position, list[Client]] = {}
+        groups: dict[event_reader.Position, list[Client]] = {}
         for client in self.clients:
             if (changed or client.behind) and not client.closing:
                 groups.setdefault(client.after, []).append(client)
         for after, members in groups.items():
-            rows = feed.page_of_all(conn, after, PAGE)
+            rows = event_reader.page_of_all(conn, after, PAGE)
             for client in members:
                 client.behind = len(rows) == PAGE
                 if not rows:
                     continue
-                client.after = feed.position(rows[-1])
+                client.after = event_reader.position(rows[-1])
                 texts = [frame_text(row) for row in rows if client.wants(row)]
                 if texts:
                     self._queue(client, b"".join(client.ws.send(TextMessage(data=t)) for t in texts))
@@ -261,7 +260,7 @@ class Hub:
     def _ping(self, now: float, conn: db.Connection) -> None:
         """Ping every socket; drop the silent ones, and close those whose key was revoked or
         whose token expired since they opened (1008: the page reconnects with a fresh token)."""
-        live = apikeys.live_ids(conn, sorted({c.key_id for c in self.clients}))
+        live = api_keys.live_ids(conn, sorted({c.key_id for c in self.clients}))
         for client in list(self.clients):
             if now - client.heard > 3 * PING_SECONDS:
                 self._drop(client)

@@ -15,7 +15,7 @@ import json
 import re
 from collections.abc import Iterable
 
-import names
+from gateway.intake import event_names
 
 ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
 MAX_IDS = 200
@@ -23,7 +23,7 @@ MAX_IDS = 200
 
 def clean(value) -> list[str]:
     """An accounts filter from a list or a comma-separated string, sorted; raises ValueError."""
-    ids = names.split(value)
+    ids = event_names.split(value)
     bad = [i for i in ids if not ID_RE.fullmatch(i)]
     if bad:
         raise ValueError(f"{bad[0]!r} is not an account id; give WhatsApp Business Account or phone number ids")
@@ -61,7 +61,7 @@ def sql(wanted: list[str]) -> tuple[str, list]:
 
 
 def change_phone_number_id(change: dict) -> str | None:
-    """The business phone number a Meta change concerns, as events.py reads it."""
+    """The business phone number a Meta change concerns, as meta_parser.py reads it."""
     value = change.get("value") if isinstance(change.get("value"), dict) else {}
     metadata = value.get("metadata") if isinstance(value.get("metadata"), dict) else {}
     found = metadata.get("phone_number_id") or value.get("phone_number_id")

@@ -9,7 +9,7 @@ including those an outage makes (outages.py). Its state machine:
     failed, endpoint deleted --dismiss--> failed with dismissed_at (out of the counts)
 
 A worker owns a row while `lease_until` is ahead (leases.py, shared with media downloads),
-so two workers never send it at once. delivery.py signs and sends; it decides what an
+so two workers never send it at once. send.py signs and sends; it decides what an
 outcome means and calls `finish` with the new state. Functions that say "call inside a
 transaction" leave the transaction to the caller, so one commit can cover more than them.
 """
@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import time
 
-import db
-import leases
-from db import transaction
+from gateway.delivery import leases
+from gateway.storage import db
+from gateway.storage.db import transaction
 
 
 def claim_next(

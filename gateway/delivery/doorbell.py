@@ -32,7 +32,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from rq import Queue
 
-import embedded_redis
+from gateway.delivery import embedded_redis
 
 log = logging.getLogger("wahook.jobs")
 

@@ -15,14 +15,11 @@ import secrets
 import time
 from typing import Any
 
-import accounts
-import address_rules
-import db
-import delivery_states
-import names
-import outbox
-import safe_http
-from db import transaction
+from gateway.delivery import accounts, delivery_states, outbox
+from gateway.intake import event_names
+from gateway.net import address_rules, safe_http
+from gateway.storage import db
+from gateway.storage.db import transaction
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 (a prefix, not a secret)
 # Standard Webhooks secrets are 24 to 64 random bytes; we generate 32.
@@ -76,7 +73,7 @@ def mask(value: str) -> str:
 def clean_events(value: Any) -> list[str]:
     """The event filter as a sorted list of names and `prefix.*` entries; [] selects every event."""
     try:
-        return names.clean_filter(value)
+        return event_names.clean_filter(value)
     except ValueError as exc:
         raise EndpointError("events", str(exc)) from None
 

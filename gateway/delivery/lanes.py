@@ -1,7 +1,7 @@
 """A lane: a few worker threads that wait to be told there may be work, then take it themselves.
 
 The worker gives each endpoint a lane for its deliveries (worker.py) and media downloads one
-of their own (media_worker.py), so a slow receiver or a large download holds up nobody else.
+of their own (downloads.py), so a slow receiver or a large download holds up nobody else.
 `want()` says there may be work; one waiting thread wakes, clears the flag and does one round
 of `work()`, which claims rows with a lease (leases.py) and calls `want()` again when it found
 enough that there may be more, so a backlog is worked by every thread and a trickle by one.

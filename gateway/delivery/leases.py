@@ -21,8 +21,8 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-import db
-from db import transaction
+from gateway.storage import db
+from gateway.storage.db import transaction
 
 OPEN = "state IN ('pending', 'retrying')"
 _FREE = "(lease_until IS NULL OR lease_until < ?)"

@@ -23,13 +23,11 @@ from __future__ import annotations
 import os
 import time
 
-import address_rules
-import db
-import delivery_states
-import endpoints
-import outbox
-from db import transaction
-from event_catalog import iso
+from gateway.delivery import delivery_states, endpoints, outbox
+from gateway.intake.event_catalog import iso
+from gateway.net import address_rules
+from gateway.storage import db
+from gateway.storage.db import transaction
 
 PROBE_FIRST = float(os.environ.get("WAHOOK_PROBE_FIRST") or 10.0)  # seconds after the last failure; tests shorten it
 PROBE_MAX = 600.0

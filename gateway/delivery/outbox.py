@@ -14,9 +14,9 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import accounts
-import db
-from event_catalog import OPERATIONAL_EVENTS, event_id_for, iso, storable
+from gateway.delivery import accounts
+from gateway.intake.event_catalog import OPERATIONAL_EVENTS, event_id_for, iso, storable
+from gateway.storage import db
 
 # Sent only to endpoints that name them: an empty filter selects every other event.
 OPERATIONAL = frozenset(OPERATIONAL_EVENTS)
@@ -137,7 +137,7 @@ def add_event_row(conn: db.Connection, event: NewEvent, created_at: float, webho
 def _insert_event(conn: db.Connection, event: NewEvent, created_at: float, webhook_row: int | None):
     """Send one event's insert; its cursor holds the new row id, or no row for a duplicate.
 
-    Pull and stream read events in commit order without making writers take turns (feed.py)."""
+    Pull and stream read events in commit order without making writers take turns (event_reader.py)."""
     return conn.execute(
         "INSERT INTO events (event_id, webhook_id, name, dedupe_key, created_at, body)"
         " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",

@@ -19,17 +19,12 @@ import secrets
 import time
 from dataclasses import dataclass
 
-import accounts
-import config_drift
-import db
-import delivery_states
-import endpoints
-import leases
-import outages
-import outbox
-import safe_http
-from db import transaction
-from event_catalog import iso
+from gateway.delivery import accounts, delivery_states, endpoints, leases, outages, outbox
+from gateway.intake.event_catalog import iso
+from gateway.net import safe_http
+from gateway.ops import config_drift
+from gateway.storage import db
+from gateway.storage.db import transaction
 
 USER_AGENT = "Wahook-Webhook/1.0"
 # Past the attempt's own timeout, time to write its result before another worker may take it.

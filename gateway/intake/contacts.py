@@ -16,9 +16,9 @@ Meta's out-of-order delivery cannot flip a name back.
 
 from __future__ import annotations
 
-import db
-from event_catalog import event_id_for
-from events import Event, Sighting
+from gateway.intake.event_catalog import event_id_for
+from gateway.intake.meta_parser import Event, Sighting
+from gateway.storage import db
 
 # The envelope keys a contact event shares with the message that caused it.
 HEAD = ("received_at", "waba_id", "phone_number_id", "display_phone_number")

@@ -2,7 +2,7 @@
 
 The catalog of event names (SPEC 3), the `evt_...` id an event gets from its duplicate key
 (stable across Meta's retries), `iso` for the times in event bodies, and `storable` for text
-that must survive being stored as UTF-8. The parser (events.py), the outbox, the API and
+that must survive being stored as UTF-8. The parser (meta_parser.py), the outbox, the API and
 the pages all use these; only the intake needs the parser itself.
 """
 

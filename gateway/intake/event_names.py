@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from event_catalog import SELECTABLE_NAMES
+from gateway.intake.event_catalog import SELECTABLE_NAMES
 
 PUBLISHED_RE = re.compile(r"[a-z][a-z0-9_]*(\.[a-z0-9_]+)+")
 PREFIX_RE = re.compile(r"[a-z][a-z0-9_]*(\.[a-z0-9_]+)*\.\*")

@@ -3,7 +3,7 @@
 Meta's JSON is trusted for its shape only as far as it is checked here: a reader given
 something of the wrong type answers "", None, {} or [] instead of raising, so one odd field
 never costs the rest of a webhook. `message_fields` is a message's part of a
-message.received body (see events.py for the whole event); `content_of` is the one-line
+message.received body (see meta_parser.py for the whole event); `content_of` is the one-line
 summary every message event carries.
 """
 

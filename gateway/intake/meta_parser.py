@@ -38,8 +38,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from event_catalog import event_id_for, iso, storable
-from meta_message import (
+from gateway.intake.event_catalog import event_id_for, iso, storable
+from gateway.intake.meta_message import (
     as_dict,
     as_list,
     change_key,

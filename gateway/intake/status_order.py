@@ -20,14 +20,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import db
-from event_catalog import storable
+from gateway.intake.event_catalog import storable
+from gateway.storage import db
 
 RANKS = {"sent": 1, "delivered": 2, "read": 3, "played": 3, "failed": 4}
 
 
 def status_key(message_id: str, status: str) -> str:
-    """The duplicate key events.py gives this status's event."""
+    """The duplicate key meta_parser.py gives this status's event."""
     return storable(f"status:{message_id}:{status}")
 
 

@@ -19,16 +19,13 @@ import time
 from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-import contacts
-import db
-import events as meta_events
-import groupcommit
-import jobs
-import media_links
-import media_store
-import outbox
-import status_order
-from db import get_db, transaction
+from gateway.delivery import doorbell, outbox
+from gateway.intake import contacts, status_order
+from gateway.intake import meta_parser as meta_events
+from gateway.media import links
+from gateway.media import store as media_store
+from gateway.storage import db, groupcommit
+from gateway.storage.db import get_db, transaction
 
 log = logging.getLogger("wahook.intake")
 
@@ -178,14 +175,14 @@ def accept(config, raw: bytes) -> Response:
         # A parser bug must not cost Meta's retries or the body: keep it raw, with no events.
         log.exception("could not draw events from a webhook; stored raw")
         drawn = []
-    media_links.attach(drawn, config, received_at)
+    links.attach(drawn, config, received_at)
     try:
         new_deliveries = store(config.database, raw, body, drawn, received_at, simulated)
     except db.Error as exc:
         log.error("could not store a webhook, answering 503 so Meta retries: %s", exc)
         return text("storage unavailable, retry later", 503)
     if new_deliveries:
-        jobs.wake(config)
+        doorbell.wake(config)
     return text("ok", 200)
 
 

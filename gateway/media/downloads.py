@@ -13,28 +13,25 @@ import logging
 import threading
 import time
 
-import db
-import lanes
-import media_fetch
-import media_store
-import safe_http
+from gateway.delivery import lanes
+from gateway.media import fetch, store
+from gateway.net import safe_http
+from gateway.storage import db
 
 log = logging.getLogger("wahook.media")
 
 MEDIA_THREADS = 2  # downloads at once per worker
-LEASE = media_fetch.DOWNLOAD_CAP + 60  # a download ends (or fails) well within its lease
+LEASE = fetch.DOWNLOAD_CAP + 60  # a download ends (or fails) well within its lease
 
 
-def process(conn, config, row, cap: float = media_fetch.DOWNLOAD_CAP) -> str:
+def process(conn, config, row, cap: float = fetch.DOWNLOAD_CAP) -> str:
     """Download a claimed row within `cap` seconds and record the outcome. Returns the row's new state."""
     try:
-        fetched = media_fetch.download(config, row["media_id"], row["sha256"], media_store.media_dir(config), cap)
+        fetched = fetch.download(config, row["media_id"], row["sha256"], store.media_dir(config), cap)
     except safe_http.DeliveryError as exc:
         log.warning("media %s: %s", row["media_id"], exc.message)
-        return media_store.record_failure(
-            conn, row["id"], exc.message, exc.permanent, config["delivery"]["retry_schedule"]
-        )
-    media_store.record_downloaded(conn, row["id"], fetched.file, fetched.size, fetched.mime_type)
+        return store.record_failure(conn, row["id"], exc.message, exc.permanent, config["delivery"]["retry_schedule"])
+    store.record_downloaded(conn, row["id"], fetched.file, fetched.size, fetched.mime_type)
     return "downloaded"
 
 
@@ -47,13 +44,13 @@ def obtain(conn, config, media_id: str, owner: str, wait: float) -> object:
     failure, and the worker, which has DOWNLOAD_CAP, takes it up on the retry schedule."""
     deadline = time.monotonic() + wait
     while True:
-        row = media_store.get(conn, media_id)
+        row = store.get(conn, media_id)
         if row is None or row["state"] in ("downloaded", "failed"):
             return row
-        claimed = media_store.claim(conn, owner, wait + 60, media_id=media_id)
+        claimed = store.claim(conn, owner, wait + 60, media_id=media_id)
         if claimed is not None:
             process(conn, config, claimed, max(1.0, deadline - time.monotonic()))
-            row = media_store.get(conn, media_id)
+            row = store.get(conn, media_id)
             if row is None or row["state"] != "pending":
                 return row
         if time.monotonic() >= deadline:
@@ -73,7 +70,7 @@ class MediaLane(lanes.Lane):
 
     def work(self) -> None:
         conn = db.connection(self.config.database)
-        row = media_store.claim(conn, self.owner, LEASE)
+        row = store.claim(conn, self.owner, LEASE)
         if row is not None:
             self.want()  # there may be more: the next thread (or this one) looks
             process(conn, self.config, row)

@@ -25,9 +25,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import private_paths
-import safe_http
-from safe_http import DeliveryError
+from gateway.net import safe_http
+from gateway.net.safe_http import DeliveryError
+from gateway.storage import private_paths
 
 CHUNK = 64 * 1024
 JSON_CAP = 64 * 1024  # a Graph answer larger than this is not a media description

@@ -21,7 +21,7 @@ import time
 
 from flask import has_request_context, request
 
-import runstate
+from gateway import runstate
 
 # Meta's media ids are digits; letters, '_' and '-' are allowed for safety's sake, nothing that
 # could walk a path or a URL ('/', '.', '%', NUL).

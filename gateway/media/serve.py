@@ -1,7 +1,7 @@
 """`GET /media/<token>`: the file behind an event's `media.url`, and the admin's media pieces.
 
 The link is public (a receiver has no session) and proves itself: a token signed with the
-installation's key and not yet expired (media_links.py), else 403. The file is streamed from
+installation's key and not yet expired (links.py), else 403. The file is streamed from
 disk with its `mime_type` and Content-Length (send_file: the server's sendfile where it has one,
 else fixed-size chunks; never the whole file in memory). Asked for before the worker downloaded
 it, the link downloads it then; a failed download answers 502 with the reason.
@@ -20,11 +20,8 @@ import time
 
 from flask import Blueprint, Flask, Response, current_app, flash, redirect, send_file, session, url_for
 
-import db
-import media_fetch
-import media_links
-import media_store
-import media_worker
+from gateway.media import downloads, fetch, links, store
+from gateway.storage import db
 
 bp = Blueprint("media", __name__)
 admin_bp = Blueprint("media_admin", __name__)
@@ -43,20 +40,20 @@ def _text(body: str, status: int, **headers: str) -> Response:
 def serve(token: str) -> Response:
     config = current_app.config["WAHOOK"]
     try:
-        media_id = media_links.check_token(media_links.installation_key(config), token)
-    except media_links.LinkRefused as exc:
+        media_id = links.check_token(links.installation_key(config), token)
+    except links.LinkRefused as exc:
         return _text(f"link refused: {exc}", 403)
     conn = db.get_db()
-    row = media_store.get(conn, media_id)
+    row = store.get(conn, media_id)
     if row is not None and row["state"] not in ("downloaded", "failed"):
-        row = media_worker.obtain(conn, config, media_id, f"web.{media_id}", FETCH_WAIT)
+        row = downloads.obtain(conn, config, media_id, f"web.{media_id}", FETCH_WAIT)
         if row is None:
             return _text("the file is still being downloaded; try again shortly", 503, **{"Retry-After": "10"})
     if row is None:
         return _text("no such media (it may have been pruned after storage.retention_days)", 404)
     if row["state"] != "downloaded":
         return _text(f"the file could not be downloaded from Meta: {row['last_error']}", 502)
-    path = media_store.media_dir(config) / row["file"]
+    path = store.media_dir(config) / row["file"]
     if not path.is_file():
         return _text("the file is no longer on disk", 502)
     # Both come from the customer's message: a newline would break the header, a slash is no name.
@@ -88,7 +85,7 @@ def not_a_link(rest: str = "") -> Response:
 @admin_bp.post("/settings/media/check-token")
 def check_token() -> Response:
     """One Graph call with the access token; the outcome is shown on the settings page."""
-    ok, message = media_fetch.check_token(current_app.config["WAHOOK"])
+    ok, message = fetch.check_token(current_app.config["WAHOOK"])
     session["media_token_check"] = {"ok": ok, "message": message, "at": time.time()}
     flash("Access token checked." if ok else "Access token check failed.", "ok" if ok else "error")
     return redirect(url_for("settings.index", _anchor="media"), 303)
@@ -108,7 +105,7 @@ def media_settings() -> dict:
 
 def media_summary() -> dict:
     """The monitor's media row."""
-    return {"token_set": bool(current_app.config["WAHOOK"]["meta"]["access_token"])} | media_store.summary(db.get_db())
+    return {"token_set": bool(current_app.config["WAHOOK"]["meta"]["access_token"])} | store.summary(db.get_db())
 
 
 def init_app(app: Flask) -> None:

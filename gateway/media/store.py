@@ -13,9 +13,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import db
-import leases
-from db import transaction
+from gateway.delivery import leases
+from gateway.storage import db
+from gateway.storage.db import transaction
 
 ERROR_KEEP = 500  # characters of a failure reason kept
 ORPHAN_AGE = 3600  # seconds before a file no row names (an interrupted download's) is removed

@@ -33,7 +33,7 @@ import certifi
 from urllib3 import HTTPHeaderDict
 from urllib3.connection import HTTPConnection, HTTPSConnection
 
-from address_rules import RuleError, blocked_message, blocked_reason, parse_ip, private_hint, split_url
+from gateway.net.address_rules import RuleError, blocked_message, blocked_reason, parse_ip, private_hint, split_url
 
 BODY_KEEP = 1024  # what an attempt records of the response body
 READ_CAP = 64 * 1024  # read this much at most; past it the connection is dropped, not drained

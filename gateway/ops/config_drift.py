@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from config import ConfigError, load_config
+from gateway.config import ConfigError, load_config
 
 RESTART = "restart wahook to apply the file (make run: Ctrl-C, then make run; under systemd: systemctl restart wahook)"
 

@@ -9,10 +9,9 @@ import time
 
 from flask import Blueprint, current_app, jsonify
 
-import heartbeats
-import jobs
-import silence
-from db import get_db
+from gateway.delivery import doorbell
+from gateway.ops import heartbeats, silence
+from gateway.storage.db import get_db
 
 bp = Blueprint("health", __name__)
 
@@ -27,7 +26,7 @@ def check_database() -> str:
 
 def check_redis() -> str:
     try:
-        jobs.redis_connection(current_app.config["WAHOOK"]).ping()
+        doorbell.redis_connection(current_app.config["WAHOOK"]).ping()
         return "ok"
     except Exception as exc:
         return f"error: {exc}"

@@ -10,7 +10,7 @@ import os
 import socket
 import time
 
-import db
+from gateway.storage import db
 
 INTERVAL = 5.0
 SILENCE_LIMIT = 30  # several missed beats: a busy moment is not mistaken for a dead worker

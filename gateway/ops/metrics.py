@@ -21,10 +21,9 @@ from flask import Blueprint, Response, current_app, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-import db
-import heartbeats
-import silence
-from db import get_db
+from gateway.ops import heartbeats, silence
+from gateway.storage import db
+from gateway.storage.db import get_db
 
 log = logging.getLogger("wahook.metrics")
 

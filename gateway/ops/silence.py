@@ -11,10 +11,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import db
-import outbox
-from db import transaction
-from event_catalog import iso
+from gateway.delivery import outbox
+from gateway.intake.event_catalog import iso
+from gateway.storage import db
+from gateway.storage.db import transaction
 
 
 @dataclass(frozen=True)

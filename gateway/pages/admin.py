@@ -1,5 +1,5 @@
 """The admin pages: login (auth.py), settings (settings.py), the Webhook Health Monitor
-(monitor.py) and the event log (eventlog.py), all server-rendered with Jinja.
+(monitor.py) and the event log (event_log.py), all server-rendered with Jinja.
 
 `init_app` registers them, the template helpers they share and the error pages. Every
 template is .html, so Jinja escapes every value; nothing in these pages is marked safe.
@@ -15,12 +15,8 @@ from datetime import UTC, datetime
 from flask import Flask, redirect, render_template, request, url_for
 from werkzeug.exceptions import HTTPException
 
-import api
-import auth
-import eventlog
-import keys_page
-import monitor
-import settings
+from gateway.api import routes
+from gateway.pages import auth, event_log, keys_page, monitor, settings
 
 
 def utc(ts: float | None) -> str:
@@ -84,7 +80,7 @@ def percent(part: int, whole: int) -> str:
 def error_page(exc: HTTPException):
     if request.path.startswith("/api/v1/"):
         # An API client reads JSON, also for a path or method the API does not have.
-        return api.http_error(exc)
+        return routes.http_error(exc)
     if exc.code == 403 and exc.description == "csrf":
         title = "This form has expired"
         text = (
@@ -93,7 +89,7 @@ def error_page(exc: HTTPException):
     else:
         title = exc.name
         text = exc.description if exc.code != 404 else "There is nothing at this address."
-    allow = api.allowed_methods(exc)
+    allow = routes.allowed_methods(exc)
     headers = {"Allow": allow} if allow else {}
     return render_template("error.html", title=title, text=text, code=exc.code), exc.code, headers
 
@@ -106,7 +102,7 @@ def init_app(app: Flask) -> None:
     auth.init_app(app)
     app.register_blueprint(settings.bp)
     app.register_blueprint(monitor.bp)
-    app.register_blueprint(eventlog.bp)
+    app.register_blueprint(event_log.bp)
     app.register_blueprint(keys_page.bp)
     app.add_url_rule("/", "index", index)
     app.jinja_env.autoescape = True  # .html templates escape already; this also covers any other name

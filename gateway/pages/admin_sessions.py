@@ -15,8 +15,8 @@ import hmac
 import secrets
 import time
 
-import db
-from db import transaction
+from gateway.storage import db
+from gateway.storage.db import transaction
 
 TOUCH_EVERY = 300.0  # seconds: how stale seen_at may get before a page view writes it again
 

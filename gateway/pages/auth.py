@@ -41,9 +41,9 @@ from flask import (
 from flask.sessions import SecureCookieSessionInterface, SessionMixin
 from werkzeug.exceptions import MethodNotAllowed
 
-import admin_sessions
-import db
-from db import get_db, transaction
+from gateway.pages import admin_sessions
+from gateway.storage import db
+from gateway.storage.db import get_db, transaction
 
 log = logging.getLogger("wahook.auth")
 

@@ -1,5 +1,5 @@
 """The event log: stored Meta webhooks newest first, the events drawn from each and where
-each delivery stands, searchable (search.py); a detail page shows the raw body, every event
+each delivery stands, searchable (event_search.py); a detail page shows the raw body, every event
 as formatted JSON and every attempt of each delivery across its retry cycles.
 
 Everything here is what customers and Meta sent, so it only ever reaches the page
@@ -14,11 +14,10 @@ from typing import Any
 
 from flask import Blueprint, Response, abort, render_template, request
 
-import db
-import own_events
-import search
-from db import get_db, row_id
-from event_catalog import storable
+from gateway.intake.event_catalog import storable
+from gateway.pages import event_search, own_events
+from gateway.storage import db
+from gateway.storage.db import get_db, row_id
 
 bp = Blueprint("eventlog", __name__)
 
@@ -188,12 +187,12 @@ def find_webhook(conn: db.Connection, ref: str) -> db.Row | None:
 def index():
     conn = get_db()
     before = request.args.get("before", type=row_id)  # an odd cursor is the first page
-    filters, problem = search.filters(request.args)
+    filters, problem = event_search.filters(request.args)
     if problem:
         ids: list[int] = []
         older = None
     else:
-        ids, older = search.webhook_page(conn, filters, before, PAGE_SIZE)
+        ids, older = event_search.webhook_page(conn, filters, before, PAGE_SIZE)
     rows = (
         conn.execute(
             "SELECT id, webhook_id, received_at, object, fields, event_count, length(body) AS size, simulated"  # noqa: S608
@@ -225,8 +224,8 @@ def index():
             own_older=own_older,
             filters=filters,
             problem=problem,
-            states=search.STATES,
-            names=search.known_names(),
+            states=event_search.STATES,
+            names=event_search.known_names(),
         ),
         400 if problem else 200,
     )

@@ -17,7 +17,7 @@ import re
 import sqlite3
 from collections.abc import Mapping
 
-from event_catalog import CONTACT_EVENTS, OPERATIONAL_EVENTS, SELECTABLE_NAMES
+from gateway.intake.event_catalog import CONTACT_EVENTS, OPERATIONAL_EVENTS, SELECTABLE_NAMES
 
 STATES = ("pending", "retrying", "delivered", "failed")
 RARE_STATES = ("pending", "retrying", "failed")  # a small share of all deliveries, once they are sent

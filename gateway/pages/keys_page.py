@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 
-import apikeys
-from db import get_db
+from gateway.api import api_keys
+from gateway.storage.db import get_db
 
 bp = Blueprint("keys", __name__)
 
@@ -18,8 +18,8 @@ bp = Blueprint("keys", __name__)
 @bp.post("/settings/apikeys")
 def add():
     try:
-        made, key = apikeys.create(get_db(), request.form.get("name", ""), request.form.getlist("scopes"))
-    except apikeys.ApiKeyError as exc:
+        made, key = api_keys.create(get_db(), request.form.get("name", ""), request.form.getlist("scopes"))
+    except api_keys.ApiKeyError as exc:
         flash(f"The API key was not made: {exc.message}.", "warn")
         return redirect(url_for("settings.index", _anchor="api-keys"), 303)
     return render_template("apikey.html", api_key=made.as_dict(), key=key)
@@ -27,7 +27,7 @@ def add():
 
 @bp.post("/settings/apikeys/<int:key_id>/revoke")
 def revoke(key_id: int):
-    if not apikeys.revoke(get_db(), key_id):
+    if not api_keys.revoke(get_db(), key_id):
         abort(404)
     flash(f"API key #{key_id} revoked: every request with it is refused from now on.", "ok")
     return redirect(url_for("settings.index", _anchor="api-keys"), 303)

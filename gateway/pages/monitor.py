@@ -16,17 +16,13 @@ from typing import Any
 
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 
-import db
-import delivery_states
-import endpoints
-import heartbeats
-import jobs
-import outages
-import recovery_notes
-import runstate
-import silence
-from auth import safe_next
-from db import get_db, row_id
+from gateway import runstate
+from gateway.delivery import delivery_states, doorbell, endpoints, outages
+from gateway.ops import heartbeats, silence
+from gateway.pages import recovery_notes
+from gateway.pages.auth import safe_next
+from gateway.storage import db
+from gateway.storage.db import get_db, row_id
 
 bp = Blueprint("monitor", __name__)
 
@@ -314,7 +310,7 @@ def redeliver_one(delivery_id: int):
     conn = get_db()
     count = delivery_states.redeliver(conn, ids=[delivery_id])
     if count:
-        jobs.wake(current_app.config["WAHOOK"])
+        doorbell.wake(current_app.config["WAHOOK"])
         flash(f"Delivery #{delivery_id} queued again: a fresh retry cycle has started.", "ok")
     else:
         flash(
@@ -329,7 +325,7 @@ def redeliver_all():
     conn = get_db()
     count = delivery_states.redeliver(conn)
     if count:
-        jobs.wake(current_app.config["WAHOOK"])
+        doorbell.wake(current_app.config["WAHOOK"])
     noun = "delivery" if count == 1 else "deliveries"
     message = f"{count} failed {noun} queued again." if count else "There was no failed delivery to redeliver."
     waiting = failed_deliveries(conn).disabled

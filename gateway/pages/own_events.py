@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import db
-from outbox import OPERATIONAL
+from gateway.delivery.outbox import OPERATIONAL
+from gateway.storage import db
 
 PAGE_SIZE = 20
 # (label, the CSS class of its badge) by source; Meta's webhooks carry the label "Meta".

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-import db
-import delivery_states
+from gateway.delivery import delivery_states
+from gateway.storage import db
 
 RECENT = 86400  # recoveries shown for a day
 

@@ -1,7 +1,7 @@
 """The settings page: the Meta callback URL and verify token, and the endpoints.
 
 Endpoints are added, edited, enabled, disabled, deleted, given a new secret and sent a
-test from here, through endpoints.py and delivery.py, so the page refuses exactly what
+test from here, through endpoints.py and send.py, so the page refuses exactly what
 the CLI refuses, with the same words, shown next to the field they belong to.
 
 A new secret (of a new endpoint, or generated later) is shown in full in the answer to
@@ -27,14 +27,13 @@ from flask import (
     url_for,
 )
 
-import apikeys
-import db
-import delivery
-import endpoints
-import monitor
-import runstate
-from db import get_db
-from event_catalog import SELECTABLE_GROUPS, SELECTABLE_NAMES, iso
+from gateway import runstate
+from gateway.api import api_keys
+from gateway.delivery import endpoints, send
+from gateway.intake.event_catalog import SELECTABLE_GROUPS, SELECTABLE_NAMES, iso
+from gateway.pages import monitor
+from gateway.storage import db
+from gateway.storage.db import get_db
 
 bp = Blueprint("settings", __name__)
 
@@ -107,7 +106,7 @@ def settings_page(add_errors: dict[str, str] | None = None, status: int = 200):
             app_secret_set=bool(meta["app_secret"]),
             endpoints=[endpoints.as_dict(row) for row in endpoints.list_all(conn)],
             health={item.id: item for item in monitor.endpoint_health(conn)},
-            api_keys=[key.as_dict() for key in apikeys.list_all(conn)],
+            api_keys=[key.as_dict() for key in api_keys.list_all(conn)],
             groups=SELECTABLE_GROUPS,
             formats=endpoints.FORMATS,
             values=form_values(),
@@ -240,7 +239,7 @@ def new_secret(endpoint_id: int):
 def send_test(endpoint_id: int):
     endpoint_or_404(endpoint_id)
     try:
-        outcome = delivery.send_test(get_db(), config(), endpoint_id)
+        outcome = send.send_test(get_db(), config(), endpoint_id)
     except KeyError:
         abort(404)
     # Small enough for the cookie; the full attempt is on the monitor.

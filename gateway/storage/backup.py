@@ -17,7 +17,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-import db
+from gateway.storage import db
 
 
 class BackupError(Exception):

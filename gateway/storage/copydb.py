@@ -13,8 +13,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-import db
-import pg
+from gateway.storage import db, pg
 
 # Filled by their migrations (9, 4) even in an empty database, and kept up by triggers as
 # the other tables are copied: emptied and copied whole, after the tables they follow.

@@ -31,10 +31,9 @@ import psycopg
 from flask import Flask, current_app
 from flask.cli import with_appcontext
 
-import pg
-import private_paths
-from config import POSTGRES_SCHEMES
-from pg import StorageError
+from gateway.config import POSTGRES_SCHEMES
+from gateway.storage import pg, private_paths
+from gateway.storage.pg import StorageError
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 # NNNN_what.sql, and NNNN_what.postgresql.sql beside it where PostgreSQL's text differs.

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-import db
+from gateway.storage import db
 
 T = TypeVar("T")
 

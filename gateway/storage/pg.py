@@ -196,7 +196,7 @@ def data_version(conn: Connection) -> int:
     """Changes when any transaction on the server has committed since the last call: the
     first transaction id not yet seen as finished, plus the oldest still running (which moves
     when a transaction that held back pull and stream ends, even after a later one did; see
-    feed.py). Neither ever goes down, so their sum changes whenever either does. No table is
+    event_reader.py). Neither ever goes down, so their sum changes whenever either does. No table is
     read, so polling it is as cheap as SQLite's PRAGMA data_version (which it stands in for)."""
     row = conn.execute(
         "SELECT pg_snapshot_xmax(s)::text, pg_snapshot_xmin(s)::text FROM pg_current_snapshot() AS s"

@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-import apikeys
 from conftest import cli_json, login, post_form
+from gateway.api import api_keys
 
 pytestmark = pytest.mark.engines
 
@@ -118,7 +118,7 @@ def test_every_use_records_last_used(client, make_key, conn, monkeypatch):
     first = conn.execute("SELECT last_used_at FROM api_keys").fetchone()[0]
     assert first is not None
     # Reads record at LAST_USED_RESOLUTION; with none, every read moves it on.
-    monkeypatch.setattr(apikeys, "LAST_USED_RESOLUTION", 0.0)
+    monkeypatch.setattr(api_keys, "LAST_USED_RESOLUTION", 0.0)
     client.get("/api/v1/events", headers=auth(key))
     assert conn.execute("SELECT last_used_at FROM api_keys").fetchone()[0] > first
 

@@ -14,8 +14,8 @@ import psutil
 import pytest
 import requests
 
-import stream
 from conftest import APP_SECRET, sign, text_message, wait_until
+from gateway.api import stream
 
 pytestmark = pytest.mark.engines
 
@@ -278,13 +278,12 @@ def test_limit_bounds_are_inclusive(client, key):
 
 
 def test_operational_and_test_events_are_left_out_unless_named(client, key, app, conn, add_endpoint, receiver):
-    import delivery
-    import outbox
-    from db import transaction
+    from gateway.delivery import outbox, send
+    from gateway.storage.db import transaction
 
     endpoint = add_endpoint(receiver.url)
     with app.app_context():
-        delivery.send_test(conn, app.config["WAHOOK"], endpoint["id"])
+        send.send_test(conn, app.config["WAHOOK"], endpoint["id"])
     with transaction(conn):
         outbox.publish(conn, "gateway.silent", {"since": 1, "hours": 2}, dedupe_key="silent-1")
     publish(client, key)

@@ -15,12 +15,10 @@ import time
 import pytest
 import requests
 
-import db
-import stream
-import stream_tokens
-import ws_hub
 from app import create_app
 from conftest import ROOT, Processes, instance_sections, sign, text_message, wait_until
+from gateway.api import stream, stream_tokens, ws_hub
+from gateway.storage import db
 from ws_client import Refused, WsClient
 
 pytestmark = pytest.mark.engines

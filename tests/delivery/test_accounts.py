@@ -14,8 +14,8 @@ import re
 import pytest
 import requests
 
-import accounts
 from conftest import element, shown, sign, text_message, wait_until
+from gateway.delivery import accounts
 from ws_client import WsClient
 
 pytestmark = pytest.mark.engines

@@ -1,4 +1,4 @@
-"""jobs.py: waking a worker after a commit never holds up the intake, whatever Redis does."""
+"""doorbell.py: waking a worker after a commit never holds up the intake, whatever Redis does."""
 
 from __future__ import annotations
 
@@ -7,11 +7,10 @@ import os
 import signal
 import time
 
-import embedded_redis
-import endpoints
 from app import create_app
 from conftest import instance_sections, sign, text_message
-from db import get_db
+from gateway.delivery import embedded_redis, endpoints
+from gateway.storage.db import get_db
 
 
 def test_a_redis_that_stopped_answering_does_not_hold_metas_post(tmp_path, receiver):

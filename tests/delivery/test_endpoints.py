@@ -7,11 +7,11 @@ import time
 
 import pytest
 
-import db
-import endpoints
-import monitor
-from config import load_config
 from conftest import instance_sections
+from gateway.config import load_config
+from gateway.delivery import endpoints
+from gateway.pages import monitor
+from gateway.storage import db
 
 pytestmark = pytest.mark.engines
 

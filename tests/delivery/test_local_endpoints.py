@@ -8,8 +8,6 @@ import json
 
 import pytest
 
-import db
-import jobs
 from conftest import (
     cli_json,
     element,
@@ -21,8 +19,10 @@ from conftest import (
     wait_until,
     worker_in_process,
 )
+from gateway.delivery import doorbell
+from gateway.net.safe_http import DeliveryError, Sender, check_url
+from gateway.storage import db
 from receiver import Receiver
-from safe_http import DeliveryError, Sender, check_url
 
 STRICT = {"allow_http": False, "allow_private_urls": False}
 
@@ -49,7 +49,7 @@ LOCAL_HOSTS = ["127.0.0.1", "localhost", "10.1.2.3", "172.16.0.9", "192.168.1.20
 def strict_app(tmp_path, redis_url):
     """An install with the default delivery rules: https:// and public addresses only."""
     application = make_app(tmp_path, redis_url, delivery=STRICT)
-    jobs.redis_connection(application.config["WAHOOK"]).flushall()
+    doorbell.redis_connection(application.config["WAHOOK"]).flushall()
     yield application
     db.close_all()
 

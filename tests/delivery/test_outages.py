@@ -12,13 +12,10 @@ import time
 
 import pytest
 
-import db
-import delivery_states
-import endpoints
-import jobs
-import outages
 from app import create_app
 from conftest import Processes, attempt_due, instance_sections, text_message, wait_until
+from gateway.delivery import delivery_states, doorbell, endpoints, outages
+from gateway.storage import db
 from receiver import Behaviour
 
 pytestmark = pytest.mark.engines
@@ -45,7 +42,7 @@ def app(request, tmp_path, redis_url, storage_database):
     `delivery` changes given by indirect parametrization)."""
     sections = sections_for(tmp_path, redis_url, storage_database, **getattr(request, "param", {}))
     application = create_app({"TESTING": True, "config_path": str(tmp_path / "config.toml"), **sections})
-    jobs.redis_connection(application.config["WAHOOK"]).flushall()
+    doorbell.redis_connection(application.config["WAHOOK"]).flushall()
     yield application
     db.close_all()
 

@@ -6,9 +6,8 @@ import json
 
 import pytest
 
-import endpoints
-import outbox
-from db import transaction
+from gateway.delivery import endpoints, outbox
+from gateway.storage.db import transaction
 
 pytestmark = pytest.mark.engines
 

@@ -15,29 +15,25 @@ import pytest
 from rq import SimpleWorker
 from standardwebhooks.webhooks import Webhook
 
-import db
-import delivery
-import delivery_states
-import endpoints
-import jobs
-import leases
-import safe_http
 import worker
 from conftest import text_message, wait_until
-from db import get_db
+from gateway.delivery import delivery_states, doorbell, endpoints, leases, send
+from gateway.net import safe_http
+from gateway.storage import db
+from gateway.storage.db import get_db
 from receiver import Behaviour
 
 pytestmark = pytest.mark.engines
 
 # These tests follow one message through delivery; a customer's first message also makes a
-# contact.created (tests/test_contacts.py), kept out here so each message is one delivery.
+# contact.created (tests/intake/test_contacts.py), kept out here so each message is one delivery.
 MESSAGES = "message.received"
 
 
 def run_rq_burst(app) -> None:
     """Run queued drain jobs the way RQ's own tests do: a SimpleWorker in burst mode."""
-    connection = jobs.redis_connection(app.config["WAHOOK"])
-    SimpleWorker([jobs.QUEUE_NAME], connection=connection).work(burst=True)
+    connection = doorbell.redis_connection(app.config["WAHOOK"])
+    SimpleWorker([doorbell.QUEUE_NAME], connection=connection).work(burst=True)
 
 
 def delivery_row(conn, delivery_id: int = 1):
@@ -54,14 +50,14 @@ def attempts_of(conn, delivery_id: int = 1):
 def test_event_arrives_signed_with_every_header(app, post_webhook, receiver, add_endpoint, conn):
     endpoint = add_endpoint(receiver.url, events=MESSAGES, bearer_token="tok-123")
     dispatcher = worker.Dispatcher(app.config["WAHOOK"])
-    jobs.set_drain_handler(dispatcher.on_drain_job)
+    doorbell.set_drain_handler(dispatcher.on_drain_job)
     try:
         assert post_webhook(text_message("wamid.SIGNED")).status_code == 200
         run_rq_burst(app)  # the drain job queued by the intake
         (got,) = receiver.wait_for(1)
     finally:
         dispatcher.stop(grace=1)
-        jobs.set_drain_handler(None)
+        doorbell.set_drain_handler(None)
     body = json.loads(got.body)
     assert body["event"] == "message.received" and body["message_id"] == "wamid.SIGNED"
     headers = {k.lower(): v for k, v in got.headers.items()}
@@ -243,7 +239,7 @@ def test_private_address_is_refused_at_send_time(tmp_path, app, post_webhook, re
     strict = app.config["WAHOOK"].sections | {
         "delivery": {**app.config["WAHOOK"]["delivery"], "allow_private_urls": False}
     }
-    from config import load_config
+    from gateway.config import load_config
 
     config = load_config(tmp_path / "none.toml", strict)
     dispatcher = worker.Dispatcher(config)
@@ -266,10 +262,10 @@ def test_a_hanging_endpoint_does_not_hold_back_another(app, post_webhook, make_r
     add_endpoint(hanging.url, events=MESSAGES)
     add_endpoint(healthy.url, events=MESSAGES)
     slow_config = app.config["WAHOOK"].sections | {"delivery": {**app.config["WAHOOK"]["delivery"], "timeout": 15}}
-    from config import load_config
+    from gateway.config import load_config
 
     dispatcher = worker.Dispatcher(load_config(app.config["WAHOOK"].path, slow_config))
-    jobs.set_drain_handler(dispatcher.on_drain_job)
+    doorbell.set_drain_handler(dispatcher.on_drain_job)
     sweeper = threading.Thread(target=worker.sweep, args=(dispatcher,), daemon=True)
     sweeper.start()
     try:
@@ -283,7 +279,7 @@ def test_a_hanging_endpoint_does_not_hold_back_another(app, post_webhook, make_r
         assert hanging.started >= 1 and len(hanging.requests) == 0
     finally:
         dispatcher.stop(grace=0.2)
-        jobs.set_drain_handler(None)
+        doorbell.set_drain_handler(None)
 
 
 def test_two_dispatchers_never_send_the_same_delivery(app, post_webhook, receiver, add_endpoint, conn):
@@ -304,11 +300,11 @@ def test_two_dispatchers_never_send_the_same_delivery(app, post_webhook, receive
 
 
 def test_flushed_redis_loses_nothing(app, post_webhook, receiver, add_endpoint, running_worker, conn):
-    jobs.set_drain_handler(None)  # no RQ job will ever run: only the sweeper can deliver
+    doorbell.set_drain_handler(None)  # no RQ job will ever run: only the sweeper can deliver
     add_endpoint(receiver.url, events=MESSAGES)
     for n in range(5):
         post_webhook(text_message(f"wamid.FLUSH{n}"))
-    jobs.redis_connection(app.config["WAHOOK"]).flushall()
+    doorbell.redis_connection(app.config["WAHOOK"]).flushall()
     receiver.wait_for(5, timeout=10)
     wait_until(
         lambda: conn.execute("SELECT count(*) FROM deliveries WHERE state = 'delivered'").fetchone()[0] == 5,
@@ -317,9 +313,9 @@ def test_flushed_redis_loses_nothing(app, post_webhook, receiver, add_endpoint, 
 
 
 def test_redis_stopped_during_intake_then_back(tmp_path, receiver, conn):
-    import embedded_redis
     from app import create_app
     from conftest import instance_sections, sign
+    from gateway.delivery import embedded_redis
 
     data = tmp_path / "own-redis"
     url = embedded_redis.ensure_running(data)
@@ -357,7 +353,7 @@ def test_worker_killed_mid_attempt_loses_nothing(processes, post_webhook, receiv
     assert delivery_row(conn)["lease_owner"] is not None  # the dead worker's lease stands
     processes.start_worker()
     # After the lease (timeout 2 s + margin) runs out, another worker sends it again.
-    got = receiver.wait_for(2, timeout=delivery.LEASE_MARGIN + 15)
+    got = receiver.wait_for(2, timeout=send.LEASE_MARGIN + 15)
     assert got[-1].headers["X-Webhook-Id"] == json.loads(got[-1].body)["event_id"]
     wait_until(lambda: delivery_row(conn)["state"] == "delivered", timeout=10, message="delivered")
 
@@ -372,7 +368,7 @@ def test_a_batch_that_slows_down_keeps_its_leases_until_recorded(
     app, post_webhook, receiver, add_endpoint, conn, monkeypatch
 ):
     # Leases a second long, answers 0.6 s slow: the batch outlives a lease several times over.
-    monkeypatch.setattr(delivery, "LEASE_MARGIN", 0.5)
+    monkeypatch.setattr(send, "LEASE_MARGIN", 0.5)
     receiver.behaviour = Behaviour(delay=0.6)
     add_endpoint(receiver.url, events=MESSAGES)
     for n in range(6):
@@ -385,7 +381,7 @@ def test_a_batch_that_slows_down_keeps_its_leases_until_recorded(
     assert len(claimed) == 6
     sender = safe_http.Sender(allow_http=True, allow_private=True)
     batch = threading.Thread(
-        target=lambda: delivery.deliver_claimed(
+        target=lambda: send.deliver_claimed(
             db.connect(config.database), config, sender, claimed[0]["endpoint_id"], claimed, owner
         )
     )
@@ -435,7 +431,7 @@ def test_410_in_the_middle_of_a_claimed_batch_fails_the_rest(app, post_webhook, 
     config = app.config["WAHOOK"]
     claimed = delivery_states.claim_next(conn, endpoint["id"], "w", 30, 32)
     sender = safe_http.Sender(allow_http=True, allow_private=True)
-    delivery.deliver_claimed(conn, config, sender, endpoint["id"], claimed, "w")
+    send.deliver_claimed(conn, config, sender, endpoint["id"], claimed, "w")
     sender.close()
     rows = conn.execute("SELECT state, lease_owner, last_error FROM deliveries").fetchall()
     assert [(r["state"], r["lease_owner"]) for r in rows] == [("failed", None)] * 3
@@ -479,7 +475,7 @@ def test_send_test_is_not_taken_by_a_worker_meanwhile(app, receiver, add_endpoin
     pumping = threading.Thread(target=pump)
     pumping.start()
     try:
-        outcomes = [delivery.send_test(conn, app.config["WAHOOK"], endpoint["id"]) for _ in range(3)]
+        outcomes = [send.send_test(conn, app.config["WAHOOK"], endpoint["id"]) for _ in range(3)]
     finally:
         stop.set()
         pumping.join()
@@ -492,5 +488,5 @@ def test_bulk_redelivery_covers_failed_tests_too(app, receiver, add_endpoint, co
     """The monitor counts a failed test send as failed, so "all failed" must cover it."""
     receiver.behaviour = Behaviour(status=500)
     endpoint = add_endpoint(receiver.url, events=MESSAGES)
-    assert not delivery.send_test(conn, app.config["WAHOOK"], endpoint["id"]).ok
+    assert not send.send_test(conn, app.config["WAHOOK"], endpoint["id"]).ok
     assert json.loads(runner.invoke(args=["deliveries", "retry"]).output) == {"requeued": 1}

@@ -9,9 +9,9 @@ import json
 
 import pytest
 
-import db
 from app import create_app
 from conftest import APP_SECRET, instance_sections, sign, text_message
+from gateway.storage import db
 
 pytestmark = pytest.mark.engines
 

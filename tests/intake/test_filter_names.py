@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-import delivery
 from conftest import cli_json
-from db import get_db
+from gateway.delivery import send
+from gateway.storage.db import get_db
 
 
 @pytest.fixture
@@ -15,7 +15,7 @@ def test_sent(app, add_endpoint, receiver):
     """A `webhook.test` sent to a receiving endpoint; its event_id."""
     endpoint = add_endpoint(receiver.url)
     with app.app_context():
-        assert delivery.send_test(get_db(), app.config["WAHOOK"], endpoint["id"]).ok
+        assert send.send_test(get_db(), app.config["WAHOOK"], endpoint["id"]).ok
     return receiver.requests[-1].headers["X-Webhook-Id"]
 
 

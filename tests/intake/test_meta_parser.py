@@ -14,10 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import events
-import samples
-from event_catalog import EVENT_GROUPS, EVENT_NAMES, event_id_for
-from events import parse
+from gateway.intake import meta_parser, samples
+from gateway.intake.event_catalog import EVENT_GROUPS, EVENT_NAMES, event_id_for
+from gateway.intake.meta_parser import parse
 
 WABA = "102290129340398"
 PHONE_ID = "106540352242922"
@@ -62,7 +61,7 @@ def msg(
     return found
 
 
-def only(body: dict) -> events.Event:
+def only(body: dict) -> meta_parser.Event:
     found = parse(body, RECEIVED)
     assert len(found) == 1, [e.name for e in found]
     return found[0]
@@ -491,8 +490,11 @@ def test_messages_without_an_id_fall_back_to_content():
 def test_keys_are_stable_across_processes():
     body = samples.sample("batch")
     body["entry"][0]["changes"].append({"field": "calls", "value": {"b": 1, "a": [2, 3]}})
-    code = "import events, json, sys; print(json.dumps([e.dedupe_key for e in events.parse(json.load(sys.stdin), 0)]))"
-    here = os.path.dirname(events.__file__)
+    code = (
+        "import json, sys; from gateway.intake import meta_parser; "
+        "print(json.dumps([e.dedupe_key for e in meta_parser.parse(json.load(sys.stdin), 0)]))"
+    )
+    here = os.path.dirname(os.path.dirname(os.path.dirname(meta_parser.__file__)))  # the checkout
     for seed in ("1", "2"):
         env = {**os.environ, "PYTHONHASHSEED": seed}
         run = subprocess.run(
@@ -557,7 +559,7 @@ def test_a_parser_bug_forwards_the_change_whole(monkeypatch):
     def broken(*args):
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(events, "message_fields", broken)
+    monkeypatch.setattr(meta_parser, "message_fields", broken)
     change = messages(msg("text", {"body": "a"}), statuses=[status("sent")])
     found = parse(
         webhook(change, template_change("message_template_status_update", event="APPROVED"), time=2), RECEIVED
@@ -699,7 +701,7 @@ def test_a_username_message_copies_every_user_id():
     assert (body["from"], body["from_user_id"], body["from_parent_user_id"]) == (USER, BSUID, PARENT_BSUID)
     assert (body["contact_user_id"], body["contact_parent_user_id"]) == (BSUID, PARENT_BSUID)
     assert body["contact_name"] == "Sheena Nelson"
-    assert event.contact == events.Sighting(USER, BSUID, "Sheena Nelson", contact)
+    assert event.contact == meta_parser.Sighting(USER, BSUID, "Sheena Nelson", contact)
 
 
 def test_a_message_with_no_phone_number_is_complete():
@@ -711,7 +713,7 @@ def test_a_message_with_no_phone_number_is_complete():
     assert (body["from"], body["from_user_id"], body["contact_name"]) == ("", BSUID, "Sheena Nelson")
     assert (body["content"], body["message_id"]) == ("no phone here", message["id"])
     assert event.dedupe_key == f"message:{message['id']}"  # keyed by its id as usual
-    assert event.contact == events.Sighting(None, BSUID, "Sheena Nelson", username_contact())
+    assert event.contact == meta_parser.Sighting(None, BSUID, "Sheena Nelson", username_contact())
 
 
 def test_a_status_to_a_hidden_phone_carries_the_recipient_user_ids():

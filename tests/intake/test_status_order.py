@@ -10,10 +10,10 @@ import time
 import pytest
 import requests
 
-import db
-import samples
 import worker
 from conftest import sign
+from gateway.intake import samples
+from gateway.storage import db
 
 URL = "/api/webhooks/whatsapp"
 

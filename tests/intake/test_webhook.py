@@ -11,10 +11,10 @@ import time
 import pytest
 import requests
 
-import db
-import runstate
 from app import create_app
 from conftest import APP_SECRET, VERIFY_TOKEN, sign, text_message
+from gateway import runstate
+from gateway.storage import db
 
 pytestmark = pytest.mark.engines
 
@@ -81,7 +81,7 @@ def test_empty_verify_token_refuses_everything(tmp_path, redis_url):
 
 
 def test_signed_post_is_stored_with_its_event(post_webhook, conn):
-    # The customer's first message: contact.created, then message.received (tests/test_contacts.py).
+    # The customer's first message: contact.created, then message.received (tests/intake/test_contacts.py).
     response = post_webhook(text_message())
     assert response.status_code == 200
     webhooks, events, _ = counts(conn)
@@ -315,7 +315,7 @@ def test_redis_down_still_answers_200_and_keeps_the_delivery(tmp_path, runner, c
     sections = instance_sections(tmp_path, "unix:///nonexistent/redis.sock", storage_database)
     app = create_app({"config_path": str(tmp_path / "none.toml"), **sections})
     with app.app_context():
-        import endpoints
+        from gateway.delivery import endpoints
 
         endpoints.create(db.get_db(), app.config["WAHOOK"], "http://127.0.0.1:9/hook")
     raw = json.dumps(text_message()).encode()

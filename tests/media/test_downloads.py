@@ -11,9 +11,6 @@ import psutil
 import pytest
 import requests
 
-import db
-import endpoints
-import media_store
 from conftest import (
     GRAPH_TOKEN,
     Processes,
@@ -24,7 +21,10 @@ from conftest import (
     wait_until,
     worker_in_process,
 )
-from db import get_db
+from gateway.delivery import endpoints
+from gateway.media import store
+from gateway.storage import db
+from gateway.storage.db import get_db
 from graph_stub import Media
 
 pytestmark = pytest.mark.engines
@@ -51,7 +51,7 @@ def post(app, body: dict) -> None:
 
 
 def state(conn, media_id: str) -> str:
-    row = media_store.get(conn, media_id)
+    row = store.get(conn, media_id)
     return row["state"] if row else "missing"
 
 
@@ -59,7 +59,7 @@ def test_the_worker_downloads_right_after_intake(media_app, conn, graph, media_w
     graph.media["8001"] = Media(PICTURE)
     post(media_app, media_message("8001"))  # no endpoint at all: the download still happens
     wait_until(lambda: state(conn, "8001") == "downloaded", timeout=5, message="the download")
-    path = media_store.media_dir(media_app.config["WAHOOK"]) / media_store.get(conn, "8001")["file"]
+    path = store.media_dir(media_app.config["WAHOOK"]) / store.get(conn, "8001")["file"]
     assert path.read_bytes() == PICTURE
 
 
@@ -68,13 +68,13 @@ def test_a_failed_download_is_retried_on_the_schedule_then_given_up(media_app, c
     graph.media["8003"] = Media(PICTURE, graph_status=500)
     post(media_app, media_message("8002"))
     post(media_app, media_message("8003"))
-    wait_until(lambda: media_store.get(conn, "8002")["attempts"] >= 1, timeout=5, message="a first attempt")
+    wait_until(lambda: store.get(conn, "8002")["attempts"] >= 1, timeout=5, message="a first attempt")
     assert state(conn, "8002") == "retrying"
     graph.media["8002"].graph_status = 200  # Graph is back
     wait_until(lambda: state(conn, "8002") == "downloaded", timeout=6, message="the retry")
     # retry_schedule is [1, 1]: three attempts in all, then failed with the reason.
     wait_until(lambda: state(conn, "8003") == "failed", timeout=8, message="giving up")
-    row = media_store.get(conn, "8003")
+    row = store.get(conn, "8003")
     assert row["attempts"] == 3 and "Graph answered 500" in row["last_error"]
     assert graph.media["8003"].hits == ["graph"] * 3
 

@@ -9,11 +9,10 @@ import time
 
 import pytest
 
-import media_fetch
-import media_store
+from gateway.media import fetch, store
+from gateway.media.fetch import download
+from gateway.net.safe_http import DeliveryError
 from graph_stub import Media
-from media_fetch import download
-from safe_http import DeliveryError
 
 PICTURE = b"\xff\xd8\xff" + bytes(range(256)) * 400
 
@@ -25,7 +24,7 @@ def config(media_app):
 
 @pytest.fixture
 def folder(config):
-    return media_store.media_dir(config)
+    return store.media_dir(config)
 
 
 def leftovers(folder) -> list:
@@ -36,7 +35,7 @@ def test_a_file_is_kept_under_its_hash(config, folder, graph):
     graph.media["111"] = Media(PICTURE, mime_type="image/jpeg")
     fetched = download(config, "111", "", folder)
     name = hashlib.sha256(PICTURE).hexdigest()
-    assert fetched == media_fetch.Fetched(name, len(PICTURE), "image/jpeg")
+    assert fetched == fetch.Fetched(name, len(PICTURE), "image/jpeg")
     assert (folder / name).read_bytes() == PICTURE
     assert graph.media["111"].hits == ["graph", "file"]
     assert set(graph.seen_tokens) == {"graph-test-token"}  # both calls carry the token
@@ -144,20 +143,20 @@ def test_the_download_url_is_held_to_the_delivery_rules(config, folder, graph):
 
 
 def test_check_token_makes_one_call_and_never_shows_the_token(config, graph):
-    assert media_fetch.check_token(config) == (True, "Graph accepted the token (wahook test user 1234).")
+    assert fetch.check_token(config) == (True, "Graph accepted the token (wahook test user 1234).")
     config["meta"]["access_token"] = "not-the-token"
-    ok, message = media_fetch.check_token(config)
+    ok, message = fetch.check_token(config)
     assert not ok and "401" in message and "not-the-token" not in message
     config["meta"]["access_token"] = ""
-    assert media_fetch.check_token(config)[0] is False
+    assert fetch.check_token(config)[0] is False
 
 
 def test_hash_matches_hex_and_base64():
     digest = hashlib.sha256(b"x").digest()
-    assert media_fetch.hash_matches(digest.hex().upper(), digest)
-    assert media_fetch.hash_matches(base64.b64encode(digest).decode(), digest)
-    assert media_fetch.hash_matches(base64.urlsafe_b64encode(digest).decode().rstrip("="), digest)
-    assert not media_fetch.hash_matches(hashlib.sha256(b"y").hexdigest(), digest)
+    assert fetch.hash_matches(digest.hex().upper(), digest)
+    assert fetch.hash_matches(base64.b64encode(digest).decode(), digest)
+    assert fetch.hash_matches(base64.urlsafe_b64encode(digest).decode().rstrip("="), digest)
+    assert not fetch.hash_matches(hashlib.sha256(b"y").hexdigest(), digest)
 
 
 def test_a_cap_bounds_the_whole_download(config, folder, graph):

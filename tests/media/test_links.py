@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-import media_links
-from media_links import LinkRefused, check_token, make_token
+from gateway.media import links
+from gateway.media.links import LinkRefused, check_token, make_token
 
 KEY = b"k" * 64
 
@@ -25,7 +25,7 @@ def test_a_token_from_another_installation_or_edited_is_refused():
         check_token(b"other" * 10, token)
     payload, signature = token.split(".")
     # A later expiry (or another media id) in the payload needs a new signature.
-    longer = media_links._b64(f"1234567890:{int(time.time()) + 10**6}".encode())
+    longer = links._b64(f"1234567890:{int(time.time()) + 10**6}".encode())
     with pytest.raises(LinkRefused, match="signature"):
         check_token(KEY, f"{longer}.{signature}")
     flipped = signature[:-2] + ("A" if signature[-2] != "A" else "B") + signature[-1]
@@ -47,25 +47,25 @@ def test_ids_that_could_walk_a_path_get_no_token(media_id):
 
 def test_a_signed_token_with_a_hostile_id_is_still_refused():
     # Even a correctly signed payload (a leaked key, an old format) must not name a path.
-    payload = media_links._b64(f"../../x:{int(time.time()) + 60}".encode())
-    token = f"{payload}.{media_links._sign(KEY, payload)}"
+    payload = links._b64(f"../../x:{int(time.time()) + 60}".encode())
+    token = f"{payload}.{links._sign(KEY, payload)}"
     with pytest.raises(LinkRefused, match="malformed"):
         check_token(KEY, token)
 
 
 def test_the_link_uses_the_public_url_and_link_days(app, monkeypatch):
     config = app.config["WAHOOK"]
-    assert media_links.link(config, "123", time.time()) is None  # no access token: no link
+    assert links.link(config, "123", time.time()) is None  # no access token: no link
     config["meta"]["access_token"] = "t"
     monkeypatch.setenv("WAHOOK_PUBLIC_URL", "https://hooks.example.com/")
-    url = media_links.link(config, "123", 1_000_000)
+    url = links.link(config, "123", 1_000_000)
     assert url.startswith("https://hooks.example.com/media/")
     token = url.rsplit("/", 1)[1]
-    key = media_links.installation_key(config)
+    key = links.installation_key(config)
     assert check_token(key, token, now=1_000_000 + 7 * 86400) == "123"
     with pytest.raises(LinkRefused):
         check_token(key, token, now=1_000_000 + 7 * 86400 + 1)
     assert (config.data_dir / "media_key").stat().st_mode & 0o077 == 0
     monkeypatch.delenv("WAHOOK_PUBLIC_URL")
     monkeypatch.setenv("WAHOOK_BIND", "0.0.0.0:9000")
-    assert media_links.link(config, "123", 1_000_000).startswith("http://0.0.0.0:9000/media/")
+    assert links.link(config, "123", 1_000_000).startswith("http://0.0.0.0:9000/media/")

@@ -8,12 +8,10 @@ import time
 
 import pytest
 
-import db
-import media_links
-import media_route
-import media_store
 import worker
 from conftest import login, media_message, post_form, sign
+from gateway.media import links, serve, store
+from gateway.storage import db
 from graph_stub import Media
 
 PICTURE = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 300
@@ -52,7 +50,7 @@ def test_the_event_carries_a_link_that_serves_the_file(client, conn, graph):
     assert post(client, media_message("5001", mime_type="image/png")).status_code == 200
     media = media_of(conn, "wamid.media5001")
     assert media["url"].startswith("http://localhost/media/")  # the address the webhook came to
-    assert media_store.get(conn, "5001")["state"] == "pending"
+    assert store.get(conn, "5001")["state"] == "pending"
     # Asked for before any worker ran: the link downloads it now.
     response = client.get(path_of(media["url"]))
     assert response.status_code == 200
@@ -61,7 +59,7 @@ def test_the_event_carries_a_link_that_serves_the_file(client, conn, graph):
     assert response.headers["Content-Length"] == str(len(PICTURE))
     assert "sandbox" in response.headers["Content-Security-Policy"]
     assert response.headers["X-Content-Type-Options"] == "nosniff"
-    row = media_store.get(conn, "5001")
+    row = store.get(conn, "5001")
     assert (row["state"], row["file"], row["size"]) == ("downloaded", hashlib.sha256(PICTURE).hexdigest(), len(PICTURE))
     assert client.get(path_of(media["url"])).data == PICTURE
     assert graph.media["5001"].hits == ["graph", "file"]  # kept: asked twice, downloaded once
@@ -76,7 +74,7 @@ def test_a_file_served_over_a_connection_that_closes_is_downloaded(client, conn,
     response = client.get(path_of(media_of(conn, "wamid.media5010")["url"]))
     assert response.status_code == 200, response.text
     assert response.data == PICTURE * 4
-    assert media_store.get(conn, "5010")["state"] == "downloaded"
+    assert store.get(conn, "5010")["state"] == "downloaded"
 
 
 def test_without_an_access_token_media_url_is_null(app):
@@ -93,7 +91,7 @@ def test_a_failed_download_answers_502_with_the_reason_and_the_event_still_goes(
     response = client.get(path_of(media["url"]))
     assert response.status_code == 502
     assert "Graph has no such media (404)" in response.text
-    assert media_store.get(conn, "5002")["state"] == "failed"
+    assert store.get(conn, "5002")["state"] == "failed"
     assert client.get(path_of(media["url"])).status_code == 502
     assert graph.media["5002"].hits == ["graph"]  # a permanent failure is not asked again
 
@@ -104,7 +102,7 @@ def test_a_retryable_failure_is_tried_again_when_the_link_is_asked(client, conn,
     url = path_of(media_of(conn, "wamid.media5003")["url"])
     response = client.get(url)
     assert response.status_code == 502 and "Graph answered 500" in response.text
-    assert media_store.get(conn, "5003")["state"] == "retrying"
+    assert store.get(conn, "5003")["state"] == "retrying"
     graph.media["5003"].graph_status = 200
     assert client.get(url).data == PICTURE
 
@@ -114,11 +112,11 @@ def test_tampered_and_expired_links_get_403(client, conn, graph, media_app):
     post(client, media_message("5004"))
     url = path_of(media_of(conn, "wamid.media5004")["url"])
     payload, signature = url.rsplit("/", 1)[1].split(".")
-    other = media_links.make_token(b"another installation", "5004", int(time.time()) + 60)
+    other = links.make_token(b"another installation", "5004", int(time.time()) + 60)
     assert client.get(f"/media/{other}").status_code == 403
     assert client.get(f"/media/{payload}.{signature[::-1]}").status_code == 403
-    key = media_links.installation_key(media_app.config["WAHOOK"])
-    expired = media_links.make_token(key, "5004", int(time.time()) - 1)
+    key = links.installation_key(media_app.config["WAHOOK"])
+    expired = links.make_token(key, "5004", int(time.time()) - 1)
     response = client.get(f"/media/{expired}")
     assert response.status_code == 403 and "expired" in response.text
     assert graph.media["5004"].hits == []  # nothing was fetched for a refused link
@@ -147,8 +145,8 @@ def test_hostile_media_ids_get_no_link_and_no_download(client, conn, graph):
 
 
 def test_a_link_for_pruned_media_is_404(client, conn, graph, media_app):
-    key = media_links.installation_key(media_app.config["WAHOOK"])
-    response = client.get(f"/media/{media_links.make_token(key, '777', int(time.time()) + 60)}")
+    key = links.installation_key(media_app.config["WAHOOK"])
+    response = client.get(f"/media/{links.make_token(key, '777', int(time.time()) + 60)}")
     assert response.status_code == 404
 
 
@@ -161,19 +159,19 @@ def test_a_file_sent_twice_is_kept_once_and_pruned_with_its_last_webhook(client,
     assert conn.execute("SELECT count(*) FROM media").fetchone()[0] == 2
     for message in ("wamid.media6001", "wamid.media6002"):
         assert client.get(path_of(media_of(conn, message)["url"])).status_code == 200
-    folder = media_store.media_dir(media_app.config["WAHOOK"])
+    folder = store.media_dir(media_app.config["WAHOOK"])
     files = [p.name for p in folder.iterdir() if p.is_file()]
     assert files == [hashlib.sha256(PICTURE).hexdigest()]
     old = time.time() - 40 * 86400
-    later = time.time() + 2 * media_store.ORPHAN_AGE  # the file is no longer new
+    later = time.time() + 2 * store.ORPHAN_AGE  # the file is no longer new
     conn.execute("UPDATE webhooks SET received_at = ? WHERE id IN (1, 2)", (old,))
     worker.prune(conn, 30, folder)
-    assert media_store.prune(conn, folder, now=later) == 0
+    assert store.prune(conn, folder, now=later) == 0
     assert [r[0] for r in conn.execute("SELECT media_id FROM media")] == ["6002"]
     assert (folder / files[0]).exists()  # 6002 still needs it
     conn.execute("UPDATE webhooks SET received_at = ?", (old,))
     worker.prune(conn, 30, folder)
-    media_store.prune(conn, folder, now=later)
+    store.prune(conn, folder, now=later)
     assert conn.execute("SELECT count(*) FROM media").fetchone()[0] == 0
     assert not (folder / files[0]).exists()
 
@@ -229,14 +227,14 @@ def test_the_monitor_has_no_media_row_without_a_token(app):
 def test_a_slow_download_asked_for_by_a_link_gives_up_in_time_and_is_left_to_the_worker(
     client, conn, graph, monkeypatch
 ):
-    monkeypatch.setattr(media_route, "FETCH_WAIT", 0.5)
+    monkeypatch.setattr(serve, "FETCH_WAIT", 0.5)
     graph.media["5005"] = Media(PICTURE, stall=1.5)
     post(client, media_message("5005"))
     started = time.monotonic()
     response = client.get(path_of(media_of(conn, "wamid.media5005")["url"]))
     assert time.monotonic() - started < 1.4
     assert response.status_code == 502 and "timed out" in response.text
-    row = media_store.get(conn, "5005")
+    row = store.get(conn, "5005")
     assert (row["state"], row["lease_owner"]) == ("retrying", None)  # the worker takes it from here
 
 

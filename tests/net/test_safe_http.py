@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 import provision
-from address_rules import shown_url
-from safe_http import DeliveryError, Sender, check_url
+from gateway.net.address_rules import shown_url
+from gateway.net.safe_http import DeliveryError, Sender, check_url
 
 HINT = "allow_private_urls"
 

@@ -9,9 +9,6 @@ import os
 
 import pytest
 
-import db
-import jobs
-import runstate
 from app import create_app
 from conftest import (
     element,
@@ -23,6 +20,9 @@ from conftest import (
     worker_in_process,
     write_config,
 )
+from gateway import runstate
+from gateway.delivery import doorbell
+from gateway.storage import db
 
 
 @pytest.fixture
@@ -34,7 +34,7 @@ def edited(tmp_path, redis_url, receiver):
     sections["delivery"].update(allow_http=False, allow_private_urls=False)
     path = write_config(tmp_path / "config.toml", sections)
     running = create_app({"TESTING": True, "config_path": str(path)})
-    jobs.redis_connection(running.config["WAHOOK"]).flushall()
+    doorbell.redis_connection(running.config["WAHOOK"]).flushall()
     sections["delivery"].update(allow_http=True, allow_private_urls=True)
     write_config(path, sections)
     cli = create_app({"TESTING": True, "config_path": str(path)})

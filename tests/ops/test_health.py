@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-import heartbeats
 from app import create_app
 from conftest import instance_sections, wait_until
+from gateway.ops import heartbeats
 
 pytestmark = pytest.mark.engines
 

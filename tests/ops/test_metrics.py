@@ -11,12 +11,12 @@ import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-import db
-import metrics
-import names
 import worker
 from app import create_app
 from conftest import ROOT, element, instance_sections, post_form, sign, text_message, wait_until
+from gateway.intake import event_names
+from gateway.ops import metrics
+from gateway.storage import db
 from receiver import Behaviour
 
 pytestmark = pytest.mark.engines
@@ -267,5 +267,5 @@ def test_the_bound_exempts_every_name_wahook_makes_on_both_engines():
         text = dict(db.migrations(engine_name))[13]
         trigger = text[text.index("metric_event") :]
         assert f"< {metrics.EVENT_SERIES_MAX}" in trigger
-        for prefix in names.RESERVED_PREFIXES:
+        for prefix in event_names.RESERVED_PREFIXES:
             assert f"'{prefix.rstrip('.')}'" in trigger, prefix

@@ -9,14 +9,13 @@ import time
 import pytest
 import requests
 
-import db
-import endpoints
-import heartbeats
-import silence
 import worker
 from app import create_app
 from conftest import SWEEP_INTERVAL, Processes, instance_sections, login, make_app, sign, text_message, wait_until
-from event_catalog import iso
+from gateway.delivery import endpoints
+from gateway.intake.event_catalog import iso
+from gateway.ops import heartbeats, silence
+from gateway.storage import db
 
 pytestmark = pytest.mark.engines
 

@@ -12,9 +12,6 @@ from html import unescape
 import pytest
 import requests
 
-import db
-import endpoints
-import monitor
 from conftest import (
     ADMIN_PASSWORD,
     csrf_from,
@@ -27,7 +24,10 @@ from conftest import (
     token,
     wait_until,
 )
-from db import get_db
+from gateway.delivery import endpoints
+from gateway.pages import monitor
+from gateway.storage import db
+from gateway.storage.db import get_db
 from receiver import Behaviour
 
 pytestmark = pytest.mark.engines
@@ -209,7 +209,7 @@ POST_FORMS = [
     "/settings/apikeys",
     "/settings/apikeys/1/revoke",
 ]
-# The API's own routes answer to API keys, not sessions (tests/test_api.py).
+# The API's own routes answer to API keys, not sessions (tests/api/test_routes.py).
 PUBLIC_RULES = {
     "/login",
     "/healthz",

@@ -10,11 +10,10 @@ from html import unescape
 
 import pytest
 
-import db
-import eventlog
-import samples
-import search
 from conftest import element, post_form, shown, status_update, text_message, wait_until
+from gateway.intake import samples
+from gateway.pages import event_log, event_search
+from gateway.storage import db
 from receiver import Behaviour
 
 pytestmark = pytest.mark.engines
@@ -161,7 +160,7 @@ def test_search_keeps_its_filters_across_pages(app, admin, conn, post_webhook):
         post_webhook(text_message(f"wamid.P{n}"))
     post_webhook(status_update("wamid.P0"))
     html = admin.get("/events?event=message.received").text
-    assert len(shown(html)) == eventlog.PAGE_SIZE and 26 not in shown(html)
+    assert len(shown(html)) == event_log.PAGE_SIZE and 26 not in shown(html)
     older = re.search(r'href="(/events\?[^"]+)">Older', html).group(1).replace("&amp;", "&")
     assert "event=message.received" in older
     assert shown(admin.get(older).text) == [5, 4, 3, 2, 1]
@@ -202,7 +201,7 @@ def test_searches_use_their_indexes(app, conn):
         {"customer": "US.1", "state": "failed"},
         {"event": "message.received", "state": "failed"},
     ):
-        for sql, params in search.queries(chosen, before=1000):
+        for sql, params in event_search.queries(chosen, before=1000):
             plan = " ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, (*params, 21)))
             assert re.search(r"USING (COVERING )?INDEX|USING INTEGER PRIMARY KEY", plan), (chosen, plan)
             assert "TEMP B-TREE" not in plan, (chosen, plan)
@@ -211,9 +210,9 @@ def test_searches_use_their_indexes(app, conn):
 
 def test_template_summary_leaves_out_a_missing_language():
     fields = {"template_name": "order_confirmation", "status": "APPROVED"}
-    assert eventlog.summary("template.status_changed", fields) == "order_confirmation: APPROVED"
+    assert event_log.summary("template.status_changed", fields) == "order_confirmation: APPROVED"
     fields["language"] = "en_US"
-    assert eventlog.summary("template.status_changed", fields) == "order_confirmation (en_US): APPROVED"
+    assert event_log.summary("template.status_changed", fields) == "order_confirmation (en_US): APPROVED"
 
 
 @pytest.mark.parametrize("before", ["99999999999999999999999", "-5", "0", "x"])

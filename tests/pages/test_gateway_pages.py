@@ -12,13 +12,12 @@ from html import unescape
 
 import pytest
 
-import db
-import jobs
-import outages
-import silence
 from app import create_app
 from conftest import attempt_due, element, instance_sections, post_form, sign, text_message, wait_until
-from db import get_db
+from gateway.delivery import doorbell, outages
+from gateway.ops import silence
+from gateway.storage import db
+from gateway.storage.db import get_db
 from receiver import Behaviour
 
 pytestmark = pytest.mark.engines
@@ -31,7 +30,7 @@ def app(tmp_path, redis_url, storage_database):
     sections["delivery"]["retry_schedule"] = [0.2, 0.2]
     sections["meta"]["silence_hours"] = 1
     application = create_app({"TESTING": True, "config_path": str(tmp_path / "config.toml"), **sections})
-    jobs.redis_connection(application.config["WAHOOK"]).flushall()
+    doorbell.redis_connection(application.config["WAHOOK"]).flushall()
     yield application
     db.close_all()
 

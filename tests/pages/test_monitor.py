@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-import db
-import monitor
 from conftest import element, post_form, text_message, wait_until
+from gateway.pages import monitor
+from gateway.storage import db
 from receiver import Behaviour
 
 pytestmark = pytest.mark.engines

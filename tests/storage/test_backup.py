@@ -13,8 +13,8 @@ import time
 import pytest
 import requests
 
-import db
 from conftest import Processes, cli_json, instance_sections, sign, text_message, wait_until
+from gateway.storage import db
 from receiver import Behaviour
 
 

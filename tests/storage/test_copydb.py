@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-import db
 from app import create_app
 from conftest import cli_json, instance_sections, sign, text_message, wait_until
+from gateway.storage import db
 
 
 def rows(conn, table: str, columns: list[str]) -> list[tuple]:

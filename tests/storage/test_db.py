@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import requests
 
-import db
 from conftest import sign, text_message
+from gateway.storage import db
 
 
 def test_fresh_database_gets_the_schema_and_version(tmp_path):
@@ -154,7 +154,7 @@ def test_many_threads_of_one_process_write_without_a_lock_error(tmp_path):
 OPEN_AT_ONCE = """
 import sys, time
 sys.path.insert(0, sys.argv[1])
-import db
+from gateway.storage import db
 start = float(sys.argv[3])
 while time.time() < start:
     pass
@@ -167,7 +167,7 @@ print(conn.execute("PRAGMA journal_mode").fetchone()[0], conn.execute("PRAGMA us
 def test_eight_processes_opening_a_new_database_at_once_all_start(tmp_path):
     """Switching a new file to WAL takes an exclusive lock that SQLite's busy handler does not
     wait for: a process that lost the race used to die with "database is locked"."""
-    root = str(Path(db.__file__).parent)
+    root = str(Path(db.__file__).parents[2])  # the checkout, where `gateway` is found
     latest = db.migrations()[-1][0]
     for round_ in range(4):
         path = tmp_path / f"new-{round_}" / "wahook.db"

@@ -14,9 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-import db
-import groupcommit
 from conftest import sign, status_update, wait_until
+from gateway.storage import db, groupcommit
 
 URL = "/api/webhooks/whatsapp"
 POISON = "wamid.POISON"

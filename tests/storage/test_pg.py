@@ -19,11 +19,10 @@ import psycopg
 import pytest
 import requests
 
-import db
-import endpoints
-import pg
-from config import load_config
 from conftest import ROOT, Processes, instance_sections, sign, text_message, wait_every_event_delivered, wait_until
+from gateway.config import load_config
+from gateway.delivery import endpoints
+from gateway.storage import db, pg
 
 TOTAL = 300
 SQLITE_ONLY = ("CREATE TRIGGER IF", "INSERT OR IGNORE", "INSERT OR REPLACE", "PRAGMA", "AUTOINCREMENT", "WITHOUT ROWID")

@@ -12,12 +12,11 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-import db
-import endpoints
-import outbox
 from app import create_app
 from conftest import ROOT, instance_sections, sign, status_update, text_message, wait_until
-from db import get_db
+from gateway.delivery import endpoints, outbox
+from gateway.storage import db
+from gateway.storage.db import get_db
 
 
 def _bench_module(name: str):
@@ -164,7 +163,7 @@ def test_pull_orders_transaction_ids_as_numbers_not_as_text(conn, engine):
     """Events of transactions 9 and 10 (a running cluster passes such a boundary, 999 to 1000,
     every so often): read in pages, they come in commit order, each once. Ordered as text, 10
     came before 9, and the page after 9 repeated 10."""
-    import feed
+    from gateway.api import event_reader
 
     with db.transaction(conn):
         for number, tx in enumerate(["8", "9", "10", "11"]):
@@ -174,11 +173,11 @@ def test_pull_orders_transaction_ids_as_numbers_not_as_text(conn, engine):
                 (f"evt_tx{tx}", f"tx{number}", tx),
             )
     read, after = [], 0
-    while rows := feed.page(conn, after, 1, []):
+    while rows := event_reader.page(conn, after, 1, []):
         read += [row["event_id"] for row in rows]
-        after = feed.position(rows[-1])
+        after = event_reader.position(rows[-1])
     assert read == ["evt_tx8", "evt_tx9", "evt_tx10", "evt_tx11"]
-    assert feed.latest_row(conn) == feed.cursor_row(conn, "evt_tx11")
+    assert event_reader.latest_row(conn) == event_reader.cursor_row(conn, "evt_tx11")
 
 
 def test_counters_have_no_row_every_intake_updates_and_stay_exact(app, client, conn, engine):

@@ -8,8 +8,8 @@ import sqlite3
 
 import pytest
 
-import db
 from conftest import ROOT
+from gateway.storage import db
 
 SCHEMA = ROOT / "schema.sql"
 

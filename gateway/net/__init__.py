@@ -1,0 +1,1 @@
+"""Outbound HTTP: the address rules and the client guarded by them."""

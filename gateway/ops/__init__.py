@@ -1,0 +1,1 @@
+"""Operations: /healthz, /metrics, Meta's silence alarm, and logging."""

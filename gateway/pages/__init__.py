@@ -1,0 +1,1 @@
+"""The admin pages behind the login, with their templates/ and static/."""

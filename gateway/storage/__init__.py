@@ -1,0 +1,1 @@
+"""Storage: connections, transactions, migrations (SQLite and PostgreSQL), backup, copy-db."""
