@@ -27,7 +27,7 @@ bind = [os.environ.get("WAHOOK_BIND") or "127.0.0.1:8000"]
 # (GET /api/v1/stream) stays open for hours. A sync worker would give each open stream a
 # whole process and leave none for Meta's POSTs. A gthread worker gives it one thread: each
 # process serves at most `threads - stream.RESERVED_THREADS` streams, and the reserved
-# threads always take Meta's POSTs (see stream.py and the README's "Streams and intake").
+# threads always take Meta's POSTs (see stream.py and docs/api.md, "Streams and intake").
 # Two processes match the 2-core box wahook targets; more mostly queue up behind SQLite's
 # single writer.
 workers = int(os.environ.get("WAHOOK_WEB_WORKERS") or 2)

@@ -5,7 +5,7 @@ so the copy is the database as of one commit; in WAL mode that reader does not h
 intake or delivery. The copy is written beside PATH under a temporary name, opened and
 checked, and only then linked into place, so PATH is either a checked backup or absent.
 
-Restore (README): stop wahook, put the copy at `storage.database` with no stale `-wal` or
+Restore (docs/operations.md): stop wahook, put the copy at `storage.database` with no stale `-wal` or
 `-shm` beside it, start. Deliveries pending in the copy go out; leases in it have lapsed.
 """
 
