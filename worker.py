@@ -37,7 +37,7 @@ from gateway.delivery import delivery_states, doorbell, embedded_redis, lanes, o
 from gateway.media import downloads, store
 from gateway.net import safe_http
 from gateway.ops import heartbeats, logs, silence
-from gateway.storage import db, private_paths
+from gateway.storage import concurrency, db, private_paths
 
 log = logging.getLogger("wahook.worker")
 
@@ -253,7 +253,7 @@ def prune(conn, retention_days: int, media_folder: Path | None = None) -> int:
     with db.transaction(conn):
         deleted += conn.execute("DELETE FROM rejections WHERE minute < ?", (int(cutoff // 60),)).rowcount
     deleted += store.prune(conn, media_folder)
-    db.fold_counter_shards(conn)  # PostgreSQL: the counter rows of sessions that ended, into one
+    concurrency.fold_counter_shards(conn)  # PostgreSQL: the counter rows of sessions that ended, into one
     return deleted
 
 

@@ -98,7 +98,7 @@ def finish(
 
 def finish_later(conn: db.Connection, delivery_id: int, owner: str, state: str, attempts: int, next_at: float, outcome):
     """`finish`, sent without waiting: its cursor has a row when `owner` still held the lease.
-    A batch's updates read late go to PostgreSQL in one round trip (db.pipelined_transaction)."""
+    A batch's updates read late go to PostgreSQL in one round trip (concurrency.pipelined_transaction)."""
     return conn.execute(
         "UPDATE deliveries SET state = ?, attempts = ?, next_attempt_at = ?, lease_owner = NULL,"
         " lease_until = NULL, last_status_code = ?, last_error = ?, last_duration_ms = ?, updated_at = ?"

@@ -23,7 +23,7 @@ from gateway.delivery import accounts, delivery_states, endpoints, leases, outag
 from gateway.intake.event_catalog import iso
 from gateway.net import safe_http
 from gateway.ops import config_drift
-from gateway.storage import db
+from gateway.storage import concurrency, db
 from gateway.storage.db import transaction
 
 USER_AGENT = "Wahook-Webhook/1.0"
@@ -182,7 +182,7 @@ def record(conn: db.Connection, config, owner: str, results: list[tuple[db.Row, 
     """Store the attempts and move each delivery on, in one transaction for the batch."""
     now = time.time()
     gone: dict[int, str] = {}
-    with db.pipelined_transaction(conn):
+    with concurrency.pipelined_transaction(conn):
         sent = []
         for delivery, outcome in results:
             delivery_states.record_attempt(conn, delivery, now - outcome.duration_ms / 1000, outcome)

@@ -11,7 +11,7 @@ the statuses that would make this one stale (one read, nothing written), and the
 lasts exactly as long as the events do: they are pruned with their webhooks after the
 retention period, after which a late status is no longer marked stale. It runs inside the
 intake transaction, which holds SQLite's write lock (BEGIN IMMEDIATE), or on PostgreSQL a lock
-on the message's id (db.lock_keys), so two web processes receiving `read` and `delivered` for
+on the message's id (concurrency.lock_keys), so two web processes receiving `read` and `delivered` for
 one message at the same moment are answered in commit order. Statuses earlier in the same
 body are not stored yet; the caller passes them in.
 """

@@ -24,7 +24,7 @@ from gateway.intake import contacts, status_order
 from gateway.intake import meta_parser as meta_events
 from gateway.media import links
 from gateway.media import store as media_store
-from gateway.storage import db, groupcommit
+from gateway.storage import concurrency, db, groupcommit
 from gateway.storage.db import get_db, transaction
 
 log = logging.getLogger("wahook.intake")
@@ -206,7 +206,7 @@ def store(database: str, raw: bytes, body: dict, drawn: list, received_at: float
     when some events turn out to be duplicates or a message brought contact events; the
     outbox reads each endpoint's filter once. Contact events and a status's `stale` are
     decided here, under the lock, so two web processes cannot both act on the same old state.
-    On PostgreSQL the statements go in a few round trips (db.pipelined_transaction): a status
+    On PostgreSQL the statements go in a few round trips (concurrency.pipelined_transaction): a status
     webhook takes 3, BEGIN and COMMIT included.
     """
     fields = sorted(
@@ -225,7 +225,7 @@ def store(database: str, raw: bytes, body: dict, drawn: list, received_at: float
     def write(conn: db.Connection) -> tuple[list[str], int]:
         # Intakes about the same customer or message take turns from here (SQLite's write lock
         # makes every intake do so), so a contact or a status of it in another transaction is seen.
-        db.lock_keys(conn, guarded_keys(drawn))
+        concurrency.lock_keys(conn, guarded_keys(drawn))
         inserted = conn.execute(
             "INSERT INTO webhooks (webhook_id, received_at, object, fields, event_count, body, simulated)"
             " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
@@ -262,7 +262,7 @@ def store(database: str, raw: bytes, body: dict, drawn: list, received_at: float
 def guarded_keys(drawn: list) -> list[str]:
     """What this body's intake reads and must see settled by any other intake first: each
     customer a message names (by phone and by user id, as contacts.find looks them up) and
-    each message a status is about. See db.lock_keys."""
+    each message a status is about. See concurrency.lock_keys."""
     keys = []
     for event in drawn:
         seen = event.contact

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from gateway.storage import db
+from gateway.storage import concurrency, db
 
 T = TypeVar("T")
 
@@ -146,7 +146,7 @@ def run(database: str | os.PathLike, write: Callable[[db.Connection], T]) -> T:
         conn = db.connection(database)
         # Statements go in batches (psycopg's pipeline mode): a round trip per read that needs
         # an earlier answer, not one per statement, for a database on another machine.
-        with db.pipelined_transaction(conn):
+        with concurrency.pipelined_transaction(conn):
             return write(conn)
     group = group_for(database)
     mine = Write(write)

@@ -15,7 +15,7 @@ import pytest
 from app import create_app
 from conftest import ROOT, instance_sections, sign, status_update, text_message, wait_until
 from gateway.delivery import endpoints, outbox
-from gateway.storage import db
+from gateway.storage import concurrency, db
 from gateway.storage.db import get_db
 
 
@@ -107,7 +107,7 @@ def test_intakes_of_other_customers_do_not_wait_and_pull_keeps_commit_order(app,
     commit came last but one."""
     held = db.connect(app.config["WAHOOK"].database)
     held.execute("BEGIN")
-    db.lock_keys(held, ["status:wamid.SLOW"])  # what the intake of wamid.SLOW's status holds
+    concurrency.lock_keys(held, ["status:wamid.SLOW"])  # what the intake of wamid.SLOW's status holds
     event = outbox.NewEvent("evt_held", "campaign.held", "held", '{"event":"campaign.held","event_id":"evt_held"}')
     outbox.add_events(held, [event], 0.0)
     try:
@@ -208,7 +208,7 @@ def test_counters_have_no_row_every_intake_updates_and_stay_exact(app, client, c
     rows = conn.execute("SELECT count(*) FROM metric_totals").fetchone()[0]
     db.close_all()  # the app's own session ends too
     watch = db.connect(app.config["WAHOOK"].database)
-    assert db.fold_counter_shards(watch) > 0
+    assert concurrency.fold_counter_shards(watch) > 0
     assert watch.execute("SELECT count(*) FROM metric_totals").fetchone()[0] < rows
     watch.close()
     assert metric_lines(client) == before
