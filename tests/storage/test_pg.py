@@ -266,13 +266,23 @@ def test_two_machines_on_one_postgresql_lose_nothing_when_a_worker_is_killed(
         os.killpg(doomed.pid, signal.SIGKILL)
         doomed.wait()
         sent_before_kill = {r.headers["X-Webhook-Id"] for r in list(receiver.requests)}
+        # What the killed worker had in hand: sent perhaps, never recorded. Its leases stand until
+        # they run out, so read now; a request of these still on the wire may land after the
+        # snapshot above, and the survivor then sends it again (at least once, as promised).
+        held = {
+            row[0]
+            for row in conn.execute(
+                "SELECT e.event_id FROM deliveries d JOIN events e ON e.id = d.event_id WHERE d.lease_owner LIKE ?",
+                (f"%.{doomed.pid}.%",),
+            )
+        }
         for thread in posters:
             thread.join()
         assert statuses == [200] * TOTAL and len(sent_before_kill) < TOTAL
         wait_every_event_delivered(conn, receiver, TOTAL, timeout=90)
         arrivals = Counter(r.headers["X-Webhook-Id"] for r in list(receiver.requests))
         repeated = {event_id for event_id, n in arrivals.items() if n > 1}
-        assert repeated <= sent_before_kill  # the survivor never sent a delivered event again
+        assert repeated <= sent_before_kill | held  # the survivor never sent a delivered event again
     finally:
         for machine in machines:
             machine.stop_all()
