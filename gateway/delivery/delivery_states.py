@@ -79,26 +79,11 @@ def record_attempt(conn: db.Connection, delivery: db.Row, at: float, outcome) ->
     )
 
 
-def finish(
-    conn: db.Connection,
-    delivery_id: int,
-    owner: str,
-    state: str,
-    attempts: int,
-    next_at: float,
-    outcome,
-) -> bool:
-    """Move a leased delivery on after an attempt and release it. Call inside a transaction.
-
-    Only while `owner` still holds the lease: if it ran out, another worker owns the row
-    now and this returns False.
-    """
-    return finish_later(conn, delivery_id, owner, state, attempts, next_at, outcome).fetchone() is not None
-
-
 def finish_later(conn: db.Connection, delivery_id: int, owner: str, state: str, attempts: int, next_at: float, outcome):
-    """`finish`, sent without waiting: its cursor has a row when `owner` still held the lease.
-    A batch's updates read late go to PostgreSQL in one round trip (concurrency.pipelined_transaction)."""
+    """Move a leased delivery on after an attempt and release it, sent without waiting. Call inside
+    a transaction. Its cursor has a row only when `owner` still held the lease (if it ran out,
+    another worker owns the row now). A batch's updates read late go to PostgreSQL in one round
+    trip (concurrency.pipelined_transaction)."""
     return conn.execute(
         "UPDATE deliveries SET state = ?, attempts = ?, next_attempt_at = ?, lease_owner = NULL,"
         " lease_until = NULL, last_status_code = ?, last_error = ?, last_duration_ms = ?, updated_at = ?"
