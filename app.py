@@ -15,10 +15,10 @@ from werkzeug.routing import IntegerConverter
 from gateway import cli, runstate
 from gateway.api import routes
 from gateway.config import DEFAULTS, ConfigError, load_config
-from gateway.intake import webhook
+from gateway.intake import webhook, wsgi
 from gateway.media import serve
 from gateway.ops import health, metrics
-from gateway.pages import admin
+from gateway.pages import admin, auth
 from gateway.storage import db
 
 
@@ -70,6 +70,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     admin.init_app(app)
     serve.init_app(app)
     cli.init_app(app)
+    wsgi.serve_intake_first(app, auth.SECURITY_HEADERS)
     return app
 
 

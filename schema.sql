@@ -29,35 +29,14 @@ CREATE TABLE IF NOT EXISTS events (
     dedupe_key TEXT UNIQUE,                   -- NULL for test events
     created_at REAL NOT NULL,
     body TEXT NOT NULL,
-    -- The event log's search. The customer (a phone number, or a business-scoped user id) and
-    -- the WhatsApp message id are read out of the event's JSON: nothing at intake fills them.
-    customer TEXT GENERATED ALWAYS AS (
-        CASE WHEN json_valid(body) THEN coalesce(
-            nullif(json_extract(body, '$.recipient'), ''),
-            CASE WHEN name = 'message.echo' THEN nullif(json_extract(body, '$.to'), '') END,
-            nullif(json_extract(body, '$.from'), ''),
-            nullif(json_extract(body, '$.wa_id'), ''),
-            nullif(json_extract(body, '$.user_phone'), '')
-        ) END
-    ) VIRTUAL,
-    customer_user_id TEXT GENERATED ALWAYS AS (
-        CASE WHEN json_valid(body) THEN coalesce(
-            nullif(json_extract(body, '$.recipient_user_id'), ''),
-            CASE WHEN name = 'message.echo' THEN nullif(json_extract(body, '$.to_user_id'), '') END,
-            nullif(json_extract(body, '$.from_user_id'), ''),
-            nullif(json_extract(body, '$.user_id'), '')
-        ) END
-    ) VIRTUAL,
-    message_id TEXT GENERATED ALWAYS AS (
-        CASE WHEN json_valid(body) THEN nullif(json_extract(body, '$.message_id'), '') END
-    ) VIRTUAL,
-    -- Each event's account, for accounts= on pull, stream and WebSocket and the event log.
-    waba_id TEXT GENERATED ALWAYS AS (
-        CASE WHEN json_valid(body) THEN nullif(json_extract(body, '$.waba_id'), '') END
-    ) VIRTUAL,
-    phone_number_id TEXT GENERATED ALWAYS AS (
-        CASE WHEN json_valid(body) THEN nullif(json_extract(body, '$.phone_number_id'), '') END
-    ) VIRTUAL
+    -- Filled by the writer from the event (event_catalog.search_columns): the event log's search
+    -- (the customer as a phone number and as a business-scoped user id, the WhatsApp message id)
+    -- and each event's account, for accounts= on pull, stream and WebSocket and the event log.
+    customer TEXT,
+    customer_user_id TEXT,
+    message_id TEXT,
+    waba_id TEXT,
+    phone_number_id TEXT
 );
 CREATE INDEX IF NOT EXISTS events_webhook ON events (webhook_id);
 CREATE INDEX IF NOT EXISTS events_created ON events (created_at);

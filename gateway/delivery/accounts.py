@@ -40,17 +40,6 @@ def takes(wanted: Iterable[str], waba_id: str | None, phone_number_id: str | Non
     return waba_id in wanted or phone_number_id in wanted
 
 
-def of_body(text: str) -> tuple[str | None, str | None]:
-    """The (waba_id, phone_number_id) of a stored event body."""
-    try:
-        body = json.loads(text)
-    except ValueError:
-        return None, None
-    if not isinstance(body, dict):
-        return None, None
-    return (str(body.get("waba_id") or "") or None), (str(body.get("phone_number_id") or "") or None)
-
-
 def sql(wanted: list[str]) -> tuple[str, list]:
     """An SQL condition on the events table's waba_id and phone_number_id columns doing `takes`."""
     marks = ",".join("?" for _ in wanted)

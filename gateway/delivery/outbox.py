@@ -15,7 +15,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from gateway.delivery import accounts
-from gateway.intake.event_catalog import OPERATIONAL_EVENTS, event_id_for, iso, storable
+from gateway.intake.event_catalog import (
+    OPERATIONAL_EVENTS,
+    SearchColumns,
+    event_id_for,
+    iso,
+    search_columns,
+    search_columns_of_text,
+    storable,
+)
 from gateway.storage import db
 
 # Sent only to endpoints that name them: an empty filter selects every other event.
@@ -66,12 +74,17 @@ def targets(conn: db.Connection) -> list[Target]:
 
 @dataclass(frozen=True)
 class NewEvent:
-    """An event about to be stored: its public id, name, duplicate key and JSON text."""
+    """An event about to be stored: its public id, name, duplicate key and JSON text, and what
+    its row is searched by (event_catalog.search_columns; read from the text when not given)."""
 
     event_id: str
     name: str
     dedupe_key: str | None
     body: str
+    columns: SearchColumns | None = None
+
+    def search_columns(self) -> SearchColumns:
+        return self.columns if self.columns is not None else search_columns_of_text(self.name, self.body)
 
 
 def add_events(
@@ -107,7 +120,7 @@ def add_events(
         if inserted is None:
             continue
         inserted = inserted[0]
-        ids = accounts.of_body(event.body) if by_account else (None, None)
+        ids = event.search_columns()[3:] if by_account else (None, None)
         new_events.append((event.name, ids))
         for target in to:
             if target.format == "events" and target.selects(event.name) and accounts.takes(target.account_ids, *ids):
@@ -139,9 +152,10 @@ def _insert_event(conn: db.Connection, event: NewEvent, created_at: float, webho
 
     Pull and stream read events in commit order without making writers take turns (event_reader.py)."""
     return conn.execute(
-        "INSERT INTO events (event_id, webhook_id, name, dedupe_key, created_at, body)"
-        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
-        (event.event_id, webhook_row, event.name, event.dedupe_key, created_at, event.body),
+        "INSERT INTO events (event_id, webhook_id, name, dedupe_key, created_at, body,"
+        " customer, customer_user_id, message_id, waba_id, phone_number_id)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
+        (event.event_id, webhook_row, event.name, event.dedupe_key, created_at, event.body, *event.search_columns()),
     )
 
 
@@ -179,5 +193,6 @@ def publish(
     body = {"event": name, "event_id": event_id, "timestamp": int(now), "received_at": iso(now), **data}
     # storable: a lone surrogate an API client sent ("\ud800") stays escaped, so it can be stored.
     text = storable(json.dumps(body, ensure_ascii=False, separators=(",", ":")))
-    new, _ = add_events(conn, [NewEvent(event_id, name, dedupe_key, text)], now, exclude_endpoint=exclude_endpoint)
+    event = NewEvent(event_id, name, dedupe_key, text, search_columns(name, body))
+    new, _ = add_events(conn, [event], now, exclude_endpoint=exclude_endpoint)
     return event_id if new else None

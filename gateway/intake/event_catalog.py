@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import time
 
 # The named events, grouped for the settings page; EVENT_NAMES keeps the contract's table order.
@@ -34,6 +35,53 @@ def storable(text: str) -> str:
     if text.isascii():
         return text
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+# Where an event names its customer: the first of these keys that is present and not empty.
+CUSTOMER_KEYS = ("recipient", "from", "wa_id", "user_phone")
+CUSTOMER_USER_KEYS = ("recipient_user_id", "from_user_id", "user_id")
+# An echo is a message the business sent: its customer is the one it went `to`.
+ECHO_CUSTOMER_KEYS = ("recipient", "to", "from", "wa_id", "user_phone")
+ECHO_CUSTOMER_USER_KEYS = ("recipient_user_id", "to_user_id", "from_user_id", "user_id")
+
+SearchColumns = tuple[str | None, str | None, str | None, str | None, str | None]
+
+
+def search_columns(name: str, body: dict) -> SearchColumns:
+    """(customer, customer_user_id, message_id, waba_id, phone_number_id) of an event, as its row
+    keeps them: what the event log searches by and what `accounts=` filters on. Filled by
+    whoever stores the event, from the body it already holds (parsing the stored JSON again in
+    the database cost a tenth of an intake); migration 14 computed the same for older events."""
+    echo = name == "message.echo"
+    return (
+        _first(body, ECHO_CUSTOMER_KEYS if echo else CUSTOMER_KEYS),
+        _first(body, ECHO_CUSTOMER_USER_KEYS if echo else CUSTOMER_USER_KEYS),
+        _first(body, ("message_id",)),
+        _first(body, ("waba_id",)),
+        _first(body, ("phone_number_id",)),
+    )
+
+
+def search_columns_of_text(name: str, text: str) -> SearchColumns:
+    """search_columns of an event given as its stored JSON text (nothing for text that is not an object)."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        body = None
+    return search_columns(name, body) if isinstance(body, dict) else (None, None, None, None, None)
+
+
+def _first(body: dict, keys: tuple[str, ...]) -> str | None:
+    """The first of `keys` in `body` with a value other than null or "", as text (a number or an
+    object as its JSON)."""
+    for key in keys:
+        value = body.get(key)
+        if value is None or value == "":
+            continue
+        if not isinstance(value, str):
+            value = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        return storable(value)
+    return None
 
 
 def event_id_for(dedupe_key: str) -> str:

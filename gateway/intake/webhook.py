@@ -22,10 +22,11 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from gateway.delivery import doorbell, outbox
 from gateway.intake import contacts, status_order
 from gateway.intake import meta_parser as meta_events
+from gateway.intake.event_catalog import search_columns
 from gateway.media import links
 from gateway.media import store as media_store
 from gateway.storage import concurrency, db, groupcommit
-from gateway.storage.db import get_db, transaction
+from gateway.storage.db import transaction
 
 log = logging.getLogger("wahook.intake")
 
@@ -84,10 +85,10 @@ def signature_problem(raw: bytes, header: str | None, app_secret: str, local_key
     return ("wrong signature" if app_secret else "no app_secret configured"), False
 
 
-def count_rejection(reason: str) -> None:
+def count_rejection(database: str, reason: str) -> None:
     """Count a refused POST for the monitor; a failure to count must not change the 401."""
     try:
-        conn = get_db()
+        conn = db.connection(database)
         with transaction(conn):
             conn.execute(
                 "INSERT INTO rejections (minute, reason, count) VALUES (?, ?, 1)"
@@ -99,12 +100,10 @@ def count_rejection(reason: str) -> None:
 
 
 def read_body(limit: int = MAX_BODY_BYTES) -> bytes | None:
-    """The raw body, or None when it is over `limit` bytes.
+    """The current Flask request's raw body, or None when it is over `limit` bytes.
 
     A chunked body has no length to check first, and werkzeug's limit would hand back its
-    first `limit` bytes as if that were all (then refused as a bad signature). So it is read up to
-    one byte past the limit, and when longer the rest is drained, within a bound, so the
-    client gets to read its 413.
+    first `limit` bytes as if that were all (then refused as a bad signature): see read_chunked.
     """
     if request.content_length is not None or not request.environ.get("wsgi.input_terminated"):
         request.max_content_length = limit
@@ -112,7 +111,13 @@ def read_body(limit: int = MAX_BODY_BYTES) -> bytes | None:
             return request.get_data(cache=False)
         except RequestEntityTooLarge:
             return None
-    stream = request.environ["wsgi.input"]
+    return read_chunked(request.environ["wsgi.input"], limit)
+
+
+def read_chunked(stream, limit: int) -> bytes | None:
+    """A body of no announced length, or None when it is over `limit` bytes: read up to one byte
+    past the limit, and when longer the rest is drained, within a bound, so the client gets to
+    read its 413."""
     raw = stream.read(limit + 1)
     if len(raw) <= limit:
         return raw
@@ -120,6 +125,20 @@ def read_body(limit: int = MAX_BODY_BYTES) -> bytes | None:
     while drained < DRAIN_LIMIT and (chunk := stream.read(64 * 1024)):
         drained += len(chunk)
     return None
+
+
+def body_of(environ: dict, limit: int = MAX_BODY_BYTES) -> bytes | None:
+    """read_body for a plain WSGI environ (Meta's POST is answered below Flask, see wsgi.py)."""
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or "")
+    except ValueError:
+        length = None
+    if length is None or length < 0:
+        # No length: a chunked body (gunicorn says the stream ends), else an empty one, as werkzeug reads it.
+        return read_chunked(environ["wsgi.input"], limit) if environ.get("wsgi.input_terminated") else b""
+    if length > limit:
+        return None
+    return environ["wsgi.input"].read(length)
 
 
 def _refuse_constant(name: str) -> None:
@@ -140,33 +159,38 @@ DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite)
 
 @bp.post(PATH)
 def receive() -> Response:
-    config = current_app.config["WAHOOK"]
-    raw = read_body()
+    """Meta's POST; served by wsgi.py ahead of Flask, so this view runs only where that is not in front."""
+    status, answer = respond(request.environ, current_app.config)
+    return text(answer, status)
+
+
+def respond(environ: dict, app_config) -> tuple[int, str]:
+    """(status, text) for one Meta POST given as its WSGI environ; `app_config` is the Flask
+    app's config (WAHOOK, WAHOOK_SIMULATE_KEY)."""
+    config = app_config["WAHOOK"]
+    raw = body_of(environ)
     if raw is None:
-        return text("body larger than 4 MiB", 413)
+        return 413, "body larger than 4 MiB"
     # From here a thread about to commit other webhooks waits a moment for this one
     # (groupcommit.coming); not while the body arrives, which a slow client can make long.
     with groupcommit.coming(config.database):
-        return accept(config, raw)
+        return accept(config, raw, environ, app_config.get("WAHOOK_SIMULATE_KEY", ""))
 
 
-def accept(config, raw: bytes) -> Response:
+def accept(config, raw: bytes, environ: dict, simulate_key: str) -> tuple[int, str]:
     """Check, parse and store one Meta POST whose body is `raw`; its answer."""
     problem, simulated = signature_problem(
-        raw,
-        request.headers.get("X-Hub-Signature-256"),
-        config["meta"]["app_secret"],
-        current_app.config.get("WAHOOK_SIMULATE_KEY", ""),
+        raw, environ.get("HTTP_X_HUB_SIGNATURE_256"), config["meta"]["app_secret"], simulate_key
     )
     if problem:
-        count_rejection(problem)
-        return text(f"signature refused: {problem}", 401)
+        count_rejection(config.database, problem)
+        return 401, f"signature refused: {problem}"
     try:
         body = DECODER.decode(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
-        return text("body is not UTF-8 JSON", 400)
+        return 400, "body is not UTF-8 JSON"
     if not isinstance(body, dict):
-        return text("body is not a JSON object", 400)
+        return 400, "body is not a JSON object"
 
     received_at = time.time()
     try:
@@ -175,15 +199,15 @@ def accept(config, raw: bytes) -> Response:
         # A parser bug must not cost Meta's retries or the body: keep it raw, with no events.
         log.exception("could not draw events from a webhook; stored raw")
         drawn = []
-    links.attach(drawn, config, received_at)
+    links.attach(drawn, config, received_at, environ)
     try:
         new_deliveries = store(config.database, raw, body, drawn, received_at, simulated)
     except db.Error as exc:
         log.error("could not store a webhook, answering 503 so Meta retries: %s", exc)
-        return text("storage unavailable, retry later", 503)
+        return 503, "storage unavailable, retry later"
     if new_deliveries:
         doorbell.wake(config)
-    return text("ok", 200)
+    return 200, "ok"
 
 
 def encode_event(body: dict) -> str:
@@ -289,7 +313,8 @@ def settle(conn: db.Connection, drawn: list, encoded: list[str], now: float, kno
         if event.contact is not None:
             for found in contacts.draw(conn, event, now):
                 text_found = encode_event(found.body)
-                new.append(outbox.NewEvent(found.body["event_id"], found.name, found.dedupe_key, text_found))
+                columns = search_columns(found.name, found.body)
+                new.append(outbox.NewEvent(found.body["event_id"], found.name, found.dedupe_key, text_found, columns))
         if event.name == "message.status_updated":
             body = event.body
             message_id, status = body["message_id"], body["status"]
@@ -297,5 +322,6 @@ def settle(conn: db.Connection, drawn: list, encoded: list[str], now: float, kno
             earlier[message_id] = status_order.highest([current, status]) or earlier.get(message_id) or ""
             if stale or current != status:
                 text_body = encode_event({**body, "stale": stale, "current_status": current})
-        new.append(outbox.NewEvent(event.body["event_id"], event.name, event.dedupe_key, text_body))
+        columns = search_columns(event.name, event.body)
+        new.append(outbox.NewEvent(event.body["event_id"], event.name, event.dedupe_key, text_body, columns))
     return new

@@ -20,6 +20,7 @@ import re
 import time
 
 from flask import has_request_context, request
+from werkzeug.wsgi import get_current_url
 
 from gateway import runstate
 
@@ -86,10 +87,13 @@ def check_token(key: bytes, token: str, now: float | None = None) -> str:
     return media_id
 
 
-def public_base() -> str:
-    """Where receivers reach this server: WAHOOK_PUBLIC_URL, else the address the current request
-    came to (as the settings page's callback URL), else the bind address (WAHOOK_BIND)."""
+def public_base(environ: dict | None = None) -> str:
+    """Where receivers reach this server: WAHOOK_PUBLIC_URL, else the address the request came
+    to (`environ`'s, or the current Flask request's; as the settings page's callback URL), else
+    the bind address (WAHOOK_BIND)."""
     base = (os.environ.get("WAHOOK_PUBLIC_URL") or "").strip()
+    if not base and environ is not None:
+        base = get_current_url(environ, root_only=True)
     if not base and has_request_context():
         base = request.url_root
     if not base:
@@ -106,13 +110,14 @@ def link(config, media_id: str, received_at: float, base: str | None = None) -> 
     return f"{base or public_base()}/media/{make_token(installation_key(config), media_id, expires)}"
 
 
-def attach(drawn: list, config, received_at: float) -> None:
-    """Set `media.url` on every drawn event that carries media (None without an access token)."""
+def attach(drawn: list, config, received_at: float, environ: dict | None = None) -> None:
+    """Set `media.url` on every drawn event that carries media (None without an access token).
+    `environ`: the WSGI environ of the request the events came in (see public_base)."""
     base = None
     for event in drawn:
         media = event.body.get("media")
         if isinstance(media, dict):
-            base = base or public_base()
+            base = base or public_base(environ)
             try:
                 media["url"] = link(config, media.get("id"), received_at, base)
             except OSError as exc:  # the key file cannot be read: the event goes out without a link
