@@ -94,9 +94,15 @@ def one_process(root: Path, variant: str, kind: str, synchronous: str, count: in
     os.chdir(root)
     folder = Path(tempfile.mkdtemp(prefix="wahook-cpu-"))
     from app import create_app
-    from gateway.config import ConfigError
-    from gateway.delivery import endpoints
-    from gateway.storage import db
+
+    try:
+        from gateway.config import ConfigError
+        from gateway.delivery import endpoints
+        from gateway.storage import db
+    except ImportError:  # a checkout from before the gateway package (7549c06, say)
+        import db  # type: ignore[no-redef]
+        import endpoints  # type: ignore[no-redef]
+        from config import ConfigError  # type: ignore[no-redef]
 
     sections = {
         "meta": {"app_secret": "bench-secret"},
