@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 SWEEP_INTERVAL = 0.2
 os.environ["WAHOOK_SWEEP_INTERVAL"] = str(SWEEP_INTERVAL)
 
+import compiled_templates
 import interruption
 import worker
 from app import create_app
@@ -53,6 +54,8 @@ from receiver import Receiver
 # a small machine a parse can take that long, and speed is not what those tests check.
 hypothesis.settings.register_profile("wahook", deadline=None)
 hypothesis.settings.load_profile("wahook")
+
+compiled_templates.install()
 
 APP_SECRET = "test-app-secret"
 VERIFY_TOKEN = "test-verify-token"
