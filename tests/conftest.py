@@ -57,6 +57,12 @@ hypothesis.settings.load_profile("wahook")
 
 compiled_templates.install()
 
+# Failed deliveries and downloads are tried again 0.2 s apart, so a test that waits for the
+# retries to run out waits half a second, not two. A test about the delays themselves, or
+# that must look between two attempts, sets SLOW_RETRIES on its app.
+RETRY_SCHEDULE = [0.2, 0.2]
+SLOW_RETRIES = [1, 1]
+
 APP_SECRET = "test-app-secret"
 VERIFY_TOKEN = "test-verify-token"
 ADMIN_PASSWORD = "test-admin-password"
@@ -246,7 +252,12 @@ def instance_sections(tmp_path: Path, redis_url: str, database: str | None = Non
         "meta": {"app_secret": APP_SECRET, "verify_token": VERIFY_TOKEN},
         "storage": {"database": database or str(tmp_path / "data" / "wahook.db")},
         "redis": {"url": redis_url},
-        "delivery": {"allow_http": True, "allow_private_urls": True, "timeout": 2, "retry_schedule": [1, 1]},
+        "delivery": {
+            "allow_http": True,
+            "allow_private_urls": True,
+            "timeout": 2,
+            "retry_schedule": list(RETRY_SCHEDULE),
+        },
         "admin": {"password": ADMIN_PASSWORD, "secret_key": "test-secret-key"},
     }
 
@@ -267,6 +278,13 @@ def app(tmp_path, redis_url, storage_database):
     doorbell.redis_connection(application.config["WAHOOK"]).flushall()
     yield application
     db.close_all()
+
+
+@pytest.fixture
+def slow_retries(app) -> list[int]:
+    """The app's retry schedule set to SLOW_RETRIES, for a test that looks between attempts."""
+    app.config["WAHOOK"]["delivery"]["retry_schedule"] = list(SLOW_RETRIES)
+    return SLOW_RETRIES
 
 
 @pytest.fixture
