@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -484,10 +485,14 @@ class Processes:
         )
         return result.returncode, json.loads(result.stdout)
 
-    def stop_all(self) -> None:
+    def stop_all(self, quick: bool = False) -> None:
+        """Stop every process started, as SIGTERM does. quick (a test's end, when nothing is
+        checked any more): gunicorn without its graceful wait for open connections (SIGQUIT),
+        which held each test's end up to two seconds more."""
         for process in self.children:
             if process.poll() is None:
-                process.terminate()
+                gunicorn = "gunicorn" in process.args
+                process.send_signal(signal.SIGQUIT if quick and gunicorn else signal.SIGTERM)
         for process in self.children:
             try:
                 process.wait(timeout=10)
@@ -501,7 +506,7 @@ def processes(tmp_path, redis_url, storage_database):
     """Start real gunicorn and worker processes on this test's config (see Processes)."""
     started = Processes(tmp_path, instance_sections(tmp_path, redis_url, storage_database))
     yield started
-    started.stop_all()
+    started.stop_all(quick=True)
 
 
 @pytest.fixture
@@ -511,7 +516,7 @@ def fresh_processes(tmp_path, redis_url, storage_database):
     sections["meta"]["app_secret"] = ""
     started = Processes(tmp_path, sections)
     yield started
-    started.stop_all()
+    started.stop_all(quick=True)
 
 
 def make_app(tmp_path, redis_url, **changes):
