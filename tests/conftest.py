@@ -43,7 +43,7 @@ from gateway.api import api_keys
 from gateway.delivery import delivery_states, doorbell, embedded_redis, endpoints, send
 from gateway.intake import webhook
 from gateway.net import safe_http
-from gateway.storage import db
+from gateway.storage import db, private_paths
 from gateway.storage.db import get_db
 from graph_stub import TOKEN as GRAPH_TOKEN
 from graph_stub import GraphStub
@@ -272,8 +272,34 @@ def redis_url(tmp_path_factory) -> str:
     embedded_redis.stop(data)
 
 
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory) -> bytes:
+    """A SQLite database migrated once for the test process, as bytes each `app` starts from:
+    running every migration again took more than half of building a test's app."""
+    path = tmp_path_factory.mktemp("migrated") / "wahook.db"
+    conn = db.connect(path)
+    try:
+        db.migrate(conn)
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # everything in the main file
+    finally:
+        conn.close()
+    return path.read_bytes()
+
+
+def start_migrated(database: str, migrated: bytes) -> None:
+    """Put the migrated SQLite database where `database` says, made as wahook makes its own:
+    owner-only folder and file. (The app still checks it is migrated, as on every start.)"""
+    path = Path(database)
+    if db.is_postgres(database) or path.exists():
+        return
+    private_paths.private_dir(path.parent)
+    with private_paths.create_private(path) as file:
+        file.write(migrated)
+
+
 @pytest.fixture
-def app(tmp_path, redis_url, storage_database):
+def app(tmp_path, redis_url, storage_database, migrated_sqlite):
+    start_migrated(storage_database, migrated_sqlite)
     sections = instance_sections(tmp_path, redis_url, storage_database)
     application = create_app({"TESTING": True, "config_path": str(tmp_path / "config.toml"), **sections})
     doorbell.redis_connection(application.config["WAHOOK"]).flushall()
