@@ -17,9 +17,11 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
 run: $(VENV)/.runtime
 	$(PY) run.py
 
-# The tests mostly wait on real processes (gunicorn, workers, Redis, PostgreSQL), so more
-# pytest workers than cores keep a small machine busy: `make test TEST_WORKERS=1` runs them in one.
-TEST_WORKERS ?= 4
+# Many tests wait on real processes (gunicorn, workers, Redis, PostgreSQL, Chromium), so more
+# pytest workers than cores keep a small machine busy. On 2 cores the tests' own times added up
+# to 29 minutes in a run with six workers, about 5 each; four would leave each more than 7.
+# `make test TEST_WORKERS=1` runs them in one.
+TEST_WORKERS ?= 6
 
 test: $(VENV)/.dev
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=10

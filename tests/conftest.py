@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -28,12 +29,32 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+# Test data (pytest's temporary folders, PostgreSQL's) lives in memory where there is room:
+# nothing of it must outlive a crash, yet on disk every SQLite commit waited for an fsync (the
+# 10,000-event test on SQLite: 20 s, in memory 14), every PostgreSQL test wrote an 8 MB copy
+# of the migrated database, and deleting them at the end held each test worker 5 to 8 s.
+# pytest keeps the folders of the last three runs, as on disk.
+RAM_FOLDER = Path("/dev/shm")  # noqa: S108 (Linux's shared memory folder, a tmpfs)
+RAM_NEEDED = 8 * 1024**3  # bytes free: every test worker's PostgreSQL copies, and three runs' folders
+
+
+def _has_room(folder: Path) -> bool:
+    try:
+        return shutil.disk_usage(folder).free >= RAM_NEEDED
+    except OSError:  # not Linux: the usual temporary folder
+        return False
+
+
+if _has_room(RAM_FOLDER):
+    tempfile.tempdir = str(RAM_FOLDER)
+
 # The worker's sweeper (retries, probes, silence) looks every second; the tests' workers, in
 # this process or started as processes (they inherit the environment), look five times as
 # often, so a test waits less for what it checks. Set before worker.py reads it.
 SWEEP_INTERVAL = 0.2
 os.environ["WAHOOK_SWEEP_INTERVAL"] = str(SWEEP_INTERVAL)
 
+import compiled_templates
 import interruption
 import worker
 from app import create_app
@@ -41,7 +62,7 @@ from gateway.api import api_keys
 from gateway.delivery import delivery_states, doorbell, embedded_redis, endpoints, send
 from gateway.intake import webhook
 from gateway.net import safe_http
-from gateway.storage import db
+from gateway.storage import db, private_paths
 from gateway.storage.db import get_db
 from graph_stub import TOKEN as GRAPH_TOKEN
 from graph_stub import GraphStub
@@ -53,6 +74,14 @@ from receiver import Receiver
 # a small machine a parse can take that long, and speed is not what those tests check.
 hypothesis.settings.register_profile("wahook", deadline=None)
 hypothesis.settings.load_profile("wahook")
+
+compiled_templates.install()
+
+# Failed deliveries and downloads are tried again 0.2 s apart, so a test that waits for the
+# retries to run out waits half a second, not two. A test about the delays themselves, or
+# that must look between two attempts, sets SLOW_RETRIES on its app.
+RETRY_SCHEDULE = [0.2, 0.2]
+SLOW_RETRIES = [1, 1]
 
 APP_SECRET = "test-app-secret"
 VERIFY_TOKEN = "test-verify-token"
@@ -207,7 +236,8 @@ def engine() -> str:
 @pytest.fixture(scope="session")
 def postgres_server():
     """A real PostgreSQL server for the whole run, started on first use. Its folder is its own,
-    not under pytest's numbered temporary folders, which a later run may remove while it runs."""
+    not under pytest's numbered temporary folders, which a later run may remove while it runs.
+    Like them it is in memory where there is room (see RAM_FOLDER)."""
     folder = Path(tempfile.mkdtemp(prefix="wahook-postgres-"))
     server = PostgresServer(folder / "data")
     yield server
@@ -243,7 +273,12 @@ def instance_sections(tmp_path: Path, redis_url: str, database: str | None = Non
         "meta": {"app_secret": APP_SECRET, "verify_token": VERIFY_TOKEN},
         "storage": {"database": database or str(tmp_path / "data" / "wahook.db")},
         "redis": {"url": redis_url},
-        "delivery": {"allow_http": True, "allow_private_urls": True, "timeout": 2, "retry_schedule": [1, 1]},
+        "delivery": {
+            "allow_http": True,
+            "allow_private_urls": True,
+            "timeout": 2,
+            "retry_schedule": list(RETRY_SCHEDULE),
+        },
         "admin": {"password": ADMIN_PASSWORD, "secret_key": "test-secret-key"},
     }
 
@@ -257,13 +292,46 @@ def redis_url(tmp_path_factory) -> str:
     embedded_redis.stop(data)
 
 
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory) -> bytes:
+    """A SQLite database migrated once for the test process, as bytes each `app` starts from:
+    running every migration again took more than half of building a test's app."""
+    path = tmp_path_factory.mktemp("migrated") / "wahook.db"
+    conn = db.connect(path)
+    try:
+        db.migrate(conn)
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # everything in the main file
+    finally:
+        conn.close()
+    return path.read_bytes()
+
+
+def start_migrated(database: str, migrated: bytes) -> None:
+    """Put the migrated SQLite database where `database` says, made as wahook makes its own:
+    owner-only folder and file. (The app still checks it is migrated, as on every start.)"""
+    path = Path(database)
+    if db.is_postgres(database) or path.exists():
+        return
+    private_paths.private_dir(path.parent)
+    with private_paths.create_private(path) as file:
+        file.write(migrated)
+
+
 @pytest.fixture
-def app(tmp_path, redis_url, storage_database):
+def app(tmp_path, redis_url, storage_database, migrated_sqlite):
+    start_migrated(storage_database, migrated_sqlite)
     sections = instance_sections(tmp_path, redis_url, storage_database)
     application = create_app({"TESTING": True, "config_path": str(tmp_path / "config.toml"), **sections})
     doorbell.redis_connection(application.config["WAHOOK"]).flushall()
     yield application
     db.close_all()
+
+
+@pytest.fixture
+def slow_retries(app) -> list[int]:
+    """The app's retry schedule set to SLOW_RETRIES, for a test that looks between attempts."""
+    app.config["WAHOOK"]["delivery"]["retry_schedule"] = list(SLOW_RETRIES)
+    return SLOW_RETRIES
 
 
 @pytest.fixture
@@ -463,10 +531,14 @@ class Processes:
         )
         return result.returncode, json.loads(result.stdout)
 
-    def stop_all(self) -> None:
+    def stop_all(self, quick: bool = False) -> None:
+        """Stop every process started, as SIGTERM does. quick (a test's end, when nothing is
+        checked any more): gunicorn without its graceful wait for open connections (SIGQUIT),
+        which held each test's end up to two seconds more."""
         for process in self.children:
             if process.poll() is None:
-                process.terminate()
+                gunicorn = "gunicorn" in process.args
+                process.send_signal(signal.SIGQUIT if quick and gunicorn else signal.SIGTERM)
         for process in self.children:
             try:
                 process.wait(timeout=10)
@@ -480,7 +552,7 @@ def processes(tmp_path, redis_url, storage_database):
     """Start real gunicorn and worker processes on this test's config (see Processes)."""
     started = Processes(tmp_path, instance_sections(tmp_path, redis_url, storage_database))
     yield started
-    started.stop_all()
+    started.stop_all(quick=True)
 
 
 @pytest.fixture
@@ -490,7 +562,7 @@ def fresh_processes(tmp_path, redis_url, storage_database):
     sections["meta"]["app_secret"] = ""
     started = Processes(tmp_path, sections)
     yield started
-    started.stop_all()
+    started.stop_all(quick=True)
 
 
 def make_app(tmp_path, redis_url, **changes):

@@ -152,7 +152,8 @@ class GraphStub:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # close() waits for the serving loop to see its stop flag: at most a 0.05 s poll, not 0.5.
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
         host, port = self.server.server_address[:2]
         self.base = f"http://{host}:{port}"

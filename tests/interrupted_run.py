@@ -28,7 +28,7 @@ def test_rq_runs_in_this_process(app):
 
 @pytest.mark.engines("postgresql")
 def test_waits_to_be_interrupted(processes, redis_url, postgres_server, engine):
-    processes.start_web()
+    processes.start_web(workers=1)  # what is checked is that gunicorn stops; one worker does
     processes.start_worker()
     started = [p.pid for p in processes.children] + [
         redis.Redis.from_url(redis_url).info()["process_id"],

@@ -48,7 +48,8 @@ class PageSite:
         exec(doc_block("python"), namespace)  # noqa: S102 (the docs' own backend lines)
         self.server = make_server("127.0.0.1", port, site, threaded=True)
         self.origin = f"http://127.0.0.1:{self.server.server_port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        # close() waits for the serving loop to see its stop flag: at most a 0.05 s poll, not 0.5.
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
 
     def close(self) -> None:
         self.server.shutdown()

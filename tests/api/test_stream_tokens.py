@@ -47,7 +47,7 @@ def web(tmp_path, redis_url, storage_database):
     started = Processes(tmp_path, sections_with_origins(tmp_path, redis_url, storage_database))
     started.env["WAHOOK_ACCESS_LOG"] = "1"
     yield started.start_web(), started
-    started.stop_all()
+    started.stop_all(quick=True)
 
 
 def bearer(key: str) -> dict:

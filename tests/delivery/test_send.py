@@ -127,13 +127,15 @@ def test_huge_event_is_delivered_whole(post_webhook, receiver, add_endpoint, run
 # --- failures and retries ---------------------------------------------------------------------------------
 
 
-def test_failures_retry_on_schedule_then_succeed(post_webhook, receiver, add_endpoint, running_worker, conn):
+def test_failures_retry_on_schedule_then_succeed(
+    slow_retries, post_webhook, receiver, add_endpoint, running_worker, conn
+):
     receiver.script = [Behaviour(status=500), Behaviour(status=503, body=b"busy")]
     add_endpoint(receiver.url, events=MESSAGES)
     post_webhook(text_message())
     got = receiver.wait_for(3, timeout=15)
     gaps = [b.at - a.at for a, b in zip(got, got[1:], strict=False)]
-    assert all(gap >= 1.0 for gap in gaps), gaps  # retry_schedule = [1, 1]: never sooner
+    assert all(gap >= 1.0 for gap in gaps), gaps  # slow_retries = [1, 1]: never sooner
     assert len({r.headers["X-Webhook-Id"] for r in got}) == 1
     wait_until(lambda: delivery_row(conn)["state"] == "delivered", message="delivered")
     rows = attempts_of(conn)
@@ -159,7 +161,9 @@ def test_exhausted_retries_end_failed_and_redelivery_starts_a_new_cycle(
     wait_until(lambda: delivery_row(conn)["state"] == "delivered", message="redelivered")
 
 
-def test_redirect_is_a_failure_and_not_followed(post_webhook, make_receiver, add_endpoint, running_worker, conn):
+def test_redirect_is_a_failure_and_not_followed(
+    slow_retries, post_webhook, make_receiver, add_endpoint, running_worker, conn
+):
     target, redirecting = make_receiver(), make_receiver()
     redirecting.behaviour = Behaviour(status=302, headers={"Location": target.url})
     add_endpoint(redirecting.url, events=MESSAGES)
@@ -398,7 +402,9 @@ def test_a_batch_that_slows_down_keeps_its_leases_until_recorded(
     assert len(ids) == len(set(ids)) == 6
 
 
-def test_unreadable_retry_after_is_still_a_recorded_failure(post_webhook, receiver, add_endpoint, running_worker, conn):
+def test_unreadable_retry_after_is_still_a_recorded_failure(
+    slow_retries, post_webhook, receiver, add_endpoint, running_worker, conn
+):
     receiver.behaviour = Behaviour(status=503, headers={"Retry-After": "²"})
     add_endpoint(receiver.url, events=MESSAGES)
     post_webhook(text_message())

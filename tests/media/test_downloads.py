@@ -13,6 +13,7 @@ import requests
 
 from conftest import (
     GRAPH_TOKEN,
+    SLOW_RETRIES,
     Processes,
     instance_sections,
     media_message,
@@ -64,6 +65,8 @@ def test_the_worker_downloads_right_after_intake(media_app, conn, graph, media_w
 
 
 def test_a_failed_download_is_retried_on_the_schedule_then_given_up(media_app, conn, graph, media_worker):
+    # A second between attempts: time to see the first failure and bring Graph back before the next.
+    media_app.config["WAHOOK"]["delivery"]["retry_schedule"] = list(SLOW_RETRIES)
     graph.media["8002"] = Media(PICTURE, graph_status=500)
     graph.media["8003"] = Media(PICTURE, graph_status=500)
     post(media_app, media_message("8002"))
@@ -72,7 +75,7 @@ def test_a_failed_download_is_retried_on_the_schedule_then_given_up(media_app, c
     assert state(conn, "8002") == "retrying"
     graph.media["8002"].graph_status = 200  # Graph is back
     wait_until(lambda: state(conn, "8002") == "downloaded", timeout=6, message="the retry")
-    # retry_schedule is [1, 1]: three attempts in all, then failed with the reason.
+    # Two retries in the schedule: three attempts in all, then failed with the reason.
     wait_until(lambda: state(conn, "8003") == "failed", timeout=8, message="giving up")
     row = store.get(conn, "8003")
     assert row["attempts"] == 3 and "Graph answered 500" in row["last_error"]

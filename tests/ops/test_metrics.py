@@ -89,7 +89,7 @@ def test_known_traffic_with_two_web_processes(processes, storage_database, add_e
     assert value(found, "wahook_events_total", event="message.received") == n
     assert value(found, "wahook_delivery_attempts_total", endpoint=str(a["id"]), result="success") == n
     assert value(found, "wahook_delivery_attempts_total", endpoint=str(a["id"]), result="failure") == 0
-    # One attempt and two retries each (retry_schedule = [1, 1]).
+    # One attempt and two retries each (the tests' retry schedule has two delays).
     assert value(found, "wahook_delivery_attempts_total", endpoint=str(b["id"]), result="failure") == 3 * n
     assert value(found, "wahook_deliveries", endpoint=str(a["id"]), state="delivered") == n
     assert value(found, "wahook_deliveries", endpoint=str(a["id"]), state="pending") == 0
