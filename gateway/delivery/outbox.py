@@ -59,7 +59,18 @@ def selects(wanted: Iterable[str], name: str) -> bool:
 
 
 def targets(conn: db.Connection) -> list[Target]:
-    """Every enabled endpoint with its filter, read once per transaction that fans out."""
+    """Every enabled endpoint with its filter, read once per transaction that fans out: once per
+    group commit batch of webhooks (db.transaction_memo), not once per webhook."""
+    memo = db.transaction_memo(conn)
+    if memo is None:
+        return read_targets(conn)
+    found = memo.get("targets")
+    if found is None:
+        found = memo["targets"] = read_targets(conn)
+    return found
+
+
+def read_targets(conn: db.Connection) -> list[Target]:
     return [
         Target(
             row["id"],

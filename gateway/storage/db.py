@@ -89,9 +89,19 @@ def create_private(path: str | os.PathLike) -> None:
 
 class SQLiteConnection(sqlite3.Connection):
     """A wahook SQLite connection. `polls_for_lock`: its busy_timeout is 0 for good, so `begin`
-    need not switch it off and on around BEGIN (two statements per transaction saved)."""
+    need not switch it off and on around BEGIN (two statements per transaction saved).
+    `memo`: while the group commit runs a batch on it, what the batch's writes read once for
+    the whole transaction (see transaction_memo); None otherwise."""
 
     polls_for_lock = False
+    memo: dict | None = None
+
+
+def transaction_memo(conn: Connection) -> dict | None:
+    """A dict that lives as long as the transaction `conn` is in, when that transaction holds a
+    group commit's batch (groupcommit.py): the batch holds SQLite's write lock throughout, so
+    nothing another connection writes can change what was read into it. None elsewhere."""
+    return getattr(conn, "memo", None)
 
 
 def connect_sqlite(path: str | os.PathLike, shared: bool = False) -> sqlite3.Connection:

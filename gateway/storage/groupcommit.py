@@ -199,7 +199,11 @@ def commit_waiting(group: Group) -> None:
                 with db.transaction(conn):
                     if batch is None:
                         batch = take_waiting(group)  # once the lock is ours: all that queued meanwhile
-                    write_each(conn, batch)
+                    conn.memo = {}  # db.transaction_memo: read once for the batch, not per write
+                    try:
+                        write_each(conn, batch)
+                    finally:
+                        conn.memo = None
                 committed = True
                 group.commits += 1
                 group.written += len(batch)

@@ -15,6 +15,7 @@ import pytest
 import requests
 
 from conftest import sign, status_update, wait_until
+from gateway.delivery import outbox
 from gateway.storage import db, groupcommit
 
 URL = "/api/webhooks/whatsapp"
@@ -236,3 +237,34 @@ def test_webhooks_refused_or_stored_leave_nobody_expected(app, post_webhook):
     assert group.coming == 0
     assert group.waiting == [] and not group.leading
     assert group.written >= 1
+
+
+def test_a_batch_reads_the_endpoints_once_and_the_next_batch_reads_them_again(tmp_path):
+    path = tmp_path / "wahook.db"
+    conn = db.connect(path)
+    db.migrate(conn)
+    conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, writer TEXT NOT NULL, part INTEGER NOT NULL)")
+    conn.execute("INSERT INTO endpoints (url, secret, created_at, updated_at) VALUES ('https://a.example/', 's', 1, 1)")
+    reads: list[str] = []
+    db.shared_connection(path).set_trace_callback(lambda sql: reads.append(sql) if "FROM endpoints" in sql else None)
+
+    def fan_out(conn):
+        return [target.url for target in outbox.targets(conn)]
+
+    first = submit_together(path, {f"w{n}": fan_out for n in range(6)})
+    assert first.pop("commits") == 1 and len(first) == 6
+    assert all(outcome[:2] == ("ok", ["https://a.example/"]) for outcome in first.values())
+    assert len(reads) == 1
+    # An endpoint changed between two batches: the next batch sees it, whatever the last one read.
+    conn.execute("UPDATE endpoints SET url = 'https://b.example/'")
+    second = submit_together(path, {f"w{n}": fan_out for n in range(3)})
+    assert second.pop("commits") == 1 and len(second) == 3
+    assert all(outcome[:2] == ("ok", ["https://b.example/"]) for outcome in second.values())
+    assert len(reads) == 2
+    # Outside a batch (a transaction of a thread's own) every call reads them.
+    own = db.connect(path)
+    with db.transaction(own):
+        assert db.transaction_memo(own) is None
+        assert [t.url for t in outbox.targets(own)] == ["https://b.example/"]
+    own.close()
+    conn.close()
