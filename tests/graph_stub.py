@@ -16,8 +16,10 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+
+from receiver import StandInServer
 
 TOKEN = "graph-test-token"
 
@@ -150,8 +152,7 @@ class GraphStub:
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = StandInServer(("127.0.0.1", 0), Handler)
         # close() waits for the serving loop to see its stop flag: at most a 0.05 s poll, not 0.5.
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
