@@ -244,6 +244,7 @@ def store(database: str, raw: bytes, body: dict, drawn: list, received_at: float
     )
     webhook_public_id = "whk_" + secrets.token_hex(12)
     encoded = [encode_event(event.body) for event in drawn]
+    columns = [search_columns(event.name, event.body) for event in drawn]  # read before the lock, not under it
     statuses = [(e.body["message_id"], e.body["status"]) for e in drawn if e.name == "message.status_updated"]
 
     def write(conn: db.Connection) -> tuple[list[str], int]:
@@ -268,7 +269,7 @@ def store(database: str, raw: bytes, body: dict, drawn: list, received_at: float
         to = outbox.targets(conn)
         webhook_id = inserted.fetchone()[0]
         known = {row[0] for row in stored_statuses} if stored_statuses is not None else set()
-        new = settle(conn, drawn, encoded, received_at, known)
+        new = settle(conn, drawn, encoded, columns, received_at, known)
         new_names, made = outbox.add_events(conn, new, received_at, webhook=(webhook_id, webhook_public_id), to=to)
         media_store.track(conn, drawn, webhook_id, received_at)
         if len(new_names) != len(drawn):
@@ -299,22 +300,26 @@ def guarded_keys(drawn: list) -> list[str]:
     return keys
 
 
-def settle(conn: db.Connection, drawn: list, encoded: list[str], now: float, known: set[str]) -> list[outbox.NewEvent]:
+def settle(
+    conn: db.Connection, drawn: list, encoded: list[str], columns: list, now: float, known: set[str]
+) -> list[outbox.NewEvent]:
     """The events to store, finished with what only the database knows. Call inside the transaction.
 
     Each message's contact events go just ahead of it (a lower event id); a status gets its
     `stale` and `current_status` (from `known`, the stored statuses status_order.look_up
     found), and is encoded again only when they differ from the parser's guess (in order, the
-    usual case, it is not).
+    usual case, it is not). `encoded` and `columns` are each drawn event's JSON text and search
+    columns, made before the transaction: they need nothing the database knows.
     """
     new = []
     earlier: dict[str, str] = {}  # the highest status per message so far in this body
-    for event, text_body in zip(drawn, encoded, strict=True):
+    for event, text_body, searched in zip(drawn, encoded, columns, strict=True):
         if event.contact is not None:
             for found in contacts.draw(conn, event, now):
-                text_found = encode_event(found.body)
-                columns = search_columns(found.name, found.body)
-                new.append(outbox.NewEvent(found.body["event_id"], found.name, found.dedupe_key, text_found, columns))
+                text_found, found_columns = encode_event(found.body), search_columns(found.name, found.body)
+                new.append(
+                    outbox.NewEvent(found.body["event_id"], found.name, found.dedupe_key, text_found, found_columns)
+                )
         if event.name == "message.status_updated":
             body = event.body
             message_id, status = body["message_id"], body["status"]
@@ -322,6 +327,5 @@ def settle(conn: db.Connection, drawn: list, encoded: list[str], now: float, kno
             earlier[message_id] = status_order.highest([current, status]) or earlier.get(message_id) or ""
             if stale or current != status:
                 text_body = encode_event({**body, "stale": stale, "current_status": current})
-        columns = search_columns(event.name, event.body)
-        new.append(outbox.NewEvent(event.body["event_id"], event.name, event.dedupe_key, text_body, columns))
+        new.append(outbox.NewEvent(event.body["event_id"], event.name, event.dedupe_key, text_body, searched))
     return new
