@@ -42,8 +42,9 @@ class IntakeFirst:
         try:
             status, text = webhook.respond(environ, self.app.config)
         except Exception:
-            if self.app.config.get("PROPAGATE_EXCEPTIONS") or self.app.testing:
-                raise  # as Flask does in tests: the test sees the error itself
+            propagate = self.app.config.get("PROPAGATE_EXCEPTIONS")
+            if propagate or (propagate is None and (self.app.testing or self.app.debug)):
+                raise  # as Flask decides: in tests and under the debugger the error itself is seen
             log.exception("Exception on %s [POST]", webhook.PATH)
             status, text = 500, "internal server error"
         body = text.encode("utf-8")
