@@ -21,7 +21,6 @@ from gateway.intake.event_catalog import (
     event_id_for,
     iso,
     search_columns,
-    search_columns_of_text,
     storable,
 )
 from gateway.storage import db
@@ -86,16 +85,13 @@ def read_targets(conn: db.Connection) -> list[Target]:
 @dataclass(frozen=True)
 class NewEvent:
     """An event about to be stored: its public id, name, duplicate key and JSON text, and what
-    its row is searched by (event_catalog.search_columns; read from the text when not given)."""
+    its row is searched by (event_catalog.search_columns of the body the text was made from)."""
 
     event_id: str
     name: str
     dedupe_key: str | None
     body: str
-    columns: SearchColumns | None = None
-
-    def search_columns(self) -> SearchColumns:
-        return self.columns if self.columns is not None else search_columns_of_text(self.name, self.body)
+    columns: SearchColumns
 
 
 def add_events(
@@ -131,7 +127,7 @@ def add_events(
         if inserted is None:
             continue
         inserted = inserted[0]
-        ids = event.search_columns()[3:] if by_account else (None, None)
+        ids = event.columns[3:] if by_account else (None, None)
         new_events.append((event.name, ids))
         for target in to:
             if target.format == "events" and target.selects(event.name) and accounts.takes(target.account_ids, *ids):
@@ -166,7 +162,7 @@ def _insert_event(conn: db.Connection, event: NewEvent, created_at: float, webho
         "INSERT INTO events (event_id, webhook_id, name, dedupe_key, created_at, body,"
         " customer, customer_user_id, message_id, waba_id, phone_number_id)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
-        (event.event_id, webhook_row, event.name, event.dedupe_key, created_at, event.body, *event.search_columns()),
+        (event.event_id, webhook_row, event.name, event.dedupe_key, created_at, event.body, *event.columns),
     )
 
 

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 
 from gateway.delivery import accounts, delivery_states, endpoints, leases, outages, outbox
-from gateway.intake.event_catalog import iso
+from gateway.intake.event_catalog import iso, search_columns
 from gateway.net import safe_http
 from gateway.ops import config_drift
 from gateway.storage import concurrency, db
@@ -275,7 +275,8 @@ def send_test(conn: db.Connection, config, endpoint_id: int) -> Outcome:
     owner = "test-" + secrets.token_hex(4)
     delivery = config["delivery"]
     timeout = float(delivery["timeout"])
-    event = outbox.NewEvent(event_id, "webhook.test", None, json.dumps(body, separators=(",", ":")))
+    text = json.dumps(body, separators=(",", ":"))
+    event = outbox.NewEvent(event_id, "webhook.test", None, text, search_columns("webhook.test", body))
     with transaction(conn):
         event_row = outbox.add_event_row(conn, event, now)
         # Leased from the start: a worker pumping meanwhile must not send it too.

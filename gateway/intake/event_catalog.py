@@ -62,15 +62,6 @@ def search_columns(name: str, body: dict) -> SearchColumns:
     )
 
 
-def search_columns_of_text(name: str, text: str) -> SearchColumns:
-    """search_columns of an event given as its stored JSON text (nothing for text that is not an object)."""
-    try:
-        body = json.loads(text)
-    except ValueError:
-        body = None
-    return search_columns(name, body) if isinstance(body, dict) else (None, None, None, None, None)
-
-
 def _first(body: dict, keys: tuple[str, ...]) -> str | None:
     """The first of `keys` in `body` with a value other than null or "", as text (a number or an
     object as its JSON)."""

@@ -15,6 +15,7 @@ import pytest
 from app import create_app
 from conftest import ROOT, instance_sections, sign, status_update, text_message, wait_until
 from gateway.delivery import endpoints, outbox
+from gateway.intake.event_catalog import search_columns
 from gateway.storage import concurrency, db
 from gateway.storage.db import get_db
 
@@ -108,7 +109,10 @@ def test_intakes_of_other_customers_do_not_wait_and_pull_keeps_commit_order(app,
     held = db.connect(app.config["WAHOOK"].database)
     held.execute("BEGIN")
     concurrency.lock_keys(held, ["status:wamid.SLOW"])  # what the intake of wamid.SLOW's status holds
-    event = outbox.NewEvent("evt_held", "campaign.held", "held", '{"event":"campaign.held","event_id":"evt_held"}')
+    text = '{"event":"campaign.held","event_id":"evt_held"}'
+    event = outbox.NewEvent(
+        "evt_held", "campaign.held", "held", text, search_columns("campaign.held", json.loads(text))
+    )
     outbox.add_events(held, [event], 0.0)
     try:
         check_turns(client, conn, make_key("read"), held)
@@ -187,7 +191,7 @@ def test_counters_have_no_row_every_intake_updates_and_stay_exact(app, client, c
     second.execute("SET lock_timeout = '10s'")  # behind one shared row, its insert would fail
     for session, name in ((first, "a"), (second, "b")):
         session.execute("BEGIN")
-        event = outbox.NewEvent(f"evt_{name}", "campaign.counted", name, "{}")
+        event = outbox.NewEvent(f"evt_{name}", "campaign.counted", name, "{}", search_columns("campaign.counted", {}))
         outbox.add_events(session, [event], 0.0)
     for session in (first, second):
         session.execute("COMMIT")
