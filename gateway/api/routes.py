@@ -179,7 +179,7 @@ def reader() -> Reader:
 
 def read_publish() -> tuple[str, dict]:
     """The event name and data of a publish request; raises ApiError."""
-    raw = webhook.read_body(MAX_BODY_BYTES)
+    raw = webhook.body_of(request.environ, MAX_BODY_BYTES)
     if raw is None:
         raise ApiError(413, "body larger than 1 MiB")
     try:
@@ -387,7 +387,7 @@ def websocket() -> Response:
 def mint_stream_token() -> Response:
     """A stream token for a browser page (see stream_tokens.py)."""
     key = authorize("read")
-    raw = webhook.read_body(MAX_BODY_BYTES)
+    raw = webhook.body_of(request.environ, MAX_BODY_BYTES)
     if raw is None:
         raise ApiError(413, "body larger than 1 MiB")
     try:

@@ -17,7 +17,6 @@ import secrets
 import time
 
 from flask import Blueprint, Response, current_app, request
-from werkzeug.exceptions import RequestEntityTooLarge
 
 from gateway.delivery import doorbell, outbox
 from gateway.intake import contacts, status_order
@@ -99,21 +98,6 @@ def count_rejection(database: str, reason: str) -> None:
         log.warning("could not count a rejected signature: %s", exc)
 
 
-def read_body(limit: int = MAX_BODY_BYTES) -> bytes | None:
-    """The current Flask request's raw body, or None when it is over `limit` bytes.
-
-    A chunked body has no length to check first, and werkzeug's limit would hand back its
-    first `limit` bytes as if that were all (then refused as a bad signature): see read_chunked.
-    """
-    if request.content_length is not None or not request.environ.get("wsgi.input_terminated"):
-        request.max_content_length = limit
-        try:
-            return request.get_data(cache=False)
-        except RequestEntityTooLarge:
-            return None
-    return read_chunked(request.environ["wsgi.input"], limit)
-
-
 def read_chunked(stream, limit: int) -> bytes | None:
     """A body of no announced length, or None when it is over `limit` bytes: read up to one byte
     past the limit, and when longer the rest is drained, within a bound, so the client gets to
@@ -128,7 +112,12 @@ def read_chunked(stream, limit: int) -> bytes | None:
 
 
 def body_of(environ: dict, limit: int = MAX_BODY_BYTES) -> bytes | None:
-    """read_body for a plain WSGI environ (Meta's POST is answered below Flask, see wsgi.py)."""
+    """The raw body of the request `environ` describes, or None when it is over `limit` bytes.
+
+    Read from the WSGI environ, not through Flask, as Meta's POST is answered ahead of Flask
+    (wsgi.py). A chunked body has no length to check first: see read_chunked (werkzeug's limit
+    would hand back its first `limit` bytes as if that were all, then refused as a bad signature).
+    """
     try:
         length = int(environ.get("CONTENT_LENGTH") or "")
     except ValueError:
