@@ -62,6 +62,11 @@ class Receiver:
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
+                if len(body) < length:
+                    # The sender went away half way (a worker killed mid-request): as any HTTP
+                    # server, hand nothing on; it is not a delivery.
+                    self.close_connection = True
+                    return
                 with outer.lock:
                     behaviour = outer.script.pop(0) if outer.script else outer.behaviour
                     outer.started += 1
