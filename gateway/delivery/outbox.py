@@ -115,37 +115,48 @@ def add_events(
         to = targets(conn)
     to = [t for t in to if t.id != exclude_endpoint]
     webhook_row = webhook[0] if webhook else None
-    now = time.time()
-    rows = []
-    new_events = []
-    # An event's accounts are read from its JSON only when some endpoint routes by account.
-    by_account = any(t.account_ids for t in to)
     # Every insert is sent before any answer is read: on PostgreSQL one round trip for them all.
     sent = [_insert_event(conn, event, created_at, webhook_row) for event in new]
+    stored = []
     for event, cursor in zip(new, sent, strict=True):
         inserted = cursor.fetchone()
-        if inserted is None:
-            continue
-        inserted = inserted[0]
-        ids = event.columns[3:] if by_account else (None, None)
-        new_events.append((event.name, ids))
-        for target in to:
-            if target.format == "events" and target.selects(event.name) and accounts.takes(target.account_ids, *ids):
-                rows.append((target.id, target.url, inserted, webhook_row, event.name, event.event_id, now, now, now))
-    new_names = [name for name, _ in new_events]
-    if webhook is not None:
-        for target in to:
-            if target.format == "meta" and any(
-                target.selects(name) and accounts.takes(target.account_ids, *ids) for name, ids in new_events
-            ):
-                rows.append((target.id, target.url, None, webhook_row, "whatsapp.meta", webhook[1], now, now, now))
+        if inserted is not None:
+            stored.append((event, inserted[0]))
+    rows = delivery_rows(to, stored, webhook, time.time())
     if rows:
         conn.executemany(
             "INSERT INTO deliveries (endpoint_id, endpoint_url, event_id, webhook_id, event_name, message_id,"
             " next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             rows,
         )
-    return new_names, len(rows)
+    return [event.name for event, _ in stored], len(rows)
+
+
+def delivery_rows(
+    to: list[Target], stored: list[tuple[NewEvent, int]], webhook: tuple[int, str] | None, now: float
+) -> list[tuple]:
+    """The deliveries rows (endpoint_id, endpoint_url, event_id, webhook_id, event_name, message_id,
+    next_attempt_at, created_at, updated_at) for `stored`, the new events with their row ids:
+    one per event and `events`-format endpoint that selects it, and one of the whole Meta
+    `webhook` (row id, public id) per `meta`-format endpoint that any of them selects."""
+    webhook_row = webhook[0] if webhook else None
+    rows = []
+    # An event's accounts are read from its JSON only when some endpoint routes by account.
+    by_account = any(t.account_ids for t in to)
+    new_events = []
+    for event, row_id in stored:
+        ids = event.columns[3:] if by_account else (None, None)
+        new_events.append((event.name, ids))
+        for target in to:
+            if target.format == "events" and target.selects(event.name) and accounts.takes(target.account_ids, *ids):
+                rows.append((target.id, target.url, row_id, webhook_row, event.name, event.event_id, now, now, now))
+    if webhook is not None:
+        for target in to:
+            if target.format == "meta" and any(
+                target.selects(name) and accounts.takes(target.account_ids, *ids) for name, ids in new_events
+            ):
+                rows.append((target.id, target.url, None, webhook_row, "whatsapp.meta", webhook[1], now, now, now))
+    return rows
 
 
 def add_event_row(conn: db.Connection, event: NewEvent, created_at: float, webhook_row: int | None = None):

@@ -15,16 +15,16 @@ import math
 import re
 import secrets
 import time
+from functools import partial
 
 from flask import Blueprint, Response, current_app, request
 
-from gateway.delivery import doorbell, outbox
-from gateway.intake import contacts, status_order
+from gateway.delivery import doorbell
 from gateway.intake import meta_parser as meta_events
+from gateway.intake import storing
 from gateway.intake.event_catalog import search_columns
 from gateway.media import links
-from gateway.media import store as media_store
-from gateway.storage import concurrency, db, groupcommit
+from gateway.storage import db, groupcommit
 from gateway.storage.db import transaction
 
 log = logging.getLogger("wahook.intake")
@@ -199,29 +199,25 @@ def accept(config, raw: bytes, environ: dict, simulate_key: str) -> tuple[int, s
     return 200, "ok"
 
 
-def encode_event(body: dict) -> str:
-    """An event as compact JSON, readable UTF-8; a lone surrogate stays escaped (see events.storable)."""
-    return meta_events.storable(json.dumps(body, ensure_ascii=False, separators=(",", ":")))
-
-
 def store(database: str, raw: bytes, body: dict, drawn: list, received_at: float, simulated: bool = False) -> int:
-    """Write the webhook, its new events and their deliveries in one transaction, and return
-    once it is committed. On SQLite that transaction is shared with the other webhooks this
-    process receives at the same moment (groupcommit.py); this webhook's writes stand or fall
-    alone within it.
-
-    Returns how many deliveries were created. A duplicate event (its dedupe key is
-    already stored) is skipped by the UNIQUE constraint, which holds even when two web
-    processes commit the same update at once.
-
-    This runs once per Meta POST while the write lock is held, so it does the little it
-    must: the webhook row is written with its event count already in, and corrected only
-    when some events turn out to be duplicates or a message brought contact events; the
-    outbox reads each endpoint's filter once. Contact events and a status's `stale` are
-    decided here, under the lock, so two web processes cannot both act on the same old state.
-    On PostgreSQL the statements go in a few round trips (concurrency.pipelined_transaction): a status
-    webhook takes 3, BEGIN and COMMIT included.
+    """Write the webhook, its new events and their deliveries in one transaction (storing.py),
+    and return once it is committed: how many deliveries were created. On SQLite that
+    transaction is shared with the other webhooks this process receives at the same moment
+    (groupcommit.py); this webhook's writes stand or fall alone within it.
     """
+    arrival = arrival_of(raw, body, drawn, received_at, simulated)
+    together = (storing.write_together, arrival) if arrival.plain else None
+    # One transaction with the other webhooks arriving now (groupcommit.py); back once it is committed.
+    new_names, made = groupcommit.run(database, partial(storing.write_one, arrival), together)
+    log.info(
+        "webhook stored: %d new events, %d deliveries", len(new_names), made, extra={"webhook_id": arrival.public_id}
+    )
+    return made
+
+
+def arrival_of(raw: bytes, body: dict, drawn: list, received_at: float, simulated: bool = False) -> storing.Arrival:
+    """What storing the webhook `raw` (parsed: `body`, its events: `drawn`) needs that the database
+    does not know, made here, before the write lock is taken."""
     fields = sorted(
         {
             c["field"]
@@ -231,90 +227,22 @@ def store(database: str, raw: bytes, body: dict, drawn: list, received_at: float
             if isinstance(c, dict) and isinstance(c.get("field"), str)
         }
     )
-    webhook_public_id = "whk_" + secrets.token_hex(12)
-    encoded = [encode_event(event.body) for event in drawn]
-    columns = [search_columns(event.name, event.body) for event in drawn]  # read before the lock, not under it
-    statuses = [(e.body["message_id"], e.body["status"]) for e in drawn if e.name == "message.status_updated"]
-
-    def write(conn: db.Connection) -> tuple[list[str], int]:
-        # Intakes about the same customer or message take turns from here (SQLite's write lock
-        # makes every intake do so), so a contact or a status of it in another transaction is seen.
-        concurrency.lock_keys(conn, guarded_keys(drawn))
-        inserted = conn.execute(
-            "INSERT INTO webhooks (webhook_id, received_at, object, fields, event_count, body, simulated)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
-            (
-                webhook_public_id,
-                received_at,
-                meta_events.storable(str(body.get("object", ""))[:100]),
-                meta_events.storable(",".join(fields)[:500]),
-                len(drawn),
-                raw,
-                1 if simulated else 0,
-            ),
-        )
-        # Sent before anything is read: on PostgreSQL these and the lock are one round trip.
-        stored_statuses = status_order.look_up(conn, statuses)
-        to = outbox.targets(conn)
-        webhook_id = inserted.fetchone()[0]
-        known = {row[0] for row in stored_statuses} if stored_statuses is not None else set()
-        new = settle(conn, drawn, encoded, columns, received_at, known)
-        new_names, made = outbox.add_events(conn, new, received_at, webhook=(webhook_id, webhook_public_id), to=to)
-        media_store.track(conn, drawn, webhook_id, received_at)
-        if len(new_names) != len(drawn):
-            conn.execute("UPDATE webhooks SET event_count = ? WHERE id = ?", (len(new_names), webhook_id))
-        return new_names, made
-
-    # One transaction with the other webhooks arriving now (groupcommit.py); back once it is committed.
-    new_names, made = groupcommit.run(database, write)
-    log.info(
-        "webhook stored: %d new events, %d deliveries", len(new_names), made, extra={"webhook_id": webhook_public_id}
+    return storing.Arrival(
+        public_id=webhook_public_id(received_at),
+        received_at=received_at,
+        object=meta_events.storable(str(body.get("object", ""))[:100]),
+        fields=meta_events.storable(",".join(fields)[:500]),
+        raw=raw,
+        simulated=simulated,
+        drawn=drawn,
+        encoded=[storing.encode_event(event.body) for event in drawn],
+        columns=[search_columns(event.name, event.body) for event in drawn],
+        statuses=[(e.body["message_id"], e.body["status"]) for e in drawn if e.name == "message.status_updated"],
     )
-    return made
 
 
-def guarded_keys(drawn: list) -> list[str]:
-    """What this body's intake reads and must see settled by any other intake first: each
-    customer a message names (by phone and by user id, as contacts.find looks them up) and
-    each message a status is about. See concurrency.lock_keys."""
-    keys = []
-    for event in drawn:
-        seen = event.contact
-        if seen is not None:
-            phone_number_id = event.body["phone_number_id"]
-            keys += [f"contact:{phone_number_id}:wa:{seen.wa_id}"] if seen.wa_id else []
-            keys += [f"contact:{phone_number_id}:user:{seen.user_id}"] if seen.user_id else []
-        if event.name == "message.status_updated" and event.body["message_id"]:
-            keys.append(f"status:{event.body['message_id']}")
-    return keys
-
-
-def settle(
-    conn: db.Connection, drawn: list, encoded: list[str], columns: list, now: float, known: set[str]
-) -> list[outbox.NewEvent]:
-    """The events to store, finished with what only the database knows. Call inside the transaction.
-
-    Each message's contact events go just ahead of it (a lower event id); a status gets its
-    `stale` and `current_status` (from `known`, the stored statuses status_order.look_up
-    found), and is encoded again only when they differ from the parser's guess (in order, the
-    usual case, it is not). `encoded` and `columns` are each drawn event's JSON text and search
-    columns, made before the transaction: they need nothing the database knows.
-    """
-    new = []
-    earlier: dict[str, str] = {}  # the highest status per message so far in this body
-    for event, text_body, searched in zip(drawn, encoded, columns, strict=True):
-        if event.contact is not None:
-            for found in contacts.draw(conn, event, now):
-                text_found, found_columns = encode_event(found.body), search_columns(found.name, found.body)
-                new.append(
-                    outbox.NewEvent(found.body["event_id"], found.name, found.dedupe_key, text_found, found_columns)
-                )
-        if event.name == "message.status_updated":
-            body = event.body
-            message_id, status = body["message_id"], body["status"]
-            stale, current = status_order.settle(conn, message_id, status, earlier.get(message_id), known)
-            earlier[message_id] = status_order.highest([current, status]) or earlier.get(message_id) or ""
-            if stale or current != status:
-                text_body = encode_event({**body, "stale": stale, "current_status": current})
-        new.append(outbox.NewEvent(event.body["event_id"], event.name, event.dedupe_key, text_body, searched))
-    return new
+def webhook_public_id(received_at: float) -> str:
+    """A new `whk_` id: the time in milliseconds, then 48 random bits. Ids made one after the
+    other sort together, so each goes next to the last in the UNIQUE index on them: a batch of
+    webhooks changes one page of it, not one each (a page written is a page the commit writes)."""
+    return f"whk_{int(received_at * 1000) % (1 << 48):012x}{secrets.token_hex(6)}"

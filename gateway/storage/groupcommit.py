@@ -9,11 +9,18 @@ queued by then and runs them in one transaction, each inside its own SAVEPOINT. 
 returns, every thread of the batch gets its own result, so an intake still answers 200 only
 once the transaction holding its webhook is on disk (SPEC 2, 5).
 
-One write that fails (a constraint, a trigger, a bug) is rolled back to its savepoint and gets
-its own error (Meta gets a 503 for that webhook alone); the others are committed. If SQLite
-rolls back the whole transaction instead (disk full, an I/O error), the writes that had not
-failed are run again in a new transaction. When BEGIN or COMMIT fails, nothing of the batch is
-stored and every write of it gets that error.
+A batch is first written the quick way: no savepoints, and the writes that can be written
+together (`together`: plain webhooks, intake/batch.py) in a few statements for all of them
+rather than several each. Each statement is a moment the leader lets go of Python's lock for
+SQLite and must win it back from the threads reading requests, all while holding the write lock
+the other web processes wait for: fewer statements under it is what makes intake faster.
+If anything fails that way, the transaction is rolled back and the batch written again with
+care: each write on its own, inside its own SAVEPOINT. One write that fails then (a constraint,
+a trigger, a bug) is rolled back to its savepoint and gets its own error (Meta gets a 503 for
+that webhook alone); the others are committed. If SQLite rolls back the whole transaction
+instead (disk full, an I/O error), the writes that had not failed are run again in a new
+transaction. When BEGIN or COMMIT fails, nothing of the batch is stored and every write of it
+gets that error.
 
 Every batch of a process runs on one connection (db.shared_connection), whichever thread leads: SQLite
 keeps a page cache per connection and empties it when another connection has written since,
@@ -36,6 +43,8 @@ from typing import Any, TypeVar
 from gateway.storage import concurrency, db
 
 T = TypeVar("T")
+# A function that runs many writes of one kind in one go, and one write's part of it: see `run`.
+Together = tuple[Callable[[db.Connection, list[Any]], list[Any]], Any]
 
 # How long a leader waits at most for writes still being prepared: about what preparing one
 # takes, a fraction of what a commit costs. Waiting costs no CPU, and a bigger batch saves a
@@ -46,10 +55,11 @@ GATHER_WAIT = 0.002
 class Write:
     """One thread's writes, queued for the next group commit, with what became of them."""
 
-    __slots__ = ("error", "finished", "result", "turn", "write")
+    __slots__ = ("error", "finished", "result", "together", "turn", "write")
 
-    def __init__(self, write: Callable[[db.Connection], Any]) -> None:
+    def __init__(self, write: Callable[[db.Connection], Any], together: Together | None = None) -> None:
         self.write = write
+        self.together = together
         self.result: Any = None
         self.error: BaseException | None = None
         self.finished = False
@@ -76,6 +86,10 @@ class Group:
         self.leading = False
         self.commits = 0  # batches committed (tests read these two)
         self.written = 0  # writes those batches held
+
+
+class WriteWithCare(Exception):
+    """A write of the batch failed the quick way: roll back, and write each on its own."""
 
 
 class WholeTransactionLost(Exception):
@@ -134,13 +148,17 @@ def coming(database: str | os.PathLike) -> Iterator[None]:
                 group.arrived.notify()
 
 
-def run(database: str | os.PathLike, write: Callable[[db.Connection], T]) -> T:
+def run(database: str | os.PathLike, write: Callable[[db.Connection], T], together: Together | None = None) -> T:
     """`write(conn)`'s result, once the transaction that ran it is committed; or what it raised.
 
     On SQLite `write` may run on another thread, on the group's connection: it must use only
-    the connection it is given, and may run again when SQLite rolled back a whole batch (so it
-    must not change anything outside the database). On PostgreSQL it runs here, in a
-    (pipelined) transaction of its own on this thread's connection.
+    the connection it is given, and may run again when a batch is rolled back (so it must not
+    change anything outside the database). On PostgreSQL it runs here, in a (pipelined)
+    transaction of its own on this thread's connection.
+
+    `together`, (write_all, item): on SQLite the writes of a batch that name the same
+    `write_all` may be written by one call instead, `write_all(conn, items)`, whose list of
+    results is theirs, in order. It must store what their `write`s would, one after the other.
     """
     if db.is_postgres(database):
         conn = db.connection(database)
@@ -149,7 +167,7 @@ def run(database: str | os.PathLike, write: Callable[[db.Connection], T]) -> T:
         with concurrency.pipelined_transaction(conn):
             return write(conn)
     group = group_for(database)
-    mine = Write(write)
+    mine = Write(write, together)
     with group.lock:
         group.waiting.append(mine)
         if getattr(_local, "coming", None) is group:
@@ -192,6 +210,7 @@ def commit_waiting(group: Group) -> None:
     the whole transaction, when SQLite rolled it back) and mark each finished. The leader's job."""
     batch: list[Write] | None = None
     committed = False
+    careful = False
     try:
         conn = db.shared_connection(group.database)
         while True:
@@ -201,12 +220,20 @@ def commit_waiting(group: Group) -> None:
                         batch = take_waiting(group)  # once the lock is ours: all that queued meanwhile
                     conn.memo = {}  # db.transaction_memo: read once for the batch, not per write
                     try:
-                        write_each(conn, batch)
+                        if careful:
+                            write_each(conn, batch)
+                        else:
+                            write_quickly(conn, batch)
                     finally:
                         conn.memo = None
                 committed = True
                 group.commits += 1
                 group.written += len(batch)
+            except WriteWithCare:
+                careful = True
+                for write in batch or []:
+                    write.result = None
+                continue
             except WholeTransactionLost as lost:
                 batch = [write for write in batch or [] if write is not lost.failed]
                 for write in batch:
@@ -234,6 +261,24 @@ def take_waiting(group: Group) -> list[Write]:
     with group.lock:
         batch, group.waiting = group.waiting, []
     return batch
+
+
+def write_quickly(conn: db.Connection, batch: list[Write]) -> None:
+    """Run the batch without savepoints, the writes that can go together together (after the
+    others, so they see what those wrote); WriteWithCare if anything raised."""
+    together: dict[Callable, list[Write]] = {}
+    try:
+        for write in batch:
+            if write.together is None:
+                write.result = write.write(conn)
+            else:
+                together.setdefault(write.together[0], []).append(write)
+        for write_all, writes in together.items():
+            results = write_all(conn, [write.together[1] for write in writes])
+            for write, result in zip(writes, results, strict=True):
+                write.result = result
+    except Exception as exc:
+        raise WriteWithCare from exc
 
 
 def write_each(conn: db.Connection, batch: list[Write]) -> None:

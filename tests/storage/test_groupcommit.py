@@ -74,8 +74,11 @@ def submit_together(path, writes: dict) -> dict:
     outcomes: dict = {}
 
     def one(name: str, write) -> None:
+        together = None
+        if isinstance(write, tuple):  # (write, (write_all, item)): it may be written with others
+            write, together = write
         try:
-            result = groupcommit.run(path, write)
+            result = groupcommit.run(path, write, together)
         except Exception as exc:  # noqa: BLE001 - the test reads which error each write got
             outcomes[name] = ("error", exc)
         else:
@@ -149,6 +152,44 @@ def test_a_write_that_raises_outside_the_database_gets_its_error_and_the_others_
     kind, error = outcomes.pop("buggy")
     assert kind == "error" and isinstance(error, KeyError)
     assert sorted(stored(database)) == [("w0", 1), ("w0", 2), ("w1", 1), ("w1", 2)]
+
+
+def write_all(conn, names: list[str]) -> list[str]:
+    """Every named write's two rows in one statement: what `writer` does for each, one after the other."""
+    write_all.calls.append(list(names))
+    rows = [value for name in names for value in (name.replace("poison", "ok"), 1, name, 2)]
+    marks = ",".join("(?, ?)" for _ in range(len(rows) // 2))
+    conn.execute(f"INSERT INTO notes (writer, part) VALUES {marks}", rows)  # noqa: S608
+    return [f"{name} together" for name in names]
+
+
+def test_writes_that_go_together_are_written_by_one_call_after_the_others(database):
+    write_all.calls = []
+    writes = {f"t{n}": (writer(f"t{n}"), (write_all, f"t{n}")) for n in range(5)}
+    writes["alone"] = writer("alone")
+    outcomes = submit_together(database, writes)
+    assert outcomes.pop("commits") == 1
+    assert outcomes.pop("alone")[:2] == ("ok", "alone")
+    assert {name: outcome[:2] for name, outcome in outcomes.items()} == {
+        name: ("ok", f"{name} together") for name in outcomes
+    }
+    assert [sorted(call) for call in write_all.calls] == [sorted(outcomes)]  # one call for the five
+    rows = stored(database)
+    assert rows[:2] == [("alone", 1), ("alone", 2)]  # the others first, so together sees what they wrote
+    assert sorted(rows[2:]) == sorted((f"t{n}", part) for n in range(5) for part in (1, 2))
+
+
+def test_when_writing_together_fails_each_is_written_alone_and_only_the_bad_one_fails(database):
+    write_all.calls = []
+    writes = {name: (writer(name), (write_all, name)) for name in ("t0", "poison", "t1", "t2")}
+    outcomes = submit_together(database, writes)
+    assert outcomes.pop("commits") == 1
+    kind, error = outcomes.pop("poison")
+    assert kind == "error" and "cannot be stored" in str(error)
+    # Written again one by one, with care: each result is its own write's, not write_all's.
+    assert {name: outcome[:2] for name, outcome in outcomes.items()} == {name: ("ok", name) for name in outcomes}
+    assert len(write_all.calls) == 1
+    assert sorted(stored(database)) == sorted((name, part) for name in ("t0", "t1", "t2") for part in (1, 2))
 
 
 def test_one_write_alone_is_committed_at_once(database):
