@@ -53,7 +53,7 @@ WAKE_TIMEOUT = 0.25
 
 _connections: dict[tuple[int, str], redis.Redis] = {}
 _queues: dict[tuple[int, str], Queue] = {}
-_urls: dict[tuple[str, str], str] = {}  # (redis.url, data folder) -> URL; resolving a path costs syscalls
+_urls: dict[tuple[str, str], str] = {}  # (redis.url, database) -> URL; resolving a path costs syscalls
 _down_until: dict[str, float] = {}  # per Redis URL
 _lock = threading.Lock()
 _local = threading.local()  # each thread's own connection for wake(), by URL
@@ -68,7 +68,9 @@ def fail_fast() -> Retry:
 
 def redis_url(config) -> str:
     """The URL of the Redis `config` names, worked out once: intake asks for it on every POST."""
-    key = (config["redis"]["url"], str(config.data_dir))
+    # Keyed by the database's path, not the data folder it is in: working that folder out (a new
+    # Path each time) cost more than the rest of the lookup.
+    key = (config["redis"]["url"], config.database)
     url = _urls.get(key)
     if url is None:
         url = _urls[key] = embedded_redis.url_for(config.data_dir) if config.redis_embedded else key[0]

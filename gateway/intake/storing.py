@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.delivery import outbox
 from gateway.intake import contacts, status_order
@@ -38,7 +38,9 @@ class Arrival:
     """A checked Meta POST, with all that storing it needs that the database does not know.
 
     `encoded` and `columns` are each drawn event's JSON text and search columns, made before the
-    write lock is taken; `statuses` the (message id, status) of its status events."""
+    write lock is taken; `statuses` the (message id, status) of its status events; `keys` the
+    dedupe keys write_together looks up for it: its events' own and those that would make a
+    status of it stale."""
 
     public_id: str
     received_at: float
@@ -50,6 +52,12 @@ class Arrival:
     encoded: list[str]
     columns: list[SearchColumns]
     statuses: list[tuple[str, str]]
+    keys: set[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.keys = {event.dedupe_key for event in self.drawn if event.dedupe_key is not None}
+        for message_id, status in self.statuses:
+            self.keys.update(status_order.stale_keys(message_id, status).values())
 
     @property
     def plain(self) -> bool:
@@ -111,11 +119,8 @@ def write_together(conn: db.Connection, arrivals: list[Arrival]) -> list[tuple[l
     """Store plain `arrivals` in this order, as write_one would one after the other, with a few
     statements for them all (call inside the transaction, on SQLite, holding its write lock: the
     row ids are counted on from the highest stored). Each one's (new event names, deliveries)."""
-    keys = {event.dedupe_key for arrival in arrivals for event in arrival.drawn if event.dedupe_key is not None}
-    for arrival in arrivals:
-        for message_id, status in arrival.statuses:
-            keys.update(status_order.stale_keys(message_id, status).values())
-    stored = stored_keys(conn, sorted(keys))  # grows with each arrival, as the one-by-one reads would see it
+    # Grows with each arrival below, as the one-by-one reads would see it.
+    stored = stored_keys(conn, sorted(set().union(*(arrival.keys for arrival in arrivals))))
     webhook_row, event_row = conn.execute(
         "SELECT (SELECT coalesce(max(id), 0) FROM webhooks), (SELECT coalesce(max(id), 0) FROM events)"
     ).fetchone()

@@ -76,9 +76,10 @@ def signature_problem(raw: bytes, header: str | None, app_secret: str, local_key
     match = SIGNATURE_RE.fullmatch(header.strip())
     if not match:
         return ("malformed signature" if app_secret else "no app_secret configured"), False
-    given = "sha256=" + match.group(1).lower()
-    meta_ok = hmac.compare_digest(meta_signature(app_secret or "-", raw), given) and bool(app_secret)
-    local_ok = hmac.compare_digest(meta_signature(local_key or "-", raw), given) and bool(local_key)
+    given = bytes.fromhex(match.group(1))
+    # hmac.digest: OpenSSL's one-shot HMAC, without building an HMAC object in Python for each.
+    meta_ok = hmac.compare_digest(hmac.digest((app_secret or "-").encode(), raw, "sha256"), given) and bool(app_secret)
+    local_ok = hmac.compare_digest(hmac.digest((local_key or "-").encode(), raw, "sha256"), given) and bool(local_key)
     if meta_ok or local_ok:
         return None, not meta_ok
     return ("wrong signature" if app_secret else "no app_secret configured"), False

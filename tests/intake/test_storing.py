@@ -49,6 +49,9 @@ def arrivals(items: list[dict], first: float = 1_750_000_000.0) -> list[storing.
     return made
 
 
+BEFORE = statuses(("wamid.stored.before", "read"))  # one body for every database: samples draw random times
+
+
 def database(path: Path, config) -> sqlite3.Connection:
     """A migrated database with endpoints of every kind, and one status already stored."""
     conn = db.connect(path)
@@ -58,7 +61,7 @@ def database(path: Path, config) -> sqlite3.Connection:
     endpoints.create(conn, config, "http://127.0.0.1:9/meta", format="meta", events=["message.status_updated"])
     endpoints.create(conn, config, "http://127.0.0.1:9/one-account", accounts=[samples.WABA_ID])
     endpoints.create(conn, config, "http://127.0.0.1:9/off", enabled=False)
-    (before,) = arrivals([statuses(("wamid.stored.before", "read"))], first=1_700_000_000.0)
+    (before,) = arrivals([BEFORE], first=1_700_000_000.0)
     before.public_id = "whk_before"
     with db.transaction(conn):
         storing.write_one(before, conn)
