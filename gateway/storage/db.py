@@ -61,7 +61,6 @@ _local = threading.local()
 _shared: dict[str, sqlite3.Connection] = {}  # see shared_connection
 _shared_pid: dict[str, int] = {}  # the process each was opened in: a forked child opens its own
 _migrated: set[str] = set()
-_synced_folders: set[str] = set()  # databases whose folder sync_after_commit has synced
 _migrate_lock = threading.Lock()
 
 
@@ -92,12 +91,10 @@ class SQLiteConnection(sqlite3.Connection):
     """A wahook SQLite connection. `polls_for_lock`: its busy_timeout is 0 for good, so `begin`
     need not switch it off and on around BEGIN (two statements per transaction saved).
     `memo`: while the group commit runs a batch on it, what the batch's writes read once for
-    the whole transaction (see transaction_memo); None otherwise. `syncs_after_commit`: the
-    database file whose WAL sync_after_commit syncs for it, or "" when SQLite syncs itself."""
+    the whole transaction (see transaction_memo); None otherwise."""
 
     polls_for_lock = False
     memo: dict | None = None
-    syncs_after_commit = ""
 
 
 def transaction_memo(conn: Connection) -> dict | None:
@@ -129,11 +126,7 @@ def connect_sqlite(path: str | os.PathLike, shared: bool = False) -> sqlite3.Con
     # FULL: every commit is on disk before it returns, so a 200 to Meta and a delivery's new
     # state survive power loss. NORMAL in WAL mode survives any crash of our processes but
     # an OS crash or power loss can take back the last commits; it saves an fsync per commit.
-    level = _synchronous.get(str(path), "FULL")
-    # The group commit's connection commits without waiting for the disk and syncs the WAL
-    # itself once COMMIT has let go of the write lock, before anyone is answered (sync_after_commit).
-    conn.execute(f"PRAGMA synchronous = {'NORMAL' if shared else level}")
-    conn.syncs_after_commit = str(path) if shared and level == "FULL" else ""
+    conn.execute(f"PRAGMA synchronous = {_synchronous.get(str(path), 'FULL')}")
     # The group commit's connection only ever runs BEGIN IMMEDIATE ... COMMIT, and BEGIN polls
     # for the lock (see begin): it never needs SQLite's busy handler, so it is off for good.
     conn.execute(f"PRAGMA busy_timeout = {0 if shared else BUSY_TIMEOUT_MS}")
@@ -144,35 +137,6 @@ def connect_sqlite(path: str | os.PathLike, shared: bool = False) -> sqlite3.Con
     # checkpoint. Every WAL_CHECKPOINT_PAGES the same hot pages are copied once, not 4 times.
     conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}")
     return conn
-
-
-def sync_after_commit(conn: Connection) -> None:
-    """Put what `conn` has committed on disk, when it is the group commit's connection and
-    storage.synchronous is "full"; else nothing (SQLite itself synced, or was told not to).
-
-    With "full" SQLite syncs the WAL inside COMMIT, while it holds the write lock: every other
-    web process waits for that disk flush too. The group commit's connection commits with
-    "normal" instead and its leader calls this after COMMIT, before answering any webhook of the
-    batch: one fdatasync of the WAL file holds every frame written before it, this batch's
-    included, so each 200 still means "on disk". Until then another connection may read the
-    batch: a worker that delivers one of its events commits with "full", which syncs the same
-    WAL file, this batch's frames with it. The folder is synced once, for the WAL file's own entry.
-    """
-    path = getattr(conn, "syncs_after_commit", "")
-    if not path:
-        return
-    wal = os.open(path + "-wal", os.O_RDONLY)
-    try:
-        os.fdatasync(wal)
-    finally:
-        os.close(wal)
-    if path not in _synced_folders:
-        folder = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
-        _synced_folders.add(path)
 
 
 def use_synchronous(path: str | os.PathLike, level: str) -> None:

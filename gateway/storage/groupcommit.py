@@ -179,26 +179,17 @@ def run(database: str | os.PathLike, write: Callable[[db.Connection], T], togeth
     if not lead:
         mine.turn.acquire()  # until a leader finished it, or handed this thread the lead
     if not mine.finished:
-        lead_passed = False
-
-        def pass_lead() -> None:
-            """The first write that arrived meanwhile leads next; none: nobody leads. Once."""
-            nonlocal lead_passed
-            if lead_passed:
-                return
-            lead_passed = True
+        try:
             with group.lock:
+                gather(group)
+            commit_waiting(group)
+        finally:
+            with group.lock:
+                # The first write that arrived meanwhile leads next; none: nobody leads.
                 following = group.waiting[0] if group.waiting else None
                 group.leading = following is not None
             if following is not None:
                 following.turn.release()
-
-        try:
-            with group.lock:
-                gather(group)
-            commit_waiting(group, pass_lead)
-        finally:
-            pass_lead()
     if mine.error is not None:
         raise mine.error
     return mine.result
@@ -214,13 +205,9 @@ def gather(group: Group) -> None:
         group.arrived.wait(left)
 
 
-def commit_waiting(group: Group, pass_lead: Callable[[], None]) -> None:
+def commit_waiting(group: Group) -> None:
     """Run every write waiting in `group` in one transaction (again, without the write that cost
-    the whole transaction, when SQLite rolled it back) and mark each finished. The leader's job.
-
-    Once COMMIT has let go of the write lock, `pass_lead` lets the next batch start while this one
-    is synced to disk (db.sync_after_commit): with two batches on the way, one writing while the
-    other syncs, the write lock is not left idle for the length of an fsync."""
+    the whole transaction, when SQLite rolled it back) and mark each finished. The leader's job."""
     batch: list[Write] | None = None
     committed = False
     careful = False
@@ -239,11 +226,9 @@ def commit_waiting(group: Group, pass_lead: Callable[[], None]) -> None:
                             write_quickly(conn, batch)
                     finally:
                         conn.memo = None
+                committed = True
                 group.commits += 1
                 group.written += len(batch)
-                pass_lead()
-                db.sync_after_commit(conn)  # "full": on disk before anyone is answered, synced outside the lock
-                committed = True
             except WriteWithCare:
                 careful = True
                 for write in batch or []:
@@ -261,11 +246,6 @@ def commit_waiting(group: Group, pass_lead: Callable[[], None]) -> None:
                     batch = take_waiting(group)
                 for write in batch:
                     write.error = exc
-            except OSError as exc:
-                # Committed, but the disk would not say it has it: not a 200 (Meta sends it again,
-                # and the retry's events are found stored: duplicates, nothing twice).
-                for write in batch or []:
-                    write.error = db.StorageError(f"could not sync the database to disk: {exc}")
             break
     finally:
         if batch is None:

@@ -4,7 +4,6 @@ fail the others stored with it."""
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import signal
@@ -310,91 +309,3 @@ def test_a_batch_reads_the_endpoints_once_and_the_next_batch_reads_them_again(tm
         assert [t.url for t in outbox.targets(own)] == ["https://b.example/"]
     own.close()
     conn.close()
-
-
-def test_with_full_durability_each_batch_is_synced_to_disk_before_it_returns(database, monkeypatch):
-    """SQLite commits the batch without waiting for the disk (its write lock is free sooner) and
-    the leader syncs the WAL itself, once per batch, before any write of it returns."""
-    synced: list[str] = []
-    real = os.fdatasync
-
-    def fdatasync(fd: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-        real(fd)
-
-    monkeypatch.setattr(os, "fdatasync", fdatasync)
-    assert groupcommit.run(database, writer("alone")) == "alone"
-    assert synced == [str(database) + "-wal"]
-    outcomes = submit_together(database, {f"w{n}": writer(f"w{n}") for n in range(5)})
-    assert outcomes.pop("commits") == 1 and len(synced) == 2
-    assert db.shared_connection(database).execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL: ours
-    other = db.connect(database)
-    assert other.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL: every other connection
-    other.close()
-
-
-def test_with_normal_durability_nothing_more_is_synced(tmp_path, monkeypatch):
-    path = tmp_path / "normal.db"
-    db.use_synchronous(path, "normal")
-    db.connect(path).execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, writer TEXT, part INTEGER)")
-    monkeypatch.setattr(os, "fdatasync", lambda fd: pytest.fail("synced with synchronous = normal"))
-    assert groupcommit.run(path, writer("w")) == "w"
-    assert stored(path) == [("w", 1), ("w", 2)]
-    db.close_all()
-
-
-def test_a_batch_the_disk_will_not_sync_is_not_answered_as_stored(database, monkeypatch):
-    def broken_disk(fd: int) -> None:
-        raise OSError(errno.EIO, "Input/output error")
-
-    monkeypatch.setattr(os, "fdatasync", broken_disk)
-    with pytest.raises(db.StorageError, match="could not sync the database to disk"):
-        groupcommit.run(database, writer("w"))
-    monkeypatch.undo()
-    assert groupcommit.run(database, writer("next")) == "next"
-
-
-def test_a_webhook_whose_batch_cannot_be_synced_gets_503_and_its_retry_is_stored_once(app, post_webhook, monkeypatch):
-    real = os.fdatasync
-    failures = [OSError(errno.EIO, "Input/output error")]
-
-    def fails_once(fd: int) -> None:
-        if failures:
-            raise failures.pop()
-        real(fd)
-
-    monkeypatch.setattr(os, "fdatasync", fails_once)
-    body = status_update("wamid.SYNC.FAILED")
-    assert post_webhook(body).status_code == 503  # Meta sends it again
-    assert post_webhook(body).status_code == 200
-    conn = db.connect(app.config["WAHOOK"].database)
-    events = conn.execute("SELECT count(*) FROM events WHERE message_id = 'wamid.SYNC.FAILED'").fetchone()[0]
-    deliveries = conn.execute("SELECT count(*) FROM deliveries").fetchone()[0]
-    conn.close()
-    assert (events, deliveries) == (1, 0)  # stored once; no endpoint, so no delivery
-
-
-def test_the_next_batch_is_written_while_the_last_one_is_synced(database, monkeypatch):
-    """The write lock is not left idle for the length of an fsync: once a batch is committed the
-    next one may start, and the first is still answered only after its own sync."""
-    syncing, disk_done = threading.Event(), threading.Event()
-    real = os.fdatasync
-    calls: list[int] = []
-
-    def slow_first_sync(fd: int) -> None:
-        calls.append(fd)
-        if len(calls) == 1:
-            syncing.set()
-            disk_done.wait(10)
-        real(fd)
-
-    monkeypatch.setattr(os, "fdatasync", slow_first_sync)
-    with ThreadPoolExecutor(2) as pool:
-        first = pool.submit(groupcommit.run, database, writer("first"))
-        assert syncing.wait(10)
-        second = pool.submit(groupcommit.run, database, writer("second"))
-        assert second.result(10) == "second"  # committed and synced while the first waits for the disk
-        assert not first.done()
-        disk_done.set()
-        assert first.result(10) == "first"
-    assert stored(database) == [("first", 1), ("first", 2), ("second", 1), ("second", 2)]
