@@ -24,8 +24,8 @@ from gateway.intake.event_catalog import SearchColumns, search_columns
 from gateway.media import store as media_store
 from gateway.storage import concurrency, db
 
-# Rows per multi-row INSERT: far below any SQLite's limit on bound values (32,766 since 3.32).
-ROWS_PER_INSERT = 500
+# Values bound to one statement: SQLite before 3.32 takes at most 999 (32,766 since).
+VALUES_PER_STATEMENT = 999
 
 
 def encode_event(body: dict) -> str:
@@ -169,20 +169,21 @@ def write_together(conn: db.Connection, arrivals: list[Arrival]) -> list[tuple[l
 def stored_keys(conn: db.Connection, keys: list[str]) -> set[str]:
     """Which of the dedupe `keys` an event already stored has."""
     found: set[str] = set()
-    for start in range(0, len(keys), ROWS_PER_INSERT):
-        part = keys[start : start + ROWS_PER_INSERT]
+    for start in range(0, len(keys), VALUES_PER_STATEMENT):
+        part = keys[start : start + VALUES_PER_STATEMENT]
         marks = ",".join("?" * len(part))
         found |= {row[0] for row in conn.execute(f"SELECT dedupe_key FROM events WHERE dedupe_key IN ({marks})", part)}  # noqa: S608
     return found
 
 
 def insert_rows(conn: db.Connection, table: str, columns: str, rows: list[tuple]) -> None:
-    """INSERT `rows` into `table` with one statement per ROWS_PER_INSERT of them."""
+    """INSERT `rows` into `table`, as many rows per statement as VALUES_PER_STATEMENT allows."""
     if not rows:
         return
     marks = "(" + ",".join("?" * len(rows[0])) + ")"
-    for start in range(0, len(rows), ROWS_PER_INSERT):
-        part = rows[start : start + ROWS_PER_INSERT]
+    per_statement = VALUES_PER_STATEMENT // len(rows[0])
+    for start in range(0, len(rows), per_statement):
+        part = rows[start : start + per_statement]
         values = [value for row in part for value in row]
         conn.execute(f"INSERT INTO {table} ({columns}) VALUES " + ",".join([marks] * len(part)), values)  # noqa: S608
 

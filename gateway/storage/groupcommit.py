@@ -9,11 +9,12 @@ queued by then and runs them in one transaction, each inside its own SAVEPOINT. 
 returns, every thread of the batch gets its own result, so an intake still answers 200 only
 once the transaction holding its webhook is on disk (SPEC 2, 5).
 
-A batch is first written the quick way: no savepoints, and the writes that can be written
-together (`together`: plain webhooks, intake/batch.py) in a few statements for all of them
-rather than several each. Each statement is a moment the leader lets go of Python's lock for
-SQLite and must win it back from the threads reading requests, all while holding the write lock
-the other web processes wait for: fewer statements under it is what makes intake faster.
+A batch is first written the quick way, in the order its writes arrived: no savepoints, and
+each run of writes that can be written together (`together`: plain webhooks, intake/storing.py)
+in a few statements for all of them rather than several each. Each statement is a moment the
+leader lets go of Python's lock for SQLite and must win it back from the threads reading
+requests, all while holding the write lock the other web processes wait for: fewer statements
+under it is what makes intake faster.
 If anything fails that way, the transaction is rolled back and the batch written again with
 care: each write on its own, inside its own SAVEPOINT. One write that fails then (a constraint,
 a trigger, a bug) is rolled back to its savepoint and gets its own error (Meta gets a 503 for
@@ -33,6 +34,7 @@ own transaction on the thread's connection, as before.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -41,6 +43,8 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from gateway.storage import concurrency, db
+
+log = logging.getLogger("wahook.intake")
 
 T = TypeVar("T")
 # A function that runs many writes of one kind in one go, and one write's part of it: see `run`.
@@ -156,7 +160,7 @@ def run(database: str | os.PathLike, write: Callable[[db.Connection], T], togeth
     change anything outside the database). On PostgreSQL it runs here, in a (pipelined)
     transaction of its own on this thread's connection.
 
-    `together`, (write_all, item): on SQLite the writes of a batch that name the same
+    `together`, (write_all, item): on SQLite writes in a row of a batch that name the same
     `write_all` may be written by one call instead, `write_all(conn, items)`, whose list of
     results is theirs, in order. It must store what their `write`s would, one after the other.
     """
@@ -264,20 +268,29 @@ def take_waiting(group: Group) -> list[Write]:
 
 
 def write_quickly(conn: db.Connection, batch: list[Write]) -> None:
-    """Run the batch without savepoints, the writes that can go together together (after the
-    others, so they see what those wrote); WriteWithCare if anything raised."""
-    together: dict[Callable, list[Write]] = {}
+    """Run the batch in the order it arrived, without savepoints: each run of writes in a row that
+    can go together (the same write_all) by one call, any other write on its own; the order, and
+    so what each write sees, is the one write_each keeps. WriteWithCare if anything raised."""
+    together: list[Write] = []  # the run being gathered
+
+    def write_together() -> None:
+        results = together[0].together[0](conn, [write.together[1] for write in together])
+        for write, result in zip(together, results, strict=True):
+            write.result = result
+        together.clear()
+
     try:
         for write in batch:
+            if together and (write.together is None or write.together[0] is not together[0].together[0]):
+                write_together()
             if write.together is None:
                 write.result = write.write(conn)
             else:
-                together.setdefault(write.together[0], []).append(write)
-        for write_all, writes in together.items():
-            results = write_all(conn, [write.together[1] for write in writes])
-            for write, result in zip(writes, results, strict=True):
-                write.result = result
+                together.append(write)
+        if together:
+            write_together()
     except Exception as exc:
+        log.warning("a batch of %d writes failed the quick way, written again one by one: %r", len(batch), exc)
         raise WriteWithCare from exc
 
 

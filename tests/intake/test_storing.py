@@ -153,3 +153,19 @@ def test_a_status_arriving_in_a_later_batch_is_still_found_stale(app, tmp_path):
         ("read", False, "read"),
         ("delivered", True, "read"),
     ]
+
+
+def test_a_batch_too_big_for_one_statement_is_split_and_stored_the_same(app, tmp_path):
+    config = app.config["WAHOOK"]
+    one_by_one, together = database(tmp_path / "one.db", config), database(tmp_path / "together.db", config)
+    # 300 webhooks: more rows than one statement may bind values for, with retries among them.
+    sent = [statuses((f"wamid.big.{n % 250}", ("sent", "delivered", "read")[n % 3])) for n in range(300)]
+    with db.transaction(one_by_one):
+        expected = [storing.write_one(arrival, one_by_one) for arrival in arrivals(sent)]
+    counting = Counting(together)
+    with db.transaction(together):
+        got = storing.write_together(counting, arrivals(sent))
+    assert got == expected
+    assert contents(together) == contents(one_by_one)
+    inserts = [sql.split()[2] for sql in counting.statements if sql.startswith("INSERT")]
+    assert inserts.count("events") == 4  # 300 rows of 12 values, at most 999 values a statement
