@@ -5,10 +5,11 @@ database; the group commit (storage/groupcommit.py) then writes it while holding
 - `write_one` writes one arrival, any kind: a message's contact events (contacts.py), a
   status's `stale` (status_order.py), media to download. It is the only way on PostgreSQL, and
   on SQLite when a batch is written with care.
-- `write_together` writes the plain arrivals of a SQLite batch (`plain`: no customer to look up,
-  no media, the status webhooks of a campaign) with a handful of statements for all of them:
+- `write_together` writes a run of plain arrivals of a SQLite batch (`plain`: no customer to look
+  up, no media, the status webhooks of a campaign) with a handful of statements for all of them:
   one read of the stored duplicate and status keys, one of the next row ids, one insert per
-  table. It stores what `write_one` would have, one after the other, and is tested against it.
+  table (more past SQLite's limit on bound values, about 80 webhooks). It stores what
+  `write_one` would have, one after the other, and is tested against it.
 """
 
 from __future__ import annotations

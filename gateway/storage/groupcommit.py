@@ -5,8 +5,8 @@ the disk. Committing each webhook on its own made the request threads of a web p
 for the lock and pay a whole commit each (its WAL pages, its fsync). Here a thread hands its
 writes to `run` and waits. The first waiting thread becomes the leader: it waits a moment for
 webhooks still being read and checked (`coming`), takes the write lock, then takes every write
-queued by then and runs them in one transaction, each inside its own SAVEPOINT. After COMMIT
-returns, every thread of the batch gets its own result, so an intake still answers 200 only
+queued by then and runs them in one transaction (below: the quick way, or with care). After
+COMMIT returns, every thread of the batch gets its own result, so an intake still answers 200 only
 once the transaction holding its webhook is on disk (SPEC 2, 5).
 
 A batch is first written the quick way, in the order its writes arrived: no savepoints, and

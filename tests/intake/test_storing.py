@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from functools import partial
 from pathlib import Path
 
 from gateway.delivery import endpoints
 from gateway.intake import meta_parser, samples, storing, webhook
-from gateway.storage import db
+from gateway.storage import db, groupcommit
 
 WAMID = "wamid.HBgLMTY1MDU1NTEyMzQVAgARGBI1RkM3NTE2QjVBQjY1NTRFRTQA"
 OTHER = "wamid.HBgLMTY1MDU1NTEyMzQVAgARGBJBMkI3RjYzOUQ1NkEwRTE5MTYA"
@@ -169,3 +170,37 @@ def test_a_batch_too_big_for_one_statement_is_split_and_stored_the_same(app, tmp
     assert contents(together) == contents(one_by_one)
     inserts = [sql.split()[2] for sql in counting.statements if sql.startswith("INSERT")]
     assert inserts.count("events") == 4  # 300 rows of 12 values, at most 999 values a statement
+
+
+def test_a_batch_mixing_messages_and_statuses_is_stored_the_same_quickly_or_with_care(app, tmp_path):
+    """Messages go one at a time and each run of statuses between them together (the quick way);
+    written with care, every webhook goes one at a time. Both must leave the same rows: a status
+    run reads what the message before it stored, and stale statuses follow arrival order."""
+    config = app.config["WAHOOK"]
+    message = samples.message("text", {"body": "hi"})
+    other = samples.message("text", {"body": "again"})
+    sent = [
+        statuses((message["id"], "sent")),
+        samples.incoming(message),  # contact events: one at a time
+        statuses((message["id"], "read")),
+        statuses((message["id"], "delivered")),  # behind `read`: stale
+        samples.incoming(message),  # Meta's retry: a duplicate
+        statuses((message["id"], "read")),  # a duplicate
+        samples.incoming(other),
+        statuses((other["id"], "delivered"), (message["id"], "sent")),
+    ]
+    outcome = {}
+    for way, write in (("quick", groupcommit.write_quickly), ("careful", groupcommit.write_each)):
+        conn = database(tmp_path / f"{way}.db", config)
+        batch = [
+            groupcommit.Write(partial(storing.write_one, a), (storing.write_together, a) if a.plain else None)
+            for a in arrivals(sent)
+        ]
+        assert [w.together is not None for w in batch] == [True, False, True, True, False, True, False, True]
+        with db.transaction(conn):
+            write(conn, batch)
+        outcome[way] = ([w.result for w in batch], contents(conn))
+    assert outcome["quick"] == outcome["careful"]
+    events = [json.loads(row[6]) for row in outcome["quick"][1]["events"]]
+    about = [(e["status"], e["stale"]) for e in events if e.get("message_id") == message["id"] and "status" in e]
+    assert about == [("sent", False), ("read", False), ("delivered", True)]  # retries and duplicates: nothing
