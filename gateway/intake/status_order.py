@@ -50,8 +50,12 @@ def look_up(conn: db.Connection, statuses: list[tuple[str, str]]) -> Iterable[db
     """Send the one read that settles every (message id, status) of a body; read its rows
     (the stored keys among them) only when needed, so on PostgreSQL it shares a round trip."""
     keys = sorted({key for message_id, status in statuses for key in stale_keys(message_id, status).values()})
-    if not keys:
-        return None
+    return stored_among(conn, keys) if keys else None
+
+
+def stored_among(conn: db.Connection, keys: list[str]):
+    """Send the read of which of the dedupe `keys` (at most 999, SQLite's oldest bound) a stored
+    event has; its cursor yields them."""
     marks = ",".join("?" for _ in keys)
     return conn.execute(f"SELECT dedupe_key FROM events WHERE dedupe_key IN ({marks})", keys)  # noqa: S608
 

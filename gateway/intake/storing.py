@@ -171,9 +171,7 @@ def stored_keys(conn: db.Connection, keys: list[str]) -> set[str]:
     """Which of the dedupe `keys` an event already stored has."""
     found: set[str] = set()
     for start in range(0, len(keys), VALUES_PER_STATEMENT):
-        part = keys[start : start + VALUES_PER_STATEMENT]
-        marks = ",".join("?" * len(part))
-        found |= {row[0] for row in conn.execute(f"SELECT dedupe_key FROM events WHERE dedupe_key IN ({marks})", part)}  # noqa: S608
+        found |= {row[0] for row in status_order.stored_among(conn, keys[start : start + VALUES_PER_STATEMENT])}
     return found
 
 
