@@ -11,8 +11,8 @@ status webhooks, each with new wamids; deliveries go to a fast asyncio receiver 
                       engines, scaling, media, streams, publish, durability, search, versus,
                       capabilities
     BENCH_ROOT=dir    measure the wahook checkout in `dir` instead of this one (before/after)
-    BENCH_BEFORE=dir  add the `versus` measure: intake of this checkout against the one in `dir`
-                      (say, main before a change), alternating round by round in one run
+    BENCH_BEFORE=dir  add the `versus` measure: intake and drain of this checkout against the one
+                      in `dir` (say, main before a change), alternating round by round in one run
 """
 
 from __future__ import annotations
@@ -288,6 +288,7 @@ def run_versus(ws: sc.Workspace, plan: sc.Plan, table: Table) -> None:
         say("versus: set BENCH_BEFORE to another checkout to compare against")
         return
     rates, cpu = sc.versus(ws, plan, Path(before))
+    drained, duplicated = sc.drain_versus(ws, plan, Path(before))
     for kind, result in rates.items():
         ours, theirs = sc.median(result.ours), sc.median(result.theirs)
         table.add(
@@ -307,6 +308,16 @@ def run_versus(ws: sc.Workspace, plan: sc.Plan, table: Table) -> None:
             ">= 0.95",
             1 / used.ratio >= 0.95,
         )
+    ours, theirs = sc.median(drained.ours), sc.median(drained.theirs)
+    table.add(
+        f"versus: drain of {plan.drain_events:,} events, 1 worker, this checkout vs {before}"
+        f" ({plan.drain_rounds} rounds each, alternating)",
+        f"{ours:,.0f}/s ({spread(drained.ours)}), {duplicated} duplicates",
+        f"before {theirs:,.0f}/s ({spread(drained.theirs)})",
+        f"{drained.ratio:.3f}",
+        ">= 0.95, 0 duplicates",
+        drained.ratio >= 0.95 and duplicated == 0,
+    )
 
 
 def run_search(ws: sc.Workspace, plan: sc.Plan, table: Table) -> None:

@@ -204,9 +204,10 @@ def versus(ws: Workspace, plan: Plan, before: Path) -> tuple[dict[str, Compariso
 # -- delivery drain
 
 
-def prepare_queue(ws: Workspace, events: int) -> Path:
-    """A database holding `events` pending deliveries to the receiver, made by the real intake."""
-    stack = ws.stack()
+def prepare_queue(ws: Workspace, events: int, root: Path | None = None) -> Path:
+    """A database holding `events` pending deliveries to the receiver, made by the real intake
+    (of the checkout at `root`, this one by default)."""
+    stack = ws.stack(**({"root": root} if root else {}))
     stack.start_redis()
     stack.add_endpoint(ws.sink.url)
     base = stack.start_web()
@@ -250,10 +251,11 @@ def requests_loop(url: str, posts: int) -> float:
 
 
 def drain_once(
-    ws: Workspace, template: Path, events: int, workers: int, synchronous: str = "full"
+    ws: Workspace, template: Path, events: int, workers: int, synchronous: str = "full", root: Path | None = None
 ) -> tuple[float, int, dict]:
-    """Deliver a prepared queue with `workers` worker processes; (deliveries/s, duplicates, peak memory)."""
-    stack = ws.stack(workers=workers, synchronous=synchronous)
+    """Deliver a prepared queue with `workers` worker processes (of the checkout at `root`, this
+    one by default); (deliveries/s, duplicates, peak memory)."""
+    stack = ws.stack(workers=workers, synchronous=synchronous, **({"root": root} if root else {}))
     stack.adopt_database(template)
     stack.start_redis()
     ws.sink.reset()
@@ -285,6 +287,20 @@ def drain(ws: Workspace, plan: Plan) -> tuple[dict[int, Comparison], dict]:
             for role, rss in peak.items():
                 notes["memory"][role] = max(notes["memory"].get(role, 0), rss)
     return out, notes
+
+
+def drain_versus(ws: Workspace, plan: Plan, before: Path) -> tuple[Comparison, int]:
+    """Drain with one worker of this checkout (ours) against another one (`before`, theirs), round
+    after round alternately, each side from a queue its own intake made. (deliveries/s, duplicates)."""
+    roots = {"ours": ROOT, "theirs": before}
+    templates = {side: prepare_queue(ws, plan.drain_events, root) for side, root in roots.items()}
+    result, duplicated = Comparison(), 0
+    for round_number in range(plan.drain_rounds):
+        for side in ("ours", "theirs")[:: -1 if round_number % 2 else 1]:
+            rate, dups, _ = drain_once(ws, templates[side], plan.drain_events, 1, root=roots[side])
+            getattr(result, side).append(rate)
+            duplicated += dups
+    return result, duplicated
 
 
 # -- latency
