@@ -104,6 +104,13 @@ def run_intake(ws: sc.Workspace, plan: sc.Plan, table: Table) -> None:
             f"bare Flask {cpu_bare:.0f} us",
             f"{cpu_bare / cpu:.2f}",
         )
+    checks = sc.median(notes["checks"])
+    table.add(
+        "intake without the database: signature, JSON, events drawn, nothing stored (checks_app.py)",
+        f"{checks:,.0f}/s ({spread(notes['checks'])}), {sc.median(notes['cpu_checks']):.0f} us CPU per webhook",
+        bare,
+        f"{checks / theirs:.2f}",
+    )
     if notes["wraps"] or notes["non2xx"] or notes["errors"]:
         problems = f"pool wraps {notes['wraps']}, non-2xx {notes['non2xx']}, errors {notes['errors']}"
         table.add("intake: problems", problems)

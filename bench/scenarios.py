@@ -117,8 +117,9 @@ def receiver_ceiling(ws: Workspace, seconds: float = 3) -> float:
 
 def intake(ws: Workspace, plan: Plan) -> tuple[dict[str, Comparison], dict]:
     """Signed status webhooks per second through wahook's intake, with storage.synchronous "full"
-    and "normal", each against a bare Flask app under the same gunicorn settings: the three in
-    turn, round after round, in the same run. Returns ({level: wahook vs bare}, notes)."""
+    and "normal", each against a bare Flask app under the same gunicorn settings, and the intake
+    without the database (checks_app.py): the four in turn, round after round, in the same run.
+    Returns ({level: wahook vs bare}, notes)."""
     pool = ws.root / "intake.pool"
     warm = ws.root / "warm.pool"
     write_pool(pool, plan.intake_pool)
@@ -127,15 +128,15 @@ def intake(ws: Workspace, plan: Plan) -> tuple[dict[str, Comparison], dict]:
     result = {level: Comparison() for level in levels}
     notes: dict = {"wraps": 0, "non2xx": 0, "errors": 0, "p99_theirs": [], "cpu_theirs": []}
     notes |= {f"{what}_{level}": [] for what in ("p99", "cpu") for level in levels}  # CPU: us per request
+    notes |= {"checks": [], "cpu_checks": []}  # the intake without the database (checks_app.py)
     for _ in range(plan.rounds):
-        bare = ws.stack()
-        base = bare.start_web("bench.bare_app:app")
-        wrk_timed(base + INTAKE_PATH, warm, 1)
-        cpu = bare.cpu_seconds()
-        run = wrk_timed(base + INTAKE_PATH, pool, plan.intake_seconds)
-        notes["cpu_theirs"].append((bare.cpu_seconds() - cpu) / run.posted * 1e6)
-        bare.stop()
+        run, cpu_us = baseline_once(ws, "bench.bare_app:app", pool, warm, plan.intake_seconds)
+        notes["cpu_theirs"].append(cpu_us)
         notes["p99_theirs"].append(run.p99_ms)
+        checks, cpu_us = baseline_once(ws, "bench.checks_app:app", pool, warm, plan.intake_seconds)
+        notes["checks"].append(checks.rate)
+        notes["cpu_checks"].append(cpu_us)
+        notes["non2xx"] += checks.non2xx
         for level in levels:
             result[level].theirs.append(run.rate)
             ours, cpu_us = intake_once(ws, pool, warm, plan.intake_seconds, synchronous=level)
@@ -146,6 +147,19 @@ def intake(ws: Workspace, plan: Plan) -> tuple[dict[str, Comparison], dict]:
             notes["non2xx"] += ours.non2xx
             notes["errors"] += ours.socket_errors
     return result, notes
+
+
+def baseline_once(ws: Workspace, app: str, pool: Path, warm: Path, seconds: float):
+    """One timed wrk run against `app` served by wahook's gunicorn settings, with no Redis, worker
+    or endpoint; (the run, server CPU microseconds per request)."""
+    stack = ws.stack()
+    base = stack.start_web(app)
+    wrk_timed(base + INTAKE_PATH, warm, 1)
+    cpu = stack.cpu_seconds()
+    run = wrk_timed(base + INTAKE_PATH, pool, seconds)
+    used = (stack.cpu_seconds() - cpu) / run.posted * 1e6
+    stack.stop()
+    return run, used
 
 
 def intake_once(ws: Workspace, pool: Path, warm: Path, seconds: float, **options):
