@@ -88,7 +88,8 @@ class Workspace:
     def stack(self, **options) -> Stack:
         self.count += 1
         # BENCH_ROOT runs another wahook checkout (say, the last release) for a before/after figure.
-        options.setdefault("root", Path(os.environ.get("BENCH_ROOT") or ROOT))
+        if options.get("root") is None:
+            options["root"] = Path(os.environ.get("BENCH_ROOT") or ROOT)
         self.stacks.append(Stack(self.root / f"stack-{self.count}", **options))
         return self.stacks[-1]
 
@@ -221,7 +222,7 @@ def versus(ws: Workspace, plan: Plan, before: Path) -> tuple[dict[str, Compariso
 def prepare_queue(ws: Workspace, events: int, root: Path | None = None) -> Path:
     """A database holding `events` pending deliveries to the receiver, made by the real intake
     (of the checkout at `root`, this one by default)."""
-    stack = ws.stack(**({"root": root} if root else {}))
+    stack = ws.stack(root=root)
     stack.start_redis()
     stack.add_endpoint(ws.sink.url)
     base = stack.start_web()
@@ -269,7 +270,7 @@ def drain_once(
 ) -> tuple[float, int, dict]:
     """Deliver a prepared queue with `workers` worker processes (of the checkout at `root`, this
     one by default); (deliveries/s, duplicates, peak memory)."""
-    stack = ws.stack(workers=workers, synchronous=synchronous, **({"root": root} if root else {}))
+    stack = ws.stack(workers=workers, synchronous=synchronous, root=root)
     stack.adopt_database(template)
     stack.start_redis()
     ws.sink.reset()
