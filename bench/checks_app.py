@@ -2,22 +2,31 @@
 
 Served like bare_app.py, by the same gunicorn settings (`gunicorn bench.checks_app:app -c
 gunicorn.conf.py`, with WAHOOK_CONFIG naming the installation's config for its App secret). It
-reads the body, checks the signature, decodes the JSON, draws the events and builds what would
-be written (webhook.arrival_of), then answers 200 without writing anything: a ceiling for the
-intake. Bare Flask, this, and wahook side by side show whether an intake's time goes to its
-checks and parsing or to storing (the write lock, the group commit, SQLite).
+answers Meta's POST with the intake's own code (webhook.respond: the body, the signature, the
+JSON, the events drawn) but `webhook.store` only builds what would be written
+(webhook.arrival_of) and writes nothing: a ceiling for the intake. Bare Flask, this, and wahook
+side by side show whether an intake's time goes to its checks and parsing or to storing (the
+write lock, the group commit, SQLite).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable
 
 from gateway.config import load_config
-from gateway.intake import meta_parser, webhook
-from gateway.media import links
+from gateway.intake import webhook, wsgi
 
-config = load_config()
+APP_CONFIG = {"WAHOOK": load_config(), "WAHOOK_SIMULATE_KEY": ""}
+
+
+def build_only(database: str, raw: bytes, body: dict, drawn: list, received_at: float, simulated: bool = False) -> int:
+    """webhook.store without the database: the arrival is made, nothing is written, no delivery."""
+    webhook.arrival_of(raw, body, drawn, received_at, simulated)
+    return 0
+
+
+# This process serves the benchmark and nothing else.
+webhook.store = build_only
 
 
 def app(environ: dict, start_response: Callable) -> Iterable[bytes]:
@@ -27,17 +36,9 @@ def app(environ: dict, start_response: Callable) -> Iterable[bytes]:
         status = "400 BAD REQUEST" if environ.get("PATH_INFO") == webhook.PATH else "404 NOT FOUND"
         start_response(status, [("Content-Type", "text/plain"), ("Content-Length", "0")])
         return [b""]
-    raw = webhook.body_of(environ) or b""
-    problem, simulated = webhook.signature_problem(
-        raw, environ.get("HTTP_X_HUB_SIGNATURE_256"), config["meta"]["app_secret"]
+    status, text = webhook.respond(environ, APP_CONFIG)
+    body = text.encode("utf-8")
+    start_response(
+        wsgi.REASONS[status], [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
     )
-    if problem:
-        start_response("401 UNAUTHORIZED", [("Content-Type", "text/plain"), ("Content-Length", "0")])
-        return [b""]
-    body = webhook.DECODER.decode(raw.decode("utf-8"))
-    received_at = time.time()
-    drawn = meta_parser.parse(body, received_at)
-    links.attach(drawn, config, received_at, environ)
-    webhook.arrival_of(raw, body, drawn, received_at, simulated)
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
-    return [b"ok"]
+    return [body]

@@ -10,6 +10,7 @@ import json
 import pytest
 
 from conftest import APP_SECRET, ROOT, sign, status_update
+from gateway.intake import webhook
 
 
 @pytest.fixture
@@ -17,6 +18,8 @@ def checks_app(tmp_path, monkeypatch):
     config = tmp_path / "config.toml"
     config.write_text(f'[meta]\napp_secret = "{APP_SECRET}"\n[storage]\ndatabase = "wahook.db"\n')
     monkeypatch.setenv("WAHOOK_CONFIG", str(config))
+    # Loading it replaces webhook.store for its own process; here it is put back after the test.
+    monkeypatch.setattr(webhook, "store", webhook.store)
     spec = importlib.util.spec_from_file_location("bench_checks_app", ROOT / "bench" / "checks_app.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
