@@ -124,17 +124,17 @@ class _Deadline:
                 raise TimeoutError("deadline passed")
             self.settimeout(left)
 
-    def recv_into(self, *args):
+    def recv_into(self, *args, **kwargs):
         self._arm()
-        return super().recv_into(*args)
+        return super().recv_into(*args, **kwargs)
 
-    def send(self, *args):
+    def send(self, *args, **kwargs):
         self._arm()
-        return super().send(*args)
+        return super().send(*args, **kwargs)
 
-    def sendall(self, *args):
+    def sendall(self, *args, **kwargs):
         self._arm()
-        return super().sendall(*args)
+        return super().sendall(*args, **kwargs)
 
 
 # http.client reads through recv_into and writes through sendall (SSLSocket's, through send).
