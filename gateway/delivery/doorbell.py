@@ -33,6 +33,7 @@ from redis.retry import Retry
 from rq import Queue
 
 from gateway.delivery import embedded_redis
+from gateway.storage import task_local
 
 log = logging.getLogger("wahook.jobs")
 
@@ -56,7 +57,8 @@ _queues: dict[tuple[int, str], Queue] = {}
 _urls: dict[tuple[str, str], str] = {}  # (redis.url, database) -> URL; resolving a path costs syscalls
 _down_until: dict[str, float] = {}  # per Redis URL
 _lock = threading.Lock()
-_local = threading.local()  # each thread's own connection for wake(), by URL
+# Each task's own connection for wake(), by URL, with its packed commands (task_local.py).
+_wakers = task_local.TaskLocal(lambda _found: True, lambda found: found[0].disconnect())
 _quiet_until: dict[tuple[str, str], float] = {}  # (Redis URL, database): monotonic time
 
 
@@ -98,19 +100,9 @@ def queue(config) -> Queue:
 
 def _announce(config, url: str) -> tuple[bool, int]:
     """SET wake-key "queued" NX with the usual expiry, then PTTL, in one round trip on this
-    thread's own connection with the commands packed once (redis-py's general path costs
+    task's own connection with the commands packed once (redis-py's general path costs
     more than the round trip). Returns (whether the key was new, its time to live in ms)."""
-    conns = getattr(_local, "conns", None)
-    if conns is None or getattr(_local, "pid", None) != os.getpid():
-        conns = _local.conns = {}
-        _local.pid = os.getpid()
-    found = conns.get(url)
-    if found is None:
-        conn = redis_connection(config, url).connection_pool.make_connection()
-        conn.socket_timeout = conn.socket_connect_timeout = WAKE_TIMEOUT
-        commands = conn.pack_commands([("SET", WAKE_KEY, "queued", "NX", "PX", WAKE_TTL_MS), ("PTTL", WAKE_KEY)])
-        found = conns[url] = (conn, [b"".join(commands)])
-    conn, packed = found
+    conn, packed = _wakers.get(url, lambda: _waker(config, url))
     for attempt in (1, 2):
         try:
             conn.send_packed_command(packed, check_health=False)
@@ -123,6 +115,14 @@ def _announce(config, url: str) -> tuple[bool, int]:
             if attempt == 2 or isinstance(exc, redis.TimeoutError | TimeoutError):
                 raise
     return False, -2
+
+
+def _waker(config, url: str) -> tuple[redis.connection.Connection, list[bytes]]:
+    """A connection of its own for `_announce`, and its two commands packed once."""
+    conn = redis_connection(config, url).connection_pool.make_connection()
+    conn.socket_timeout = conn.socket_connect_timeout = WAKE_TIMEOUT
+    commands = conn.pack_commands([("SET", WAKE_KEY, "queued", "NX", "PX", WAKE_TTL_MS), ("PTTL", WAKE_KEY)])
+    return conn, [b"".join(commands)]
 
 
 def wake(config) -> bool:

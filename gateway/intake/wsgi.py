@@ -5,16 +5,25 @@ second in a campaign, and it needs none of what Flask adds per request (a reques
 context, the session check, URL matching, the hooks): that cost about 70 microseconds of CPU
 per webhook, a tenth of an intake. The answer is the same one Flask's view gives (webhook.respond),
 with the same security headers every response carries.
+
+Being the process's WSGI entry, it also ends every request the same way (`finish`): under the
+gevent workers (gunicorn.conf.py) the request's database and Redis connections go to the next
+request (storage/task_local.py), and at most `configure(n)` requests are served at once, as a
+threaded worker with n threads would: so a flood of clients opens no more connections to the
+database than that.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable
 
 from flask import Flask
+from werkzeug.wsgi import ClosingIterator
 
 from gateway.intake import webhook
+from gateway.storage import task_local
 
 log = logging.getLogger("wahook.intake")
 
@@ -28,6 +37,25 @@ REASONS = {
 }
 
 
+# Requests this process serves at once; None (no limit) outside gunicorn (tests, `flask run`).
+_slots: threading.BoundedSemaphore | None = None
+
+
+def configure(requests_at_once: int) -> None:
+    """Serve at most `requests_at_once` requests at a time in this process (gunicorn's hook)."""
+    global _slots
+    _slots = threading.BoundedSemaphore(requests_at_once)
+
+
+def finish() -> None:
+    """A request has ended (its answer sent, or failed): its connections go on, its slot is free."""
+    try:
+        task_local.hand_on_all()
+    finally:
+        if _slots is not None:
+            _slots.release()
+
+
 class IntakeFirst:
     """A WSGI app: POST to webhook.PATH is answered here, anything else by `app` (Flask)."""
 
@@ -37,8 +65,22 @@ class IntakeFirst:
         self.headers = list(headers)
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        if _slots is not None:
+            _slots.acquire()
         if environ.get("PATH_INFO") != webhook.PATH or environ.get("REQUEST_METHOD") != "POST":
-            return self.flask(environ, start_response)
+            try:
+                answer = self.flask(environ, start_response)
+            except BaseException:
+                finish()
+                raise
+            return ClosingIterator(answer, finish)  # once the body is sent: a stream's is long
+        try:
+            return self.intake(environ, start_response)
+        finally:
+            finish()
+
+    def intake(self, environ: dict, start_response: Callable) -> list[bytes]:
+        """Meta's POST, answered whole."""
         try:
             status, text = webhook.respond(environ, self.app.config)
         except Exception:

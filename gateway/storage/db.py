@@ -1,4 +1,4 @@
-"""Database access: one reused connection per thread, explicit transactions, and migrations.
+"""Database access: one reused connection per thread (or request, task_local.py), explicit transactions, and migrations.
 
 `storage.database` is a SQLite file (the default) or a PostgreSQL URL. Everything above
 this module writes SQLite's SQL and calls `connection`, `transaction` and `Error` here;
@@ -31,7 +31,7 @@ from flask import Flask, current_app
 from flask.cli import with_appcontext
 
 from gateway.config import POSTGRES_SCHEMES
-from gateway.storage import pg, private_paths
+from gateway.storage import pg, private_paths, task_local
 from gateway.storage.pg import StorageError
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -57,7 +57,6 @@ Error = (sqlite3.Error, psycopg.Error, StorageError)
 Connection = sqlite3.Connection | pg.Connection
 Row = sqlite3.Row | pg.Row
 
-_local = threading.local()
 _shared: dict[str, sqlite3.Connection] = {}  # see shared_connection
 _shared_pid: dict[str, int] = {}  # the process each was opened in: a forked child opens its own
 _migrated: set[str] = set()
@@ -174,29 +173,43 @@ def retry_while_busy(conn: sqlite3.Connection, statement: str, wait: float, paus
 
 
 def connection(database: str | os.PathLike) -> Connection:
-    """This thread's connection to `database`, opened and migrated on first use.
+    """This task's connection to `database` (its thread's, or its request's under the gevent
+    workers: task_local.py), opened and migrated on first use.
 
     Reused across requests and jobs: opening a connection and setting its pragmas on
     every request costs more than the request's own work. A forked child opens its own,
     and a PostgreSQL connection the server dropped is replaced on the next call.
     """
     key = str(database)
-    cache = getattr(_local, "conns", None)
-    if cache is None or getattr(_local, "pid", None) != os.getpid():
-        cache = _local.conns = {}
-        _local.pid = os.getpid()
-    conn = cache.get(key)
-    if conn is not None and not getattr(conn, "usable", True):
-        with contextlib.suppress(Exception):
-            conn.close()
-        conn = None
-    if conn is None:
-        conn = cache[key] = connect(database)
+    conn = _conns.get(key, lambda: connect(database))
+    if not getattr(conn, "usable", True):
+        _close_quietly(conn)
+        _conns.forget(key)
+        conn = _conns.get(key, lambda: connect(database))
+    if key not in _migrated:
         with _migrate_lock:
             if key not in _migrated:
                 migrate(conn)
                 _migrated.add(key)
     return conn
+
+
+def _close_quietly(conn: Connection) -> None:
+    with contextlib.suppress(Exception):
+        conn.close()
+
+
+def _reusable(conn: Connection) -> bool:
+    """Whether a finished request's connection may serve the next: not inside a transaction
+    (one left open by a request that failed half way), and not dropped by the server."""
+    try:
+        return getattr(conn, "usable", True) and not conn.in_transaction
+    except Exception:
+        return False
+
+
+# Each task's connections by database (see connection); idle ones wait here between requests.
+_conns = task_local.TaskLocal(_reusable, _close_quietly)
 
 
 def shared_connection(path: str | os.PathLike) -> sqlite3.Connection:
@@ -212,11 +225,10 @@ def shared_connection(path: str | os.PathLike) -> sqlite3.Connection:
 
 
 def close_all() -> None:
-    """Close this thread's connections and the process's shared ones (tests and shutdown)."""
-    for conn in [*getattr(_local, "conns", {}).values(), *_shared.values()]:
-        with contextlib.suppress(Exception):
-            conn.close()
-    _local.conns = {}
+    """Close this task's connections, the idle ones and the process's shared ones (tests and shutdown)."""
+    _conns.close_all()
+    for conn in _shared.values():
+        _close_quietly(conn)
     _shared.clear()
 
 
@@ -248,7 +260,7 @@ def _new_write_lock() -> None:
     _write_lock = threading.RLock()
 
 
-# The threads of one process (gthread web workers) queue here for the write lock, in order
+# The threads (or greenlets) of one process queue here for the write lock, in order
 # and without waking, instead of all polling SQLite's lock; only the one holding this polls
 # against other processes. Reentrant, so a transaction opened inside another on a second
 # connection still reaches SQLite and fails there as before rather than hanging here.
@@ -407,8 +419,7 @@ def get_db() -> Connection:
 
 def _end_request(exc: BaseException | None) -> None:
     # The connection stays open for the next request; a transaction must not.
-    conns = getattr(_local, "conns", {})
-    conn = conns.get(current_app.config["WAHOOK"].database)
+    conn = _conns.values().get(str(current_app.config["WAHOOK"].database))
     if conn is not None:
         rollback(conn)
 

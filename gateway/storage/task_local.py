@@ -1,0 +1,102 @@
+"""Connections kept per task: a thread keeps its own for its life, as with threading.local; a
+greenlet (a request in gunicorn's gevent workers) hands its own on when its request ends.
+
+Under the gevent workers (gunicorn.conf.py) every client connection is served by a greenlet of
+its own, and threading.local, once gevent has patched it, keeps a value per greenlet. A
+database connection kept that way would be opened for every new client connection and closed
+with it (about 350 µs for SQLite, several round trips for a PostgreSQL server on another
+machine), and as many would stay open as there are clients, idle keep-alive ones included. So
+at the end of each request (`hand_on_all`, called by the WSGI entry, intake/wsgi.py) the greenlet's
+values go to an idle list, and the next request of any greenlet of that thread takes one from
+there. A value still inside a transaction is closed, never handed on.
+
+Threads are left as they were: a SQLite connection may only be used by the thread that opened
+it, and a thread's values live as long as the thread.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import greenlet
+
+
+def _root(task: greenlet.greenlet) -> greenlet.greenlet:
+    """The main greenlet of the thread `task` runs in: values move only between its greenlets."""
+    while task.parent is not None:
+        task = task.parent
+    return task
+
+
+_every: list[TaskLocal] = []
+
+
+def hand_on_all() -> None:
+    """The end of a request (the WSGI entry calls it): every TaskLocal's values of this greenlet
+    go to the next request."""
+    for each in _every:
+        each.hand_on()
+
+
+class TaskLocal:
+    """Values by key for the current task; `reusable(value)` says whether one may be handed on,
+    `close(value)` ends one that may not."""
+
+    def __init__(self, reusable: Callable[[Any], bool], close: Callable[[Any], None]) -> None:
+        self._local = threading.local()
+        self._idle: dict[tuple[int, Any], list[Any]] = {}
+        self._reusable = reusable
+        self._close = close
+        os.register_at_fork(after_in_child=self._idle.clear)  # a parent's connections are not ours
+        _every.append(self)
+
+    def values(self) -> dict[Any, Any]:
+        """This task's values by key, in this process (a forked child starts with none)."""
+        found = getattr(self._local, "values", None)
+        if found is None or getattr(self._local, "pid", None) != os.getpid():
+            found = self._local.values = {}
+            self._local.pid = os.getpid()
+        return found
+
+    def get(self, key: Any, make: Callable[[], Any]) -> Any:
+        """This task's value for `key`: its own, else one a finished request handed on, else `make()`."""
+        values = self.values()
+        value = values.get(key)
+        if value is None:
+            task = greenlet.getcurrent()
+            idle = self._idle.get((id(_root(task)), key)) if task.parent is not None else None
+            value = values[key] = idle.pop() if idle else make()
+        return value
+
+    def forget(self, key: Any) -> None:
+        """Drop this task's value for `key` (the caller has closed it)."""
+        self.values().pop(key, None)
+
+    def hand_on(self) -> None:
+        """At the end of a greenlet's request: its values go to the idle list (or are closed).
+        In a thread's own main greenlet (threaded servers, workers, tests) nothing moves."""
+        task = greenlet.getcurrent()
+        if task.parent is None:
+            return
+        values = self.values()
+        root = id(_root(task))
+        for key, value in values.items():
+            if self._reusable(value):
+                self._idle.setdefault((root, key), []).append(value)
+            else:
+                self._close(value)
+        values.clear()
+
+    def idle_count(self) -> int:
+        """How many values wait to be taken (tests read it)."""
+        return sum(len(idle) for idle in self._idle.values())
+
+    def close_all(self) -> None:
+        """Close this task's values and every idle one (tests and shutdown)."""
+        for value in [*self.values().values(), *(v for idle in self._idle.values() for v in idle)]:
+            self._close(value)
+        self.values().clear()
+        self._idle.clear()
