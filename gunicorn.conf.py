@@ -2,7 +2,8 @@
 when started from this folder (`make run` passes it with -c).
 
 Environment: WAHOOK_BIND (default 127.0.0.1:8000), WAHOOK_WEB_WORKERS (default 2),
-WAHOOK_WEB_THREADS (threads per web process, default 64; open streams use all but 8),
+WAHOOK_WEB_THREADS (requests each web process serves at once, default 64; open streams use all
+but 8), WAHOOK_WEB_WORKER_CLASS (default gevent; gthread for threads),
 WAHOOK_ACCESS_LOG=1 to log every request, WAHOOK_LOG_LEVEL (default info),
 WAHOOK_LOG_FORMAT=json for JSON lines.
 """
@@ -10,7 +11,9 @@ WAHOOK_LOG_FORMAT=json for JSON lines.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+from pathlib import Path
 
 from gateway.ops import logs
 from gateway.storage import private_paths
@@ -22,24 +25,29 @@ wsgi_app = "app:app"
 private_paths.tighten_umask()
 bind = [os.environ.get("WAHOOK_BIND") or "127.0.0.1:8000"]
 
-# Threaded workers (gthread). Intake requests are short (check a signature, one SQLite
-# commit) and the slow part, delivery, happens in worker.py; but an event stream
-# (GET /api/v1/stream) stays open for hours. A sync worker would give each open stream a
-# whole process and leave none for Meta's POSTs. A gthread worker gives it one thread: each
-# process serves at most `threads - stream.RESERVED_THREADS` streams, and the reserved
-# threads always take Meta's POSTs (see stream.py and docs/api.md, "Streams and intake").
-# Two processes match the 2-core box wahook targets; more mostly queue up behind SQLite's
-# single writer.
+# gevent workers: each request is a greenlet, not a thread. Intake requests are short (check a
+# signature, one SQLite commit) and the slow part, delivery, happens in worker.py. Threads made
+# them slow: a webhook's group commit hands its write from thread to thread, and every hand-over
+# is a fight for Python's lock, which cost more than the writing itself; greenlets hand over in
+# the same thread, and the intake takes about 40 % less CPU (docs/benchmarks.md). An event stream
+# (GET /api/v1/stream) stays open for hours: it holds one request slot, and each process serves at
+# most `threads - stream.RESERVED_THREADS` streams, so the reserved slots always take Meta's
+# POSTs (see stream.py and docs/api.md, "Streams and intake"). `threads` (WAHOOK_WEB_THREADS) is
+# how many requests a process serves at once (intake/wsgi.py), as many as a threaded worker
+# would; up to worker_connections clients, idle kept-alive ones included, wait their turn.
+# WAHOOK_WEB_WORKER_CLASS=gthread goes back to threads. Two processes match the 2-core box wahook
+# targets; more mostly queue up behind SQLite's single writer.
 workers = int(os.environ.get("WAHOOK_WEB_WORKERS") or 2)
-worker_class = "gthread"
+worker_class = os.environ.get("WAHOOK_WEB_WORKER_CLASS") or "gevent"
 threads = int(os.environ.get("WAHOOK_WEB_THREADS") or 64)
+worker_connections = 1000
 
 # The app is built in each worker after the fork (not preloaded), so no SQLite
 # connection or Redis socket is ever shared between processes.
 preload_app = False
 
-# A worker whose main loop has not checked in for this long is stuck and is replaced. With
-# gthread the main loop runs beside the request threads, so a long stream does not count.
+# A worker whose main loop has not checked in for this long is stuck and is replaced. Its
+# main loop runs beside the requests, so a long stream does not count.
 timeout = 30
 # Time in-flight requests get to finish on shutdown or reload (streams end at once).
 graceful_timeout = 10
@@ -78,18 +86,39 @@ def on_starting(server) -> None:
     except ConfigError as exc:
         sys.exit(f"wahook: configuration error: {exc}")
     if config.database_url:  # likewise a PostgreSQL that cannot be reached, or a wrong password
-        from gateway.storage import pg
+        check_postgres()
 
-        try:
-            pg.connect(config.database_url).close()
-        except pg.StorageError as exc:
-            sys.exit(f"wahook: {exc}")
+
+def check_postgres() -> None:
+    """Connect once, in a child process: psycopg picks how it waits for the server when it is
+    first imported, and a master that imported it before the workers patch for gevent would
+    hand them a wait that holds up every other request of the process."""
+    root = str(Path(logs.__file__).resolve().parents[2])  # the folder that holds gateway/
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    found = subprocess.run(
+        [sys.executable, "-c", POSTGRES_CHECK], env=env, capture_output=True, text=True, check=False
+    )
+    if found.returncode != 0:
+        sys.exit(f"wahook: {found.stderr.strip() or 'PostgreSQL could not be checked'}")
+
+
+POSTGRES_CHECK = """
+import sys
+from gateway.config import load_config
+from gateway.storage import pg
+try:
+    pg.connect(load_config().database_url).close()
+except pg.StorageError as exc:
+    sys.exit(str(exc))
+"""
 
 
 def post_worker_init(worker) -> None:
-    """Size this process's stream slots to its threads, and let streams end when it stops."""
+    """Size this process's request and stream slots to `threads`, and let streams end when it stops."""
     from gateway.api import stream
+    from gateway.intake import wsgi
 
+    wsgi.configure(worker.cfg.threads)
     stream.configure(worker.cfg.threads, lambda: worker.alive)
 
 

@@ -1,9 +1,9 @@
 """Server-Sent Events for `GET /api/v1/stream`: the frames, the loop, and the stream slots.
 
-A stream holds one gunicorn thread for as long as it is open (see gunicorn.conf.py: gthread
-workers with WAHOOK_WEB_THREADS threads each). So each web process serves at most
-`threads - RESERVED_THREADS` streams at once; one more is refused with 503 and a
-Retry-After, and the reserved threads are always left for Meta's POSTs and the pages. One
+A stream holds one of its web process's request slots for as long as it is open (see
+gunicorn.conf.py: WAHOOK_WEB_THREADS requests at once, a greenlet or a thread each). So each
+web process serves at most `threads - RESERVED_THREADS` streams at once; one more is refused
+with 503 and a Retry-After, and the reserved slots are always left for Meta's POSTs and the pages. One
 API key (with the stream tokens minted from it) holds at most half of a process's slots, so
 a client that opens streams in a loop cannot lock every other reader out.
 

@@ -1,14 +1,15 @@
 """WebSockets for `GET /api/v1/ws` (SPEC 7): the handshake, and one hub thread per web
 process that serves every open socket.
 
-Why not a thread per socket: gunicorn's gthread workers have a fixed pool of threads, and
-Meta's POSTs need some of them free at all times. A stream (stream.py) holds a thread for as
-long as it is open; a socket held the same way (as flask-sock and simple-websocket do, with
-a second thread each for reading) would take two. Instead the request thread checks the
-request, answers `101 Switching Protocols` on the connection's socket, hands a duplicate of
-the socket to the hub and returns at once; gunicorn then drops its own handle without
-closing the connection (see take_over). The hub multiplexes every socket with one selector, so 1,000 open
-sockets cost one thread, a file descriptor and a few KiB each, and no request thread.
+Why not a request per socket: gunicorn's workers serve a fixed number of requests at once
+(gunicorn.conf.py), and Meta's POSTs need some of those slots free at all times. A stream
+(stream.py) holds a slot for as long as it is open; a socket held the same way (as flask-sock
+and simple-websocket do, with a second thread each for reading) would take two. Instead the
+request checks the handshake, answers `101 Switching Protocols` on the connection's socket,
+hands a duplicate of the socket to the hub and returns at once; gunicorn then drops its own
+handle without closing the connection (see take_over). The hub multiplexes every socket with
+one selector, so 1,000 open sockets cost one hub, a file descriptor and a few KiB each, and no
+request slot.
 
 The frames come from wsproto (python-hyper's sans-I/O WebSocket protocol: it owns no socket
 and no thread, so it fits this design with any server). The hub reads new events once per
