@@ -104,6 +104,15 @@ def run_intake(ws: sc.Workspace, plan: sc.Plan, table: Table) -> None:
             f"bare Flask {cpu_bare:.0f} us",
             f"{cpu_bare / cpu:.2f}",
         )
+    threaded, full = sc.median(notes["theirs_threads"]), sc.median(results["full"].ours)
+    table.add(
+        "intake, synchronous = full, against bare Flask served by threads (gthread: the issue's"
+        " baseline, wahook's web workers before gevent)",
+        f"{full:,.0f}/s",
+        f"bare Flask, threads {threaded:,.0f}/s ({spread(notes['theirs_threads'])}),"
+        f" {sc.median(notes['cpu_theirs_threads']):.0f} us CPU",
+        f"{full / threaded:.2f}",
+    )
     checks = sc.median(notes["checks"])
     table.add(
         "intake without the database: signature, JSON, events drawn, nothing stored (checks_app.py)",

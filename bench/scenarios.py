@@ -119,7 +119,8 @@ def receiver_ceiling(ws: Workspace, seconds: float = 3) -> float:
 def intake(ws: Workspace, plan: Plan) -> tuple[dict[str, Comparison], dict]:
     """Signed status webhooks per second through wahook's intake, with storage.synchronous "full"
     and "normal", each against a bare Flask app under the same gunicorn settings, and the intake
-    without the database (checks_app.py): the four in turn, round after round, in the same run.
+    without the database (checks_app.py), and bare Flask served by threads (gthread, the web
+    workers before gevent): the five in turn, round after round, in the same run.
     Returns ({level: wahook vs bare}, notes)."""
     pool = ws.root / "intake.pool"
     warm = ws.root / "warm.pool"
@@ -130,10 +131,14 @@ def intake(ws: Workspace, plan: Plan) -> tuple[dict[str, Comparison], dict]:
     notes: dict = {"wraps": 0, "non2xx": 0, "errors": 0, "p99_theirs": [], "cpu_theirs": []}
     notes |= {f"{what}_{level}": [] for what in ("p99", "cpu") for level in levels}  # CPU: us per request
     notes |= {"checks": [], "cpu_checks": []}  # the intake without the database (checks_app.py)
+    notes |= {"theirs_threads": [], "cpu_theirs_threads": []}  # bare Flask, gthread workers
     for _ in range(plan.rounds):
         run, cpu_us = baseline_once(ws, "bench.bare_app:app", pool, warm, plan.intake_seconds)
         notes["cpu_theirs"].append(cpu_us)
         notes["p99_theirs"].append(run.p99_ms)
+        threaded, cpu_us = baseline_once(ws, "bench.bare_app:app", pool, warm, plan.intake_seconds, "gthread")
+        notes["theirs_threads"].append(threaded.rate)
+        notes["cpu_theirs_threads"].append(cpu_us)
         checks, cpu_us = baseline_once(ws, "bench.checks_app:app", pool, warm, plan.intake_seconds)
         notes["checks"].append(checks.rate)
         notes["cpu_checks"].append(cpu_us)
@@ -150,10 +155,13 @@ def intake(ws: Workspace, plan: Plan) -> tuple[dict[str, Comparison], dict]:
     return result, notes
 
 
-def baseline_once(ws: Workspace, app: str, pool: Path, warm: Path, seconds: float):
-    """One timed wrk run against `app` served by wahook's gunicorn settings, with no Redis, worker
-    or endpoint; (the run, server CPU microseconds per request)."""
+def baseline_once(ws: Workspace, app: str, pool: Path, warm: Path, seconds: float, worker_class: str = ""):
+    """One timed wrk run against `app` served by wahook's gunicorn settings (with `worker_class`
+    instead of gevent if given), with no Redis, worker or endpoint; (the run, server CPU
+    microseconds per request)."""
     stack = ws.stack()
+    if worker_class:
+        stack.env["WAHOOK_WEB_WORKER_CLASS"] = worker_class
     base = stack.start_web(app)
     wrk_timed(base + INTAKE_PATH, warm, 1)
     cpu = stack.cpu_seconds()
