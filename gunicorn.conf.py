@@ -3,7 +3,7 @@ when started from this folder (`make run` passes it with -c).
 
 Environment: WAHOOK_BIND (default 127.0.0.1:8000), WAHOOK_WEB_WORKERS (default 2),
 WAHOOK_WEB_THREADS (requests each web process serves at once, default 64; open streams use all
-but 8), WAHOOK_WEB_WORKER_CLASS (default gevent; gthread for threads),
+but 8), WAHOOK_WEB_WORKER_CLASS (gevent or gthread; by default gevent on SQLite, gthread on PostgreSQL),
 WAHOOK_ACCESS_LOG=1 to log every request, WAHOOK_LOG_LEVEL (default info),
 WAHOOK_LOG_FORMAT=json for JSON lines.
 """
@@ -25,20 +25,36 @@ wsgi_app = "app:app"
 private_paths.tighten_umask()
 bind = [os.environ.get("WAHOOK_BIND") or "127.0.0.1:8000"]
 
-# gevent workers: each request is a greenlet, not a thread. Intake requests are short (check a
-# signature, one SQLite commit) and the slow part, delivery, happens in worker.py. Threads made
-# them slow: a webhook's group commit hands its write from thread to thread, and every hand-over
-# is a fight for Python's lock, which cost more than the writing itself; greenlets hand over in
-# the same thread, and the intake takes about 40 % less CPU (docs/benchmarks.md). An event stream
-# (GET /api/v1/stream) stays open for hours: it holds one request slot, and each process serves at
-# most `threads - stream.RESERVED_THREADS` streams, so the reserved slots always take Meta's
-# POSTs (see stream.py and docs/api.md, "Streams and intake"). `threads` (WAHOOK_WEB_THREADS) is
-# how many requests a process serves at once (intake/wsgi.py), as many as a threaded worker
-# would; up to worker_connections clients, idle kept-alive ones included, wait their turn.
-# WAHOOK_WEB_WORKER_CLASS=gthread goes back to threads. Two processes match the 2-core box wahook
-# targets; more mostly queue up behind SQLite's single writer.
+# gevent workers on SQLite: each request is a greenlet, not a thread. Intake requests are short
+# (check a signature, one SQLite commit) and the slow part, delivery, happens in worker.py. Threads
+# made them slow: a webhook's group commit hands its write from thread to thread, and every
+# hand-over is a fight for Python's lock, which cost more than the writing itself; greenlets hand
+# over in the same thread, and the intake takes about a quarter less CPU (docs/benchmarks.md).
+# On PostgreSQL there is no group commit to hand over to, and waiting for the server through
+# gevent's loop costs more CPU per round trip than psycopg's own wait: threads (gthread) there.
+# WAHOOK_WEB_WORKER_CLASS (gevent or gthread) overrides either.
+#
+# An event stream (GET /api/v1/stream) stays open for hours: it holds one request slot, and each
+# process serves at most `threads - stream.RESERVED_THREADS` streams, so the reserved slots always
+# take Meta's POSTs (see stream.py and docs/api.md, "Streams and intake"). `threads`
+# (WAHOOK_WEB_THREADS) is how many requests a process serves at once, a thread or a greenlet each
+# (intake/wsgi.py); up to worker_connections clients, idle kept-alive ones included, wait their
+# turn. Two processes match the 2-core box wahook targets; more mostly queue up behind SQLite's
+# single writer.
+
+
+def default_worker_class() -> str:
+    """gevent for a SQLite database, gthread for PostgreSQL (see above)."""
+    from gateway.config import ConfigError, load_config
+
+    try:
+        return "gthread" if load_config().database_url else "gevent"
+    except ConfigError:
+        return "gevent"  # on_starting names the problem and stops
+
+
 workers = int(os.environ.get("WAHOOK_WEB_WORKERS") or 2)
-worker_class = os.environ.get("WAHOOK_WEB_WORKER_CLASS") or "gevent"
+worker_class = os.environ.get("WAHOOK_WEB_WORKER_CLASS") or default_worker_class()
 threads = int(os.environ.get("WAHOOK_WEB_THREADS") or 64)
 worker_connections = 1000
 
@@ -95,9 +111,7 @@ def check_postgres() -> None:
     hand them a wait that holds up every other request of the process."""
     root = str(Path(logs.__file__).resolve().parents[2])  # the folder that holds gateway/
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-    found = subprocess.run(
-        [sys.executable, "-c", POSTGRES_CHECK], env=env, capture_output=True, text=True, check=False
-    )
+    found = subprocess.run([sys.executable, "-c", POSTGRES_CHECK], env=env, capture_output=True, text=True, check=False)
     if found.returncode != 0:
         sys.exit(f"wahook: {found.stderr.strip() or 'PostgreSQL could not be checked'}")
 

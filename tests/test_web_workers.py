@@ -1,7 +1,7 @@
 """The web processes' gevent workers (gunicorn.conf.py): what a greenlet per request must not
 change for a user. A flood of new client connections opens no more database connections than
 WAHOOK_WEB_THREADS, connections go from one request to the next, PostgreSQL's waits let the
-other requests of a process go on, and WAHOOK_WEB_WORKER_CLASS=gthread still serves."""
+other requests of a process go on, and threads (gthread, PostgreSQL's default) still serve."""
 
 from __future__ import annotations
 
@@ -55,6 +55,7 @@ def open_connections(processes, storage_database: str, engine: str) -> int:
 def test_a_flood_of_new_connections_opens_no_more_database_connections_than_web_threads(
     processes, storage_database, engine
 ):
+    processes.env["WAHOOK_WEB_WORKER_CLASS"] = "gevent"  # PostgreSQL's default is gthread
     processes.env["WAHOOK_WEB_THREADS"] = "10"
     base = processes.start_web(workers=1)
     most, flooding = [0], threading.Event()
@@ -88,12 +89,11 @@ def test_threads_still_serve_with_web_worker_class_gthread(processes):
     assert "Using worker: gthread" in logs
 
 
-@pytest.mark.engines("sqlite")
-def test_the_web_workers_are_gevent_by_default(processes):
+def test_the_web_workers_are_gevent_on_sqlite_and_threads_on_postgresql(processes, engine):
     base = processes.start_web(workers=1)
     assert post_on_a_new_connection(base, 1) == (200, "ok")
     logs = "".join(log.read_text() for log in processes.tmp_path.glob("gunicorn-*.log"))
-    assert "Using worker: gevent" in logs
+    assert f"Using worker: {'gevent' if engine == 'sqlite' else 'gthread'}" in logs
 
 
 @pytest.mark.engines("postgresql")
