@@ -204,7 +204,7 @@ def index():
     )
     events = events_of(conn, ids)
     deliveries = deliveries_of(conn, ids) if ids else {}
-    total = conn.execute("SELECT count(*) FROM webhooks").fetchone()[0]
+    total = db.read_aside(conn, "SELECT count(*) FROM webhooks")[0][0]  # ~8 ms a million
     own_before = request.args.get("own_before", type=row_id)
     own, own_older = ([], None)
     if not problem and own_events.shown(filters):

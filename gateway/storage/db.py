@@ -181,17 +181,36 @@ def connection(database: str | os.PathLike) -> Connection:
     and a PostgreSQL connection the server dropped is replaced on the next call.
     """
     key = str(database)
-    conn = _conns.get(key, lambda: connect(database))
+    conn = _conns.get(key, lambda: _connect_as(key))
     if not getattr(conn, "usable", True):
         _close_quietly(conn)
         _conns.forget(key)
-        conn = _conns.get(key, lambda: connect(database))
+        conn = _conns.get(key, lambda: _connect_as(key))
     if key not in _migrated:
         with _migrate_lock:
             if key not in _migrated:
                 migrate(conn)
                 _migrated.add(key)
     return conn
+
+
+def _connect_as(key: str) -> Connection:
+    """A new connection to the database `key` names, which remembers that name (read_aside)."""
+    conn = connect(key)
+    conn.database_key = key
+    return conn
+
+
+def read_aside(conn: Connection, sql: str, params: tuple = ()) -> list[Row]:
+    """`conn.execute(sql, params).fetchall()`, for a read that can take long (a summary over a
+    day of attempts). Under the gevent workers a greenlet inside SQLite holds up every other
+    request of its process, Meta's POSTs included; so there the read runs in a thread of
+    gevent's pool, on that thread's own connection to the same database (task_local.in_thread),
+    while the process goes on. Elsewhere, and on PostgreSQL (whose waits let others run), on `conn`."""
+    key = getattr(conn, "database_key", None)
+    if key is None or engine(conn) != "sqlite" or not task_local.greenlet_workers():
+        return conn.execute(sql, params).fetchall()
+    return task_local.in_thread(lambda: connection(key).execute(sql, params).fetchall())
 
 
 def _close_quietly(conn: Connection) -> None:
