@@ -44,7 +44,9 @@ bind = [os.environ.get("WAHOOK_BIND") or "127.0.0.1:8000"]
 
 
 def default_worker_class() -> str:
-    """gevent for a SQLite database, gthread for PostgreSQL (see above)."""
+    """gevent for a SQLite database, gthread for PostgreSQL (see above), as the config file named
+    by WAHOOK_CONFIG in gunicorn's environment says (one given with `gunicorn -e` is read too late
+    for this: set WAHOOK_WEB_WORKER_CLASS with it)."""
     from gateway.config import ConfigError, load_config
 
     try:
@@ -68,7 +70,7 @@ timeout = 30
 # Time in-flight requests get to finish on shutdown or reload (streams end at once).
 graceful_timeout = 10
 # Meta and reverse proxies reuse connections; a short keep-alive saves a TCP handshake.
-# (An idle kept-alive connection waits in gthread's poller, not in a thread.)
+# (An idle kept-alive connection takes no request slot, with gevent or gthread.)
 keepalive = 5
 
 # Errors to stderr (the terminal, or the journal under systemd). No access log by

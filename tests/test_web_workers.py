@@ -154,3 +154,79 @@ def test_a_request_hands_its_connection_to_the_next_and_a_thread_keeps_its_own(t
     result = subprocess.run([sys.executable, "-c", program], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["True", "True", "closed", "True"]
+
+
+@pytest.mark.engines("sqlite")
+def test_a_long_read_of_an_admin_page_lets_the_other_requests_of_its_process_go_on(tmp_path):
+    """The monitor's day of attempts can take most of a second: under gevent, read on the
+    request's own greenlet it would hold up Meta's POSTs in the same process that long."""
+    program = textwrap.dedent(
+        """
+        from gevent import monkey
+        monkey.patch_all()
+        import gevent, sys, time
+        from gateway.storage import db
+
+        path = sys.argv[1]
+        slow = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 2000000)"
+                " SELECT count(*) FROM c")
+        def served_meanwhile(read):
+            ticks = []
+            def other_requests():
+                while True:
+                    ticks.append(time.monotonic())
+                    gevent.sleep(0.005)
+            ticker = gevent.spawn(other_requests)
+            gevent.sleep(0.02)
+            before = len(ticks)
+            answer = gevent.spawn(read).get()
+            ticker.kill()
+            assert answer == 2000000, answer
+            return len(ticks) - before
+        conn = db.connection(path)
+        print(served_meanwhile(lambda: conn.execute(slow).fetchone()[0]))
+        print(served_meanwhile(lambda: db.read_aside(conn, slow)[0][0]))
+        """
+    )
+    command = [sys.executable, "-c", program, str(tmp_path / "wahook.db")]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    on_the_greenlet, aside = (int(n) for n in result.stdout.split())
+    assert on_the_greenlet <= 1  # nothing else ran while SQLite counted
+    assert aside >= 10  # the other greenlet ran all along (a tick every 5 ms)
+
+
+@pytest.mark.engines("sqlite")
+def test_a_file_answer_stays_the_servers_own_and_every_answer_frees_its_slot(tmp_path):
+    """Media and static files keep going out by sendfile (gunicorn does that only for its own
+    file wrapper), and a request slot comes back even when an answer's own close() fails."""
+    from gunicorn.http.wsgi import FileWrapper
+
+    from gateway.intake import wsgi
+
+    wsgi.configure(1)
+    try:
+        path = tmp_path / "media.bin"
+        path.write_bytes(b"x" * 100)
+        environ = {"wsgi.file_wrapper": FileWrapper}
+        file = path.open("rb")
+        wsgi._slots.acquire()
+        answer = wsgi.finishing(FileWrapper(file), environ)
+        assert isinstance(answer, FileWrapper)
+        answer.close()
+        assert file.closed and wsgi._slots.acquire(blocking=False)
+
+        class Failing:
+            def __iter__(self):
+                return iter([b"ok"])
+
+            def close(self):
+                raise OSError("the client went away")
+
+        answer = wsgi.finishing(Failing(), environ)
+        assert list(answer) == [b"ok"]
+        with pytest.raises(OSError):
+            answer.close()
+        assert wsgi._slots.acquire(blocking=False)  # freed by the failed close as well
+    finally:
+        wsgi._slots = None

@@ -108,6 +108,9 @@ def _announce(config, url: str) -> tuple[bool, int]:
             conn.send_packed_command(packed, check_health=False)
             created = conn.read_response() is not None
             return created, int(conn.read_response())
+        except redis.ResponseError:
+            conn.disconnect()  # an error reply (OOM, READONLY) left the PTTL's unread: start afresh
+            raise
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             conn.disconnect()
             # Once more on a fresh connection, as Redis may have restarted meanwhile; not after a

@@ -20,7 +20,6 @@ import threading
 from collections.abc import Callable, Iterable
 
 from flask import Flask
-from werkzeug.wsgi import ClosingIterator
 
 from gateway.intake import webhook
 from gateway.storage import task_local
@@ -56,6 +55,39 @@ def finish() -> None:
             _slots.release()
 
 
+class Finishing:
+    """An answer's body as the server iterates it; `close` is the one `finishing` made."""
+
+    __slots__ = ("answer", "close")
+
+    def __init__(self, answer: Iterable[bytes], close: Callable[[], None]) -> None:
+        self.answer = answer
+        self.close = close
+
+    def __iter__(self):
+        return iter(self.answer)
+
+
+def finishing(answer: Iterable[bytes], environ: dict) -> Iterable[bytes]:
+    """`answer`, made to call finish() when the server closes it, even if its own close() raises
+    (a lost slot would never come back). A file the server sends itself (its wsgi.file_wrapper:
+    sendfile, for media and static files) stays that object, with the close chained."""
+    own_close = getattr(answer, "close", None)
+
+    def close() -> None:
+        try:
+            if own_close is not None:
+                own_close()
+        finally:
+            finish()
+
+    file_wrapper = environ.get("wsgi.file_wrapper")
+    if isinstance(file_wrapper, type) and isinstance(answer, file_wrapper):
+        answer.close = close
+        return answer
+    return Finishing(answer, close)
+
+
 class IntakeFirst:
     """A WSGI app: POST to webhook.PATH is answered here, anything else by `app` (Flask)."""
 
@@ -73,7 +105,7 @@ class IntakeFirst:
             except BaseException:
                 finish()
                 raise
-            return ClosingIterator(answer, finish)  # once the body is sent: a stream's is long
+            return finishing(answer, environ)  # once the body is sent: a stream's is long
         try:
             return self.intake(environ, start_response)
         finally:
