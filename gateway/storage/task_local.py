@@ -12,16 +12,24 @@ there. A value still inside a transaction is closed, never handed on.
 
 Threads are left as they were: a SQLite connection may only be used by the thread that opened
 it, and a thread's values live as long as the thread.
+
+`in_thread` is for reads that can take long (the admin pages' summaries over a day of
+attempts): a greenlet inside SQLite holds up every other request of its process, Meta's POSTs
+included, so under gevent such a read runs in a thread of gevent's pool instead, on that
+thread's own connection, while the process goes on.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import greenlet
+
+T = TypeVar("T")
 
 
 def _root(task: greenlet.greenlet) -> greenlet.greenlet:
@@ -29,6 +37,23 @@ def _root(task: greenlet.greenlet) -> greenlet.greenlet:
     while task.parent is not None:
         task = task.parent
     return task
+
+
+def greenlet_workers() -> bool:
+    """Whether this process runs gevent's workers (threading is patched)."""
+    monkey = sys.modules.get("gevent.monkey")
+    return monkey is not None and monkey.is_module_patched("threading")
+
+
+def in_thread(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`function(*args, **kwargs)`, in a thread of gevent's pool under the gevent workers (so the
+    process's other requests go on meanwhile), else right here. It must not use a connection of
+    the caller's: the thread opens its own (db.connection) and keeps it for the next call."""
+    if not greenlet_workers():
+        return function(*args, **kwargs)
+    import gevent  # imported only in the processes that run it
+
+    return gevent.get_hub().threadpool.apply(function, args, kwargs)
 
 
 _every: list[TaskLocal] = []
