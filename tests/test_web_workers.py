@@ -230,3 +230,29 @@ def test_a_file_answer_stays_the_servers_own_and_every_answer_frees_its_slot(tmp
         assert wsgi._slots.acquire(blocking=False)  # freed by the failed close as well
     finally:
         wsgi._slots = None
+
+
+@pytest.mark.engines("sqlite")
+def test_webhooks_that_arrived_together_share_one_commit_under_gevent(tmp_path):
+    """Under gevent the greenlets whose requests have arrived run only when the leader yields:
+    the leader gives them a turn before it commits, so they join its batch."""
+    program = textwrap.dedent(
+        """
+        from gevent import monkey
+        monkey.patch_all()
+        import gevent, sys
+        from gateway.storage import db, groupcommit
+
+        path = sys.argv[1]
+        db.connection(path).execute("CREATE TABLE arrivals (n INTEGER)")
+        def arrive(n):
+            return groupcommit.run(path, lambda conn: conn.execute("INSERT INTO arrivals VALUES (?)", (n,)).rowcount)
+        answers = [job.get() for job in [gevent.spawn(arrive, n) for n in range(8)]]
+        group = groupcommit.group_for(path)
+        print(sum(answers), group.commits, group.written)
+        """
+    )
+    command = [sys.executable, "-c", program, str(tmp_path / "wahook.db")]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["8", "1", "8"]  # all 8 stored, in one commit
