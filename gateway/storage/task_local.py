@@ -115,10 +115,6 @@ class TaskLocal:
                 self._close(value)
         values.clear()
 
-    def idle_count(self) -> int:
-        """How many values wait to be taken (tests read it)."""
-        return sum(len(idle) for idle in self._idle.values())
-
     def close_all(self) -> None:
         """Close this task's values and every idle one (tests and shutdown)."""
         for value in [*self.values().values(), *(v for idle in self._idle.values() for v in idle)]:
