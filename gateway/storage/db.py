@@ -130,6 +130,12 @@ def connect_sqlite(path: str | os.PathLike, shared: bool = False) -> sqlite3.Con
     # for the lock (see begin): it never needs SQLite's busy handler, so it is off for good.
     conn.execute(f"PRAGMA busy_timeout = {0 if shared else BUSY_TIMEOUT_MS}")
     conn.polls_for_lock = shared
+    if shared:
+        # A multi-row INSERT keeps a copy of every page it changes (its statement journal) and
+        # past 64 KiB, a batch of a few webhooks into a full database, SQLite put it in a new
+        # temporary file: created, written page by page and deleted once a batch, under the
+        # write lock. The batches' statements are bounded (write_together), so memory will do.
+        conn.execute("PRAGMA temp_store = MEMORY")
     conn.execute("PRAGMA foreign_keys = ON")
     # A webhook's commit appends about 16 pages to the WAL; copying them back into the
     # database every 1,000 pages (the default) made every 60th webhook pay for a

@@ -4,7 +4,9 @@ deliveries of every kind of endpoint, the metric totals)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
 from functools import partial
 from pathlib import Path
@@ -204,3 +206,34 @@ def test_a_batch_mixing_messages_and_statuses_is_stored_the_same_quickly_or_with
     events = [json.loads(row[6]) for row in outcome["quick"][1]["events"]]
     about = [(e["status"], e["stale"]) for e in events if e.get("message_id") == message["id"] and "status" in e]
     assert about == [("sent", False), ("read", False), ("delivered", True)]  # retries and duplicates: nothing
+
+
+def open_temporary_files() -> list[str]:
+    """SQLite's temporary files this process holds open (named etilqs_*, deleted once opened)."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if "etilqs_" in target:
+                found.append(target)
+    return found
+
+
+def test_a_batch_into_a_full_database_makes_no_temporary_file_under_the_write_lock(app, tmp_path):
+    """Each multi-row INSERT keeps a copy of the pages it changes. Once the indexes are a few pages
+    deep that copy passed 64 KiB, and SQLite wrote it to a new temporary file on every batch, page
+    by page, while holding the lock every other web process waits for. The group commit's
+    connection keeps it in memory."""
+    path = tmp_path / "full.db"
+    database(path, app.config["WAHOOK"]).close()
+    shared = db.shared_connection(path)
+    for batch in range(40):  # 2,000 webhooks: every index is more than one page deep
+        with db.transaction(shared):
+            sent = [statuses((f"wamid.{batch}.{n}", "sent")) for n in range(50)]
+            storing.write_together(shared, arrivals(sent, 1e9 + batch * 100))
+    with db.transaction(shared):
+        storing.write_together(shared, arrivals([statuses((f"wamid.last.{n}", "sent")) for n in range(8)], 2e9))
+        assert open_temporary_files() == []  # the statement journal lives as long as the transaction
+    assert shared.execute("SELECT count(*) FROM webhooks").fetchone()[0] == 2_009
+    # Other connections keep SQLite's default (a pruning DELETE's journal may be large).
+    assert db.connect(path).execute("PRAGMA temp_store").fetchone()[0] == 0
