@@ -56,7 +56,11 @@ def default_worker_class() -> str:
 
 
 workers = int(os.environ.get("WAHOOK_WEB_WORKERS") or 2)
+# "gevent" is gunicorn's gevent worker with new connections shared evenly between the processes
+# (gateway/web_worker.py).
 worker_class = os.environ.get("WAHOOK_WEB_WORKER_CLASS") or default_worker_class()
+if worker_class == "gevent":
+    worker_class = "gateway.web_worker.GeventWorker"
 threads = int(os.environ.get("WAHOOK_WEB_THREADS") or 64)
 worker_connections = 1000
 
@@ -136,6 +140,17 @@ def post_worker_init(worker) -> None:
 
     wsgi.configure(worker.cfg.threads)
     stream.configure(worker.cfg.threads, lambda: worker.alive)
+
+
+def pre_fork(server, worker) -> None:
+    """A gevent process about to be forked gets a slot where it counts its open connections."""
+    if type(worker).__module__ == "gateway.web_worker":
+        sys.modules["gateway.web_worker"].pre_fork(worker)
+
+
+def child_exit(server, worker) -> None:
+    if type(worker).__module__ == "gateway.web_worker":
+        sys.modules["gateway.web_worker"].child_exit(worker)
 
 
 def worker_exit(server, worker) -> None:
