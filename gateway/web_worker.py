@@ -41,13 +41,14 @@ class Counts:
         for slot in range(slots):
             self.view[slot] = FREE
 
-    def claim(self) -> int:
-        """A free slot, now counting 0 connections (the master, before it forks a process)."""
+    def claim(self) -> int | None:
+        """A free slot, now counting 0 connections (the master, before it forks a process); None
+        past SLOTS processes at once: that process takes connections as they come, unbalanced."""
         for slot, count in enumerate(self.view):
             if count == FREE:
                 self.view[slot] = 0
                 return slot
-        raise RuntimeError(f"more than {len(self.view)} web processes at once")
+        return None
 
     def free(self, slot: int) -> None:
         self.view[slot] = FREE
@@ -71,8 +72,6 @@ _slot: int | None = None  # this process's slot, once forked
 def pre_fork(worker) -> None:
     """gunicorn's pre_fork hook, in the master: a slot for the process about to be forked."""
     worker.connection_slot = counts.claim()
-    # A process forked without this module's worker class never counts: its slot reads 0 and the
-    # others would wait on it; it is freed again in child_exit all the same.
 
 
 def child_exit(worker) -> None:
