@@ -150,11 +150,16 @@ def pre_fork(server, worker) -> None:
 
 def child_exit(server, worker) -> None:
     if type(worker).__module__ == "gateway.web_worker":
-        sys.modules["gateway.web_worker"].child_exit(worker)
+        sys.modules["gateway.web_worker"].gone(worker)
 
 
 def worker_exit(server, worker) -> None:
-    """Say goodbye (1001) on every open WebSocket, so clients reconnect at once."""
+    """Say goodbye (1001) on every open WebSocket, so clients reconnect at once. (gunicorn also
+    calls this in the master for a process it found already gone: then only its slot is freed.)"""
+    if os.getpid() == server.pid:
+        if type(worker).__module__ == "gateway.web_worker":
+            sys.modules["gateway.web_worker"].gone(worker)
+        return
     from gateway.api import ws_hub
 
     ws_hub.stop()
