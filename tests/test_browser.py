@@ -128,6 +128,10 @@ def add_endpoint(page: Page, base: str, url: str, screenshot: str | None = None)
 
 
 def no_sideways_scroll(page: Page) -> None:
+    # As a user sees it: with its stylesheet. A click that loads a page returns once the new page
+    # has begun to arrive; measured before style.css had come, on a loaded machine, the settings
+    # page was 494 px wide in a 375 px window, which is its width unstyled.
+    page.wait_for_load_state("load")
     width = page.evaluate("document.documentElement.scrollWidth")
     viewport = page.viewport_size["width"]
     assert width <= viewport, f"{page.url} is {width} px wide in a {viewport} px window"
