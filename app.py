@@ -19,7 +19,7 @@ from gateway.intake import webhook, wsgi
 from gateway.media import serve
 from gateway.ops import health, metrics
 from gateway.pages import admin, auth
-from gateway.storage import db
+from gateway.storage import db, sqlite_open
 
 
 def secret_key(config) -> str:
@@ -60,7 +60,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     )
     app.config.update(test_config)
 
-    db.use_synchronous(config.database, config["storage"]["synchronous"])
+    sqlite_open.use_synchronous(config.database, config["storage"]["synchronous"])
     db.init_app(app)
     db.connection(config.database)  # create and migrate now, not on the first request
     app.register_blueprint(webhook.bp)

@@ -37,7 +37,7 @@ from gateway.delivery import delivery_states, doorbell, embedded_redis, lanes, o
 from gateway.media import downloads, store
 from gateway.net import safe_http
 from gateway.ops import heartbeats, logs, silence
-from gateway.storage import concurrency, db, private_paths
+from gateway.storage import concurrency, db, private_paths, sqlite_open
 
 log = logging.getLogger("wahook.worker")
 
@@ -311,7 +311,7 @@ def main() -> int:
     except ConfigError as exc:
         print(f"wahook: configuration error: {exc}", file=sys.stderr)
         return 2
-    db.use_synchronous(config.database, config["storage"]["synchronous"])
+    sqlite_open.use_synchronous(config.database, config["storage"]["synchronous"])
     try:
         db.connection(config.database)
     except db.StorageError as exc:

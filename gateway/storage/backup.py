@@ -17,7 +17,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.storage import db
+from gateway.storage import db, sqlite_open
 
 
 class BackupError(Exception):
@@ -91,7 +91,7 @@ def take(database: str | os.PathLike, target: str | os.PathLike) -> tuple[Path, 
     try:
         source = db.connect(database)
         try:
-            db.create_private(partial)
+            sqlite_open.create_private(partial)
             copy = sqlite3.connect(partial)
             try:
                 source.backup(copy)  # pages=-1: every page in one step, one snapshot

@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from conftest import sign, text_message
-from gateway.storage import db
+from gateway.storage import db, sqlite_open
 
 
 def test_fresh_database_gets_the_schema_and_version(tmp_path):
@@ -192,11 +192,11 @@ def test_synchronous_follows_the_config(tmp_path):
     returns, so it survives power loss; NORMAL when the admin asks for speed instead."""
     full = db.connect(tmp_path / "a.db")
     assert full.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
-    db.use_synchronous(tmp_path / "b.db", "normal")
+    sqlite_open.use_synchronous(tmp_path / "b.db", "normal")
     normal = db.connect(tmp_path / "b.db")
     assert normal.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
     with pytest.raises(ValueError):
-        db.use_synchronous(tmp_path / "c.db", "off")
+        sqlite_open.use_synchronous(tmp_path / "c.db", "off")
 
 
 def test_every_connection_of_an_app_uses_its_synchronous(tmp_path, redis_url):
