@@ -142,23 +142,28 @@ def post_worker_init(worker) -> None:
     stream.configure(worker.cfg.threads, lambda: worker.alive)
 
 
+def balancing(worker):
+    """gateway.web_worker when `worker` is its gevent worker (gunicorn loaded the module for it),
+    else None: other workers, gthread on PostgreSQL, keep no connection slots."""
+    return sys.modules["gateway.web_worker"] if type(worker).__module__ == "gateway.web_worker" else None
+
+
 def pre_fork(server, worker) -> None:
     """A gevent process about to be forked gets a slot where it counts its open connections."""
-    if type(worker).__module__ == "gateway.web_worker":
-        sys.modules["gateway.web_worker"].pre_fork(worker)
+    if slots := balancing(worker):
+        slots.pre_fork(worker)
 
 
 def child_exit(server, worker) -> None:
-    if type(worker).__module__ == "gateway.web_worker":
-        sys.modules["gateway.web_worker"].gone(worker)
+    if slots := balancing(worker):
+        slots.gone(worker)
 
 
 def worker_exit(server, worker) -> None:
     """Say goodbye (1001) on every open WebSocket, so clients reconnect at once. (gunicorn also
     calls this in the master for a process it found already gone: then only its slot is freed.)"""
     if os.getpid() == server.pid:
-        if type(worker).__module__ == "gateway.web_worker":
-            sys.modules["gateway.web_worker"].gone(worker)
+        child_exit(server, worker)
         return
     from gateway.api import ws_hub
 
